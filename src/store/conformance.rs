@@ -1,0 +1,205 @@
+//! The behaviour every [`Store`] must show, as functions over `&dyn Store`.
+//! Each backend's tests call every function here.
+
+use super::*;
+use crate::crypto::{Sealed, NONCE_LEN};
+use crate::kek::KekKind;
+
+fn wrapped(tag: u8) -> WrappedKey {
+    WrappedKey {
+        kind: KekKind::Local,
+        kek_version: 1,
+        ciphertext: vec![tag; 60],
+    }
+}
+
+fn record(subject: u8, expires_at: Option<i64>) -> TokenRecord {
+    TokenRecord {
+        subject: SubjectHash([subject; 32]),
+        format: "text".into(),
+        created_at: 100,
+        expires_at,
+        sealed: Sealed {
+            nonce: [subject; NONCE_LEN],
+            ciphertext: vec![subject; 20],
+        },
+    }
+}
+
+fn new_token(token: &str, subject: u8, index: Option<u8>) -> NewToken {
+    NewToken {
+        token: token.into(),
+        record: record(subject, None),
+        index_key: index.map(|tag| IndexKey([tag; 64])),
+    }
+}
+
+pub async fn subject_key_first_writer_wins(store: &dyn Store) {
+    let subject = SubjectHash([1; 32]);
+    assert_eq!(
+        store.subject_keys(&[subject]).await.expect("read"),
+        vec![None]
+    );
+    assert_eq!(
+        store
+            .insert_subject_key(subject, wrapped(1))
+            .await
+            .expect("insert"),
+        wrapped(1)
+    );
+    assert_eq!(
+        store
+            .insert_subject_key(subject, wrapped(2))
+            .await
+            .expect("insert"),
+        wrapped(1)
+    );
+    assert_eq!(
+        store.subject_keys(&[subject]).await.expect("read"),
+        vec![Some(wrapped(1))]
+    );
+}
+
+pub async fn system_key_first_writer_wins(store: &dyn Store) {
+    assert_eq!(store.system_key().await.expect("read"), None);
+    assert_eq!(
+        store.init_system_key(wrapped(5)).await.expect("init"),
+        wrapped(5)
+    );
+    assert_eq!(
+        store.init_system_key(wrapped(6)).await.expect("init"),
+        wrapped(5)
+    );
+    assert_eq!(store.system_key().await.expect("read"), Some(wrapped(5)));
+}
+
+pub async fn inserted_tokens_read_back(store: &dyn Store) {
+    let batch = vec![new_token("a1", 1, Some(1)), new_token("a2", 1, None)];
+    assert_eq!(
+        store.insert_tokens(batch, 100).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+    let records = store
+        .token_records(&["a1".into(), "missing".into(), "a2".into()])
+        .await
+        .expect("read");
+    assert_eq!(records[0], Some(record(1, None)));
+    assert_eq!(records[1], None);
+    assert_eq!(records[2], Some(record(1, None)));
+    let entries = store
+        .index_entries(&[IndexKey([1; 64]), IndexKey([9; 64])])
+        .await
+        .expect("read");
+    assert_eq!(
+        entries[0],
+        Some(IndexEntry {
+            token: "a1".into(),
+            expires_at: None
+        })
+    );
+    assert_eq!(entries[1], None);
+}
+
+pub async fn conflicting_batch_stores_nothing(store: &dyn Store) {
+    let first = vec![new_token("b1", 2, Some(2))];
+    assert_eq!(
+        store.insert_tokens(first, 100).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+    let second = vec![
+        new_token("b2", 2, None),
+        new_token("b1", 2, None),
+        new_token("b3", 2, Some(2)),
+    ];
+    let outcome = store.insert_tokens(second, 100).await.expect("insert");
+    let InsertOutcome::Conflicts(conflicts) = outcome else {
+        panic!("expected conflicts, got {outcome:?}");
+    };
+    assert!(conflicts.contains(&Conflict::TokenTaken { item: 1 }));
+    assert!(conflicts.contains(&Conflict::IndexTaken {
+        item: 2,
+        existing: IndexEntry {
+            token: "b1".into(),
+            expires_at: None
+        },
+    }));
+    let records = store
+        .token_records(&["b2".into(), "b3".into()])
+        .await
+        .expect("read");
+    assert_eq!(
+        records,
+        vec![None, None],
+        "a conflicting batch must store nothing"
+    );
+}
+
+pub async fn repeated_token_in_one_batch_is_a_conflict(store: &dyn Store) {
+    let batch = vec![new_token("c1", 3, None), new_token("c1", 3, None)];
+    assert_eq!(
+        store.insert_tokens(batch, 100).await.expect("insert"),
+        InsertOutcome::Conflicts(vec![Conflict::TokenTaken { item: 1 }])
+    );
+}
+
+pub async fn expired_index_entry_can_be_replaced(store: &dyn Store) {
+    let mut old = new_token("d1", 4, Some(4));
+    old.record.expires_at = Some(150);
+    assert_eq!(
+        store.insert_tokens(vec![old], 100).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+    let again = vec![new_token("d2", 4, Some(4))];
+    assert!(matches!(
+        store
+            .insert_tokens(again.clone(), 120)
+            .await
+            .expect("insert"),
+        InsertOutcome::Conflicts(_)
+    ));
+    assert_eq!(
+        store.insert_tokens(again, 150).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+    let entry = store
+        .index_entries(&[IndexKey([4; 64])])
+        .await
+        .expect("read");
+    assert_eq!(entry[0].as_ref().map(|e| e.token.as_str()), Some("d2"));
+}
+
+pub async fn concurrent_writers_of_one_index_key_store_one_token(store: std::sync::Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move {
+                let batch = vec![new_token(&format!("e{i}"), 5, Some(5))];
+                store.insert_tokens(batch, 100).await.expect("insert")
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for task in tasks {
+        if task.await.expect("task") == InsertOutcome::Committed {
+            committed += 1;
+        }
+    }
+    assert_eq!(
+        committed, 1,
+        "exactly one writer may create the index entry"
+    );
+}
+
+/// Runs the whole suite against fresh stores from `make`.
+pub async fn run_all<F>(make: F)
+where
+    F: Fn() -> std::sync::Arc<dyn Store>,
+{
+    subject_key_first_writer_wins(make().as_ref()).await;
+    system_key_first_writer_wins(make().as_ref()).await;
+    inserted_tokens_read_back(make().as_ref()).await;
+    conflicting_batch_stores_nothing(make().as_ref()).await;
+    repeated_token_in_one_batch_is_a_conflict(make().as_ref()).await;
+    expired_index_entry_can_be_replaced(make().as_ref()).await;
+    concurrent_writers_of_one_index_key_store_one_token(make()).await;
+}

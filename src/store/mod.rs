@@ -1,0 +1,107 @@
+//! Storage of the vault, in the vault's own terms: wrapped subject keys,
+//! token records, deterministic-index entries and atomic token batches.
+//!
+//! The [`Store`] trait is all the service logic sees; RocksDB (`rocks`) is
+//! the embedded default, and a shared PostgreSQL store for several replicas
+//! slots in behind the same trait. This module owns the byte layout of
+//! stored records (versioned, documented below) and never sees a plaintext
+//! value or a subject id: values arrive sealed, subjects as keyed hashes.
+
+pub mod records;
+pub mod rocks;
+
+use async_trait::async_trait;
+
+use crate::crypto::{IndexKey, SubjectHash};
+use crate::kek::WrappedKey;
+pub use records::{IndexEntry, TokenRecord};
+
+/// Errors of a store. Messages carry no stored data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The storage engine failed (I/O, disk full, closed database).
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// A stored record does not decode: corruption or an unknown version.
+    #[error("stored {0} record is corrupt or of an unknown version")]
+    Corrupt(&'static str),
+    /// Other writers held the same keys for too long.
+    #[error("storage busy: conflicting writes did not finish in time")]
+    Busy,
+    /// The caller broke an interface rule (a bug, not bad user input).
+    #[error("store misuse: {0}")]
+    Misuse(&'static str),
+}
+
+/// A token to insert, with the deterministic-index entry that points to it
+/// (None for random-mode tokens).
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub token: String,
+    pub record: TokenRecord,
+    pub index_key: Option<IndexKey>,
+}
+
+/// Why an insert was not committed, per batch item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// The token already exists (a random collision): make another.
+    TokenTaken { item: usize },
+    /// Another call already stored a token for this deterministic value:
+    /// use that one.
+    IndexTaken { item: usize, existing: IndexEntry },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Every item is stored and durable (per the sync setting).
+    Committed,
+    /// Nothing was stored.
+    Conflicts(Vec<Conflict>),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The wrapped system key, if the vault was initialised.
+    async fn system_key(&self) -> Result<Option<WrappedKey>, StoreError>;
+
+    /// Stores the system key unless one exists; returns the one in force.
+    async fn init_system_key(&self, key: WrappedKey) -> Result<WrappedKey, StoreError>;
+
+    /// The subjects' wrapped data keys, in order.
+    async fn subject_keys(
+        &self,
+        subjects: &[SubjectHash],
+    ) -> Result<Vec<Option<WrappedKey>>, StoreError>;
+
+    /// Stores a subject's wrapped data key unless one exists (another call
+    /// may have created it first); returns the one in force.
+    async fn insert_subject_key(
+        &self,
+        subject: SubjectHash,
+        key: WrappedKey,
+    ) -> Result<WrappedKey, StoreError>;
+
+    /// Deterministic-index entries, in order.
+    async fn index_entries(&self, keys: &[IndexKey])
+        -> Result<Vec<Option<IndexEntry>>, StoreError>;
+
+    /// Token records, in order.
+    async fn token_records(
+        &self,
+        tokens: &[String],
+    ) -> Result<Vec<Option<TokenRecord>>, StoreError>;
+
+    /// Inserts all tokens atomically, or none. Tokens must be new and index
+    /// keys unused (an entry expired before `now` counts as unused);
+    /// otherwise nothing is stored and the conflicts are returned.
+    async fn insert_tokens(
+        &self,
+        batch: Vec<NewToken>,
+        now: i64,
+    ) -> Result<InsertOutcome, StoreError>;
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;
