@@ -1,0 +1,142 @@
+//! The gRPC server: `TokenVault` behind API-key authentication, plus
+//! `grpc.health.v1.Health` and server reflection, with graceful shutdown
+//! on SIGTERM or SIGINT.
+//!
+//! Health answers without credentials (load balancers and Kubernetes
+//! probes send none, and it reveals nothing); reflection and `TokenVault`
+//! require an API key, so nothing that touches data is ever served
+//! anonymously.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::{Request, Status};
+
+use super::auth::Authenticator;
+use super::service::TokenVaultService;
+use crate::config::Config;
+use crate::pb;
+use crate::pb::token_vault_server::TokenVaultServer;
+use crate::vault::Vault;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection setup: {0}")]
+    Reflection(String),
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until SIGTERM or SIGINT, then stops accepting, lets calls in
+/// flight finish and zeroizes cached keys.
+pub async fn serve(
+    config: &Config,
+    vault: Arc<Vault>,
+    auth: Authenticator,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let auth = Arc::new(auth);
+    let interceptor = move |mut request: Request<()>| -> Result<Request<()>, Status> {
+        let principal = auth.authenticate(request.metadata())?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    };
+
+    let max_message = config.limits.max_message_bytes;
+    let token_vault = TokenVaultServer::new(TokenVaultService::new(Arc::clone(&vault)))
+        .max_decoding_message_size(max_message);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<TokenVaultServer<TokenVaultService>>()
+        .await;
+
+    // A line on stdout that scripts and tests wait for; the port is the
+    // real one when the config asked for port 0.
+    println!("tokenvault listening on {local}");
+    tracing::info!(addr = %local, "serving");
+
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let serving = Server::builder()
+        .add_service(health)
+        .add_service(InterceptedService::new(reflection, interceptor.clone()))
+        .add_service(InterceptedService::new(
+            reflection_alpha,
+            interceptor.clone(),
+        ))
+        .add_service(InterceptedService::new(token_vault, interceptor))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown_signal().await;
+            let _ = stopping_tx.send(true);
+        });
+    // Graceful shutdown waits for every connection to close; a client that
+    // keeps an idle connection open must not hold the process forever.
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    tokio::select! {
+        result = serving => result?,
+        () = grace_expired(stopping, grace) => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "calls or connections still open after the shutdown grace period; stopping anyway");
+        }
+    }
+
+    health_reporter
+        .set_not_serving::<TokenVaultServer<TokenVaultService>>()
+        .await;
+    vault.shutdown();
+    tracing::info!("stopped; cached keys zeroized");
+    Ok(())
+}
+
+/// Completes `grace` after shutdown began.
+async fn grace_expired(mut stopping: tokio::sync::watch::Receiver<bool>, grace: Duration) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        // The sender is gone only when the server future finished first.
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,424 @@
+//! `tokenvault bench`: the end-to-end load tool. It drives a running
+//! server over gRPC (Tokenize of new values, Tokenize of known values,
+//! Detokenize; single items and batches; several concurrencies) and, in
+//! the same run, the peer baseline: OpenBao/Vault transit `encrypt` of the
+//! same values over HTTP at the same concurrency and batch size. It prints
+//! one markdown table of values/s and per-call latency percentiles.
+//!
+//! Loads go to the given addresses only (loopback in every script of this
+//! repo), are bounded in time, and stop by themselves.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+
+use super::client::{connect, Client};
+use super::ClientArgs;
+use crate::pb;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Concurrent callers, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub concurrency: Vec<usize>,
+    /// Values per call, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    pub batch: Vec<usize>,
+    /// Known subjects the load spreads over (created before measuring).
+    #[arg(long, default_value_t = 64)]
+    pub subjects: usize,
+    /// OpenBao/Vault address for the transit baseline (e.g.
+    /// http://127.0.0.1:8200); without it only tokenvault is measured.
+    #[arg(long)]
+    pub peer_addr: Option<String>,
+    /// Token for the peer.
+    #[arg(
+        long,
+        env = "BENCH_PEER_TOKEN",
+        hide_env_values = true,
+        default_value = "root"
+    )]
+    pub peer_token: String,
+    /// Transit mount and key of the peer (created when missing).
+    #[arg(long, default_value = "transit")]
+    pub peer_mount: String,
+    #[arg(long, default_value = "tokenvault-bench")]
+    pub peer_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    TokenizeNew,
+    TokenizeKnown,
+    Detokenize,
+    PeerEncrypt,
+}
+
+impl Scenario {
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::TokenizeNew => "tokenize (new values)",
+            Scenario::TokenizeKnown => "tokenize (known values)",
+            Scenario::Detokenize => "detokenize",
+            Scenario::PeerEncrypt => "peer: transit encrypt",
+        }
+    }
+}
+
+/// What one measurement gives.
+struct Measurement {
+    calls: u64,
+    values: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Measurement {
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        f64::from(self.latencies_us[rank]) / 1000.0
+    }
+
+    fn values_per_second(&self) -> f64 {
+        self.values as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Unique, valid card numbers: a Visa prefix, a running number, the Luhn digit.
+struct CardSource {
+    next: AtomicU64,
+    run: u64,
+}
+
+impl CardSource {
+    fn new() -> Self {
+        let run = crate::vault::unix_now() as u64 % 100_000;
+        CardSource {
+            next: AtomicU64::new(0),
+            run,
+        }
+    }
+
+    fn card(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let body = format!("4{:05}{:09}", self.run, n % 1_000_000_000);
+        format!("{body}{}", luhn_check_digit(&body))
+    }
+}
+
+fn luhn_check_digit(body: &str) -> u32 {
+    let sum: u32 = body
+        .chars()
+        .rev()
+        .filter_map(|c| c.to_digit(10))
+        .enumerate()
+        .map(|(i, d)| {
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    (10 - sum % 10) % 10
+}
+
+/// Shared state of the tokenvault scenarios.
+struct Fixture {
+    clients: Vec<Client>,
+    subjects: Vec<String>,
+    cards: CardSource,
+    /// Values tokenized before measuring, with their tokens, per subject.
+    known: Vec<(String, Vec<(String, String)>)>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.seconds <= 0.0 || args.concurrency.is_empty() || args.batch.is_empty() {
+        bail!("--seconds, --concurrency and --batch must be positive");
+    }
+    let fixture = Arc::new(prepare(&args).await?);
+    let peer = match &args.peer_addr {
+        Some(addr) => Some(Arc::new(Peer::prepare(addr, &args).await?)),
+        None => None,
+    };
+    let duration = Duration::from_secs_f64(args.seconds);
+
+    println!("| scenario | batch | concurrency | calls/s | values/s | p50 ms | p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for &batch in &args.batch {
+        for &concurrency in &args.concurrency {
+            let mut scenarios = vec![
+                Scenario::TokenizeNew,
+                Scenario::TokenizeKnown,
+                Scenario::Detokenize,
+            ];
+            if peer.is_some() {
+                scenarios.push(Scenario::PeerEncrypt);
+            }
+            for scenario in scenarios {
+                let m = measure(
+                    scenario,
+                    batch,
+                    concurrency,
+                    duration,
+                    &fixture,
+                    peer.as_ref(),
+                )
+                .await;
+                println!(
+                    "| {} | {batch} | {concurrency} | {:.0} | {:.0} | {:.3} | {:.3} | {} |",
+                    scenario.label(),
+                    m.calls as f64 / m.elapsed.as_secs_f64(),
+                    m.values_per_second(),
+                    m.percentile_ms(0.50),
+                    m.percentile_ms(0.99),
+                    m.errors
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Connects, creates the subjects and the pool of known values.
+async fn prepare(args: &BenchArgs) -> anyhow::Result<Fixture> {
+    // A few HTTP/2 connections so one connection's stream handling is not
+    // the bottleneck at high concurrency.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(&args.client).await?);
+    }
+    let run = CardSource::new().run;
+    let subjects: Vec<String> = (0..args.subjects.max(1))
+        .map(|i| format!("bench-{run}-{i}"))
+        .collect();
+    let cards = CardSource::new();
+    let mut known = Vec::new();
+    let mut client = clients[0].clone();
+    for subject in &subjects {
+        let values: Vec<String> = (0..100).map(|_| cards.card()).collect();
+        let request = tokenize_request(subject, &values);
+        let tokens = client
+            .tokenize(request)
+            .await
+            .context("preparing known values")?
+            .into_inner()
+            .tokens;
+        known.push((subject.clone(), values.into_iter().zip(tokens).collect()));
+    }
+    Ok(Fixture {
+        clients,
+        subjects,
+        cards,
+        known,
+    })
+}
+
+fn tokenize_request(subject: &str, values: &[String]) -> pb::TokenizeRequest {
+    pb::TokenizeRequest {
+        subject_id: subject.to_string(),
+        items: values
+            .iter()
+            .map(|value| pb::TokenizeItem {
+                value: value.clone(),
+                format: "card".into(),
+                mode: pb::TokenMode::Deterministic as i32,
+                ttl_seconds: 0,
+            })
+            .collect(),
+    }
+}
+
+async fn measure(
+    scenario: Scenario,
+    batch: usize,
+    concurrency: usize,
+    duration: Duration,
+    fixture: &Arc<Fixture>,
+    peer: Option<&Arc<Peer>>,
+) -> Measurement {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let fixture = Arc::clone(fixture);
+            let peer = peer.cloned();
+            tokio::spawn(async move {
+                let mut client = fixture.clients[worker % fixture.clients.len()].clone();
+                let mut latencies = Vec::new();
+                let (mut calls, mut errors) = (0u64, 0u64);
+                let mut round = worker;
+                while Instant::now() < deadline {
+                    let began = Instant::now();
+                    let ok = match scenario {
+                        Scenario::PeerEncrypt => match &peer {
+                            Some(peer) => peer.encrypt(&fixture.cards, batch).await,
+                            None => false,
+                        },
+                        _ => call(scenario, &mut client, &fixture, batch, round).await,
+                    };
+                    latencies.push(began.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    calls += 1;
+                    errors += u64::from(!ok);
+                    round += concurrency;
+                }
+                (calls, errors, latencies)
+            })
+        })
+        .collect();
+    let mut m = Measurement {
+        calls: 0,
+        values: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    for worker in workers {
+        if let Ok((calls, errors, latencies)) = worker.await {
+            m.calls += calls;
+            m.errors += errors;
+            m.latencies_us.extend(latencies);
+        }
+    }
+    m.elapsed = start.elapsed();
+    m.values = (m.calls - m.errors) * batch as u64;
+    m.latencies_us.sort_unstable();
+    m
+}
+
+/// One tokenvault call of a scenario; true when it succeeded.
+async fn call(
+    scenario: Scenario,
+    client: &mut Client,
+    fixture: &Fixture,
+    batch: usize,
+    round: usize,
+) -> bool {
+    let (subject, pool) = &fixture.known[round % fixture.known.len()];
+    match scenario {
+        Scenario::TokenizeNew => {
+            let subject = &fixture.subjects[round % fixture.subjects.len()];
+            let values: Vec<String> = (0..batch).map(|_| fixture.cards.card()).collect();
+            client
+                .tokenize(tokenize_request(subject, &values))
+                .await
+                .is_ok()
+        }
+        Scenario::TokenizeKnown => {
+            let values: Vec<String> = pool
+                .iter()
+                .cycle()
+                .skip(round % pool.len())
+                .take(batch)
+                .map(|(v, _)| v.clone())
+                .collect();
+            client
+                .tokenize(tokenize_request(subject, &values))
+                .await
+                .is_ok()
+        }
+        Scenario::Detokenize => {
+            let tokens: Vec<String> = pool
+                .iter()
+                .cycle()
+                .skip(round % pool.len())
+                .take(batch)
+                .map(|(_, t)| t.clone())
+                .collect();
+            let request = pb::DetokenizeRequest {
+                tokens,
+                purpose: "bench".into(),
+            };
+            matches!(client.detokenize(request).await, Ok(r) if r.get_ref().results.iter().all(|r| r.status == pb::TokenStatus::Found as i32))
+        }
+        Scenario::PeerEncrypt => false,
+    }
+}
+
+/// The peer baseline: transit encrypt over plain HTTP/1.1 with keep-alive.
+struct Peer {
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    encrypt_url: String,
+    token: String,
+}
+
+impl Peer {
+    async fn prepare(addr: &str, args: &BenchArgs) -> anyhow::Result<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = HttpClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let base = addr.trim_end_matches('/');
+        let peer = Peer {
+            http,
+            encrypt_url: format!("{base}/v1/{}/encrypt/{}", args.peer_mount, args.peer_key),
+            token: args.peer_token.clone(),
+        };
+        // Mount transit and create the key; "already exists" answers are fine.
+        let _ = peer
+            .post(
+                &format!("{base}/v1/sys/mounts/{}", args.peer_mount),
+                r#"{"type":"transit"}"#.into(),
+            )
+            .await;
+        let created = peer
+            .post(
+                &format!("{base}/v1/{}/keys/{}", args.peer_mount, args.peer_key),
+                "{}".into(),
+            )
+            .await
+            .context("cannot reach the peer")?;
+        if !(created.is_success() || created.as_u16() == 400) {
+            bail!("peer refused to create the transit key: HTTP {created}");
+        }
+        Ok(peer)
+    }
+
+    async fn post(&self, url: &str, body: String) -> anyhow::Result<hyper::StatusCode> {
+        let request = hyper::Request::post(url)
+            .header("X-Vault-Token", &self.token)
+            .header("Content-Type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let response = self.http.request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok(status)
+    }
+
+    async fn encrypt(&self, cards: &CardSource, batch: usize) -> bool {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = if batch == 1 {
+            serde_json::json!({ "plaintext": b64.encode(cards.card()) })
+        } else {
+            let items: Vec<_> = (0..batch)
+                .map(|_| serde_json::json!({ "plaintext": b64.encode(cards.card()) }))
+                .collect();
+            serde_json::json!({ "batch_input": items })
+        };
+        matches!(self.post(&self.encrypt_url, body.to_string()).await, Ok(s) if s.is_success())
+    }
+}

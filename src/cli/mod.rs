@@ -1,0 +1,107 @@
+//! The command line: `serve` runs the server; `tokenize` and `detokenize`
+//! make the same binary a client; `bench` is the end-to-end load tool.
+//! Each command exits non-zero on failure with one clear line.
+
+pub mod bench;
+pub mod client;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokenvault",
+    version,
+    about = "Format-preserving tokenization vault for chat systems"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(serve::ServeArgs),
+    /// Tokenize values for a subject and print one token per line.
+    Tokenize(TokenizeArgs),
+    /// Detokenize tokens; prints `token<TAB>STATUS<TAB>value` per token.
+    Detokenize(DetokenizeArgs),
+    /// Load-test a running server (and, optionally, OpenBao transit as the
+    /// peer baseline) and print values/s and latency percentiles.
+    Bench(bench::BenchArgs),
+}
+
+/// Where the client finds the server and its credential.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(
+        long,
+        env = "TOKENVAULT_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// API key; without it, the dev admin key file of --data-dir is used.
+    #[arg(long, env = "TOKENVAULT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Data directory of a `serve --dev` vault, for its dev-admin.key.
+    #[arg(long, default_value = crate::config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Deterministic,
+    Random,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenizeArgs {
+    /// The data subject the values belong to.
+    #[arg(long)]
+    pub subject: String,
+    /// Token format: card, phone, email, iban, ru_passport, ru_snils, ru_inn,
+    /// ru_ogrn, ru_bank_account, us_ssn, text, opaque.
+    #[arg(long)]
+    pub format: String,
+    #[arg(long, value_enum, default_value = "deterministic")]
+    pub mode: ModeArg,
+    /// Seconds until the tokens expire (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub ttl: u64,
+    /// Values to tokenize.
+    #[arg(required = true)]
+    pub values: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DetokenizeArgs {
+    /// Why the values are needed (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub purpose: String,
+    /// Tokens to look up.
+    #[arg(required = true)]
+    pub tokens: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Tokenize(args) => client::tokenize(args).await,
+            Command::Detokenize(args) => client::detokenize(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

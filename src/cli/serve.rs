@@ -1,0 +1,99 @@
+//! `tokenvault serve`: config (file or the embedded dev default), logging,
+//! the dev admin key, then the server.
+
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::api::{server, Authenticator, Principal, Rpc};
+use crate::config::Config;
+use crate::vault::Vault;
+
+/// The dev admin key's file name inside the data directory.
+pub const DEV_ADMIN_KEY_FILE: &str = "dev-admin.key";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Run the embedded default: loopback only, local KEK, a dev admin key
+    /// in the data directory.
+    #[arg(long, conflicts_with = "config")]
+    pub dev: bool,
+    /// TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override the listen address (port 0 picks a free port).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Override the data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut config = match (&args.config, args.dev) {
+        (Some(path), false) => Config::load(path)?,
+        (None, true) => Config::dev(),
+        _ => bail!("serve needs --dev or --config FILE"),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+
+    let vault = Arc::new(
+        Vault::open(&config, args.dev)
+            .await
+            .context("cannot open the vault")?,
+    );
+    let mut auth = Authenticator::from_config(&config.principals).map_err(anyhow::Error::msg)?;
+    if args.dev {
+        let key_path = config.data_dir.join(DEV_ADMIN_KEY_FILE);
+        let key = load_or_create_dev_key(&key_path)?;
+        auth.add_key(&key, Principal::new("dev-admin", Rpc::ALL));
+        tracing::warn!(path = %key_path.display(), "dev mode: admin API key (every RPC, full reveal) is in this file");
+    }
+    if auth.is_empty() {
+        bail!("no principals configured: add [[principals]] to the config, or run serve --dev");
+    }
+    server::serve(&config, vault, auth).await?;
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENVAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Reads the dev admin key, or writes a new random one (mode 0600).
+fn load_or_create_dev_key(path: &Path) -> anyhow::Result<String> {
+    if path.exists() {
+        let key =
+            fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(key.trim().to_string());
+    }
+    let secret = crate::crypto::random_bytes::<32>()?;
+    let key = format!("tvk_dev_{}", hex::encode(secret));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(key.as_bytes())?;
+    file.sync_all()?;
+    Ok(key)
+}

@@ -1,0 +1,332 @@
+//! Configuration: one TOML file, every key documented in the README,
+//! unknown keys rejected with the key named. `Config::dev` is the embedded
+//! default of `tokenvault serve --dev`.
+//!
+//! This module only parses and checks shapes; it opens no file but the
+//! config itself and holds no secret (API keys are kept as SHA-256 only).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::Rpc;
+
+/// The default gRPC address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the RocksDB store and local files.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Seconds that calls in flight get to finish after SIGTERM/SIGINT.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub kek: KekConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub principals: Vec<PrincipalConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Only "rocksdb" so far.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Sync the write-ahead log before a Tokenize is acknowledged. Turning
+    /// it off trades the last acknowledged writes on a machine crash for
+    /// speed; a process crash alone loses nothing either way.
+    #[serde(default = "default_true")]
+    pub sync_writes: bool,
+    /// RocksDB block cache size in MiB.
+    #[serde(default = "default_block_cache_mb")]
+    pub block_cache_mb: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: default_backend(),
+            sync_writes: true,
+            block_cache_mb: default_block_cache_mb(),
+        }
+    }
+}
+
+/// The key-encryption key provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KekConfig {
+    /// A 32-byte key file; `path` defaults to `<data_dir>/kek.key`.
+    Local { path: Option<PathBuf> },
+}
+
+impl Default for KekConfig {
+    fn default() -> Self {
+        KekConfig::Local { path: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How many subjects' unwrapped data keys stay in memory.
+    #[serde(default = "default_cache_subjects")]
+    pub max_subjects: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_subjects: default_cache_subjects(),
+        }
+    }
+}
+
+/// Input limits; going over one is `INVALID_ARGUMENT`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Items in one Tokenize or tokens in one Detokenize.
+    #[serde(default = "default_max_batch")]
+    pub max_batch_items: usize,
+    /// Bytes of one value to tokenize.
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// Bytes of a subject id.
+    #[serde(default = "default_max_subject_bytes")]
+    pub max_subject_bytes: usize,
+    /// Bytes of one gRPC request message.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_items: default_max_batch(),
+            max_value_bytes: default_max_value_bytes(),
+            max_subject_bytes: default_max_subject_bytes(),
+            max_message_bytes: default_max_message_bytes(),
+        }
+    }
+}
+
+/// A caller. Only the SHA-256 of its API key is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    pub name: String,
+    /// Hex SHA-256 of the API key the principal sends as
+    /// `authorization: Bearer <key>`.
+    pub api_key_sha256: String,
+    /// RPCs it may call, in snake_case (`tokenize`, `detokenize`, ...).
+    pub allow: Vec<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("constant address parses")
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+fn default_backend() -> String {
+    "rocksdb".to_string()
+}
+fn default_shutdown_grace() -> u64 {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+fn default_block_cache_mb() -> usize {
+    128
+}
+fn default_cache_subjects() -> usize {
+    100_000
+}
+fn default_max_batch() -> usize {
+    1_000
+}
+fn default_max_value_bytes() -> usize {
+    4_096
+}
+fn default_max_subject_bytes() -> usize {
+    256
+}
+fn default_max_message_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+impl Config {
+    /// The embedded default of `serve --dev`.
+    pub fn dev() -> Self {
+        toml::from_str("").expect("an empty config takes every default")
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// Checks what serde cannot: values in range, names known.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.storage.backend != "rocksdb" {
+            return Err(ConfigError::Invalid(format!(
+                "storage.backend {:?} is not supported (only \"rocksdb\")",
+                self.storage.backend
+            )));
+        }
+        if self.limits.max_batch_items == 0 || self.limits.max_value_bytes == 0 {
+            return Err(ConfigError::Invalid("limits must be above 0".into()));
+        }
+        if self.cache.max_subjects == 0 {
+            return Err(ConfigError::Invalid(
+                "cache.max_subjects must be above 0".into(),
+            ));
+        }
+        for (i, principal) in self.principals.iter().enumerate() {
+            check_principal(i, principal)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_principal(i: usize, principal: &PrincipalConfig) -> Result<(), ConfigError> {
+    let digest_ok = principal.api_key_sha256.len() == 64
+        && principal
+            .api_key_sha256
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit());
+    if !digest_ok {
+        return Err(ConfigError::Invalid(format!(
+            "principals[{i}] ({}): api_key_sha256 must be 64 hex digits",
+            principal.name
+        )));
+    }
+    if let Some(unknown) = principal
+        .allow
+        .iter()
+        .find(|rpc| Rpc::from_name(rpc).is_none())
+    {
+        return Err(ConfigError::Invalid(format!(
+            "principals[{i}] ({}): unknown rpc {unknown:?} in allow (known: {})",
+            principal.name,
+            Rpc::ALL.map(Rpc::name).join(", ")
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_dev_default() {
+        let config = Config::dev();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert!(config.storage.sync_writes, "synced writes are the default");
+        assert!(matches!(config.kek, KekConfig::Local { path: None }));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        for (text, key) in [
+            ("lisen = \"127.0.0.1:1\"", "lisen"),
+            ("[storage]\nsync_write = false", "sync_write"),
+            ("[kek]\nprovider = \"local\"\npth = \"k\"", "pth"),
+            ("[limits]\nmax_items = 3", "max_items"),
+        ] {
+            let err = Config::parse(text).expect_err(text);
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = Config::parse(
+            r#"
+            listen = "0.0.0.0:6000"
+            data_dir = "/var/lib/tokenvault"
+            [storage]
+            backend = "rocksdb"
+            sync_writes = false
+            [kek]
+            provider = "local"
+            path = "/etc/tokenvault/kek.key"
+            [limits]
+            max_batch_items = 10
+            [[principals]]
+            name = "chat"
+            api_key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            allow = ["tokenize", "redact_text"]
+            "#,
+        )
+        .expect("parses");
+        config.check().expect("valid");
+        assert!(!config.storage.sync_writes);
+        assert_eq!(config.limits.max_batch_items, 10);
+        assert_eq!(config.principals[0].allow, ["tokenize", "redact_text"]);
+    }
+
+    #[test]
+    fn bad_principals_are_named() {
+        let mut config = Config::dev();
+        config.principals.push(PrincipalConfig {
+            name: "x".into(),
+            api_key_sha256: "abc".into(),
+            allow: vec![],
+        });
+        assert!(config
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("principals[0]"));
+        config.principals[0].api_key_sha256 = "a".repeat(64);
+        config.principals[0].allow = vec!["detokenise".into()];
+        assert!(config
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("detokenise"));
+    }
+}

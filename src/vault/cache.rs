@@ -1,0 +1,117 @@
+//! The bounded cache of unwrapped subject keys, so the KEK provider is off
+//! the hot path for known subjects. Entries are `Arc<SubjectKeys>`; the
+//! keys zeroize when the last reference drops, i.e. on eviction (once no
+//! call in flight still uses them) and on [`DekCache::clear`] at shutdown.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::crypto::{SubjectHash, SubjectKeys};
+
+pub struct DekCache {
+    entries: Mutex<LruCache<SubjectHash, Arc<SubjectKeys>>>,
+    stats: CacheStats,
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Default, Debug)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+impl DekCache {
+    pub fn new(capacity: NonZeroUsize) -> Self {
+        DekCache {
+            entries: Mutex::new(LruCache::new(capacity)),
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub fn get(&self, subject: &SubjectHash) -> Option<Arc<SubjectKeys>> {
+        let found = self.entries.lock().get(subject).cloned();
+        let counter = if found.is_some() {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub fn insert(&self, subject: SubjectHash, keys: SubjectKeys) -> Arc<SubjectKeys> {
+        let keys = Arc::new(keys);
+        let evicted = self.entries.lock().push(subject, Arc::clone(&keys));
+        if matches!(evicted, Some((old, _)) if old != subject) {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        keys
+    }
+
+    pub fn remove(&self, subject: &SubjectHash) {
+        self.entries.lock().pop(subject);
+    }
+
+    /// Drops every entry (their keys zeroize once no call uses them).
+    pub fn clear(&self) {
+        self.entries.lock().clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+
+    fn keys() -> SubjectKeys {
+        SubjectKeys::from_dek(&SecretKey::generate().expect("random"))
+    }
+
+    #[test]
+    fn evicts_least_recently_used_and_counts() {
+        let cache = DekCache::new(NonZeroUsize::new(2).expect("non-zero"));
+        let (a, b, c) = (
+            SubjectHash([1; 32]),
+            SubjectHash([2; 32]),
+            SubjectHash([3; 32]),
+        );
+        cache.insert(a, keys());
+        cache.insert(b, keys());
+        assert!(cache.get(&a).is_some());
+        cache.insert(c, keys());
+        assert!(cache.get(&b).is_none(), "b was least recently used");
+        assert!(cache.get(&a).is_some() && cache.get(&c).is_some());
+        assert_eq!(cache.stats().evictions.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.stats().misses.load(Ordering::Relaxed), 1);
+        cache.clear();
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn evicted_keys_are_dropped_when_unused() {
+        let cache = DekCache::new(NonZeroUsize::new(1).expect("non-zero"));
+        let held = cache.insert(SubjectHash([1; 32]), keys());
+        let weak = Arc::downgrade(&held);
+        drop(held);
+        cache.insert(SubjectHash([2; 32]), keys());
+        // No strong reference is left, so SubjectKeys ran its zeroizing drop.
+        assert!(weak.upgrade().is_none());
+    }
+}

@@ -1,0 +1,55 @@
+//! Errors of the vault's service logic. Messages are safe to send to a
+//! caller: they name items and rules, never values, subject ids or keys.
+//! `api::status` maps them to gRPC codes, in one place.
+
+use crate::crypto::CryptoError;
+use crate::kek::KekError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// Bad input; the message says which item and why.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The key provider cannot be reached: retry later; nothing was stored.
+    #[error("key provider unavailable, nothing was stored; retry later")]
+    KeyProviderUnavailable(#[source] KekError),
+    /// A stored key does not unwrap (wrong KEK, deleted key version).
+    #[error("a stored key could not be unwrapped; check the KEK configuration")]
+    KeyUnwrap(#[source] KekError),
+    /// The storage engine failed (I/O, disk full).
+    #[error("storage unavailable, nothing was stored; retry later")]
+    StorageUnavailable(#[source] StoreError),
+    /// Anything that should not happen: corrupt records, a bug. The
+    /// detail goes to the log, never to the caller.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<KekError> for VaultError {
+    fn from(error: KekError) -> Self {
+        match error {
+            KekError::Unavailable(_) => VaultError::KeyProviderUnavailable(error),
+            KekError::UnwrapFailed(_) | KekError::WrongProvider { .. } => {
+                VaultError::KeyUnwrap(error)
+            }
+            other => VaultError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for VaultError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Engine(_) | StoreError::Busy => VaultError::StorageUnavailable(error),
+            other => VaultError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<CryptoError> for VaultError {
+    fn from(error: CryptoError) -> Self {
+        VaultError::Internal(error.to_string())
+    }
+}

@@ -1,0 +1,604 @@
+//! The vault's service logic: tokenize and detokenize over the key
+//! hierarchy and the store. It knows nothing of gRPC (see `api`) nor of
+//! RocksDB (see `store`); it validates input, derives and caches keys,
+//! seals values and resolves token collisions.
+//!
+//! It must never put a value, subject id or key into an error, a log line
+//! or a stored record other than sealed.
+
+pub mod cache;
+pub mod error;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+pub use cache::DekCache;
+pub use error::VaultError;
+
+use crate::config::{Config, Limits};
+use crate::crypto::{self, token_aad, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys};
+use crate::kek::{self, KekProvider};
+use crate::store::rocks::{RocksOptions, RocksStore};
+use crate::store::{Conflict, InsertOutcome, NewToken, Store, TokenRecord};
+use crate::token::formats::{self, Format};
+
+/// How many times a batch is retried when its random tokens collide with
+/// existing ones before the value is declared too short to tokenize.
+const MAX_TOKEN_ATTEMPTS: usize = 16;
+/// A ttl longer than this (100 years) is rejected as a mistake.
+const MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMode {
+    Deterministic,
+    Random,
+}
+
+/// One value to tokenize.
+#[derive(Clone)]
+pub struct TokenizeItem {
+    pub value: String,
+    pub format: String,
+    pub mode: TokenMode,
+    pub ttl_seconds: u64,
+}
+
+impl std::fmt::Debug for TokenizeItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenizeItem")
+            .field("value", &"<redacted>")
+            .field("format", &self.format)
+            .field("mode", &self.mode)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    Found,
+    NotFound,
+    Erased,
+    Expired,
+}
+
+/// The outcome of one token of a Detokenize call.
+pub struct Detokenized {
+    pub status: TokenStatus,
+    /// Set only when found.
+    pub value: Option<Zeroizing<String>>,
+    /// Set when the token's record exists (found or expired).
+    pub format: Option<String>,
+}
+
+/// Counters of key-provider use, for metrics and the load tool.
+#[derive(Default, Debug)]
+pub struct KekStats {
+    pub wrap_calls: AtomicU64,
+    pub unwrap_calls: AtomicU64,
+}
+
+pub struct Vault {
+    store: Arc<dyn Store>,
+    kek: Box<dyn KekProvider>,
+    system: SystemKeys,
+    cache: DekCache,
+    limits: Limits,
+    kek_stats: KekStats,
+}
+
+impl Vault {
+    /// Opens the configured store and key provider and loads (or, on first
+    /// start, creates) the system key.
+    pub async fn open(config: &Config, dev: bool) -> Result<Self, VaultError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            VaultError::Internal(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let kek = kek::open_provider(&config.kek, &config.data_dir, dev).await?;
+        if !kek.is_secure() {
+            tracing::warn!(
+                provider = kek.kind().name(),
+                "the KEK is held in this process (local key file): for development only; use kek.provider = \"vault\" in production"
+            );
+        }
+        let store = open_store(&config.data_dir, config)?;
+        Self::with_parts(store, kek, config.cache.max_subjects, config.limits.clone()).await
+    }
+
+    /// Assembles a vault from parts (tests use this with other stores).
+    pub async fn with_parts(
+        store: Arc<dyn Store>,
+        kek: Box<dyn KekProvider>,
+        cache_subjects: usize,
+        limits: Limits,
+    ) -> Result<Self, VaultError> {
+        let kek_stats = KekStats::default();
+        let system_key =
+            load_or_create_system_key(store.as_ref(), kek.as_ref(), &kek_stats).await?;
+        let capacity = NonZeroUsize::new(cache_subjects).ok_or_else(|| {
+            VaultError::InvalidArgument("cache.max_subjects must be above 0".into())
+        })?;
+        Ok(Vault {
+            store,
+            kek,
+            system: SystemKeys::from_system_key(&system_key),
+            cache: DekCache::new(capacity),
+            limits,
+            kek_stats,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn kek_stats(&self) -> &KekStats {
+        &self.kek_stats
+    }
+
+    pub fn cache(&self) -> &DekCache {
+        &self.cache
+    }
+
+    /// Zeroizes every cached key. Called on shutdown.
+    pub fn shutdown(&self) {
+        self.cache.clear();
+    }
+
+    /// Tokenizes a batch for one subject, atomically: one bad item fails
+    /// the call and stores nothing.
+    pub async fn tokenize(
+        &self,
+        subject_id: &str,
+        items: &[TokenizeItem],
+    ) -> Result<Vec<String>, VaultError> {
+        self.check_subject(subject_id)?;
+        self.check_batch(items.len(), "items")?;
+        let formats = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.check_item(i, item))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let subject = self.system.subject_hash(subject_id);
+        let keys = self.keys_for_write(subject).await?;
+        let now = unix_now();
+        let plan = DeterministicPlan::new(items, &formats, &keys, &subject);
+
+        let mut tokens: Vec<Option<String>> = vec![None; items.len()];
+        self.resolve_index_hits(&plan, now, &mut tokens).await?;
+        let pending: Vec<usize> = (0..items.len())
+            .filter(|&i| plan.owner[i] == i && tokens[i].is_none())
+            .collect();
+        self.insert_new_tokens(
+            pending,
+            items,
+            &formats,
+            &plan,
+            &keys,
+            subject,
+            now,
+            &mut tokens,
+        )
+        .await?;
+
+        (0..items.len())
+            .map(|i| {
+                tokens[plan.owner[i]]
+                    .clone()
+                    .ok_or_else(|| VaultError::Internal("an item was left without a token".into()))
+            })
+            .collect()
+    }
+
+    /// Looks tokens up and opens their values. Unknown tokens are
+    /// `NotFound`, not an error.
+    pub async fn detokenize(&self, tokens: &[String]) -> Result<Vec<Detokenized>, VaultError> {
+        self.check_batch(tokens.len(), "tokens")?;
+        let max_token = self.max_token_bytes();
+        for (i, token) in tokens.iter().enumerate() {
+            if token.is_empty() || token.len() > max_token {
+                return Err(VaultError::InvalidArgument(format!(
+                    "tokens[{i}]: a token is 1 to {max_token} bytes"
+                )));
+            }
+        }
+        let records = self.store.token_records(tokens).await?;
+        let now = unix_now();
+        let subjects: Vec<SubjectHash> = records
+            .iter()
+            .flatten()
+            .filter(|record| !record.is_expired(now))
+            .map(|record| record.subject)
+            .collect();
+        let keys = self.keys_for_read(&subjects).await?;
+
+        tokens
+            .iter()
+            .zip(records)
+            .map(|(token, record)| open_record(token, record, &keys, now))
+            .collect()
+    }
+
+    fn max_token_bytes(&self) -> usize {
+        // The longest token is an email's: the value plus ".invalid".
+        self.limits.max_value_bytes + 16
+    }
+
+    fn check_subject(&self, subject_id: &str) -> Result<(), VaultError> {
+        let max = self.limits.max_subject_bytes;
+        if subject_id.is_empty() || subject_id.len() > max {
+            return Err(VaultError::InvalidArgument(format!(
+                "subject_id: must be 1 to {max} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, len: usize, field: &str) -> Result<(), VaultError> {
+        let max = self.limits.max_batch_items;
+        if len == 0 || len > max {
+            return Err(VaultError::InvalidArgument(format!(
+                "{field}: a call takes 1 to {max} entries, got {len}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_item(&self, i: usize, item: &TokenizeItem) -> Result<Format, VaultError> {
+        let invalid = |reason: String| VaultError::InvalidArgument(format!("items[{i}]: {reason}"));
+        let format = Format::from_name(&item.format)
+            .ok_or_else(|| invalid(format!("unknown format {:?}", truncate(&item.format, 32))))?;
+        let max = self.limits.max_value_bytes;
+        if item.value.len() > max {
+            return Err(invalid(format!("value is over {max} bytes")));
+        }
+        if item.ttl_seconds > MAX_TTL_SECONDS {
+            return Err(invalid(format!("ttl_seconds is over {MAX_TTL_SECONDS}")));
+        }
+        formats::validate(format, &item.value).map_err(|e| invalid(e.to_string()))?;
+        Ok(format)
+    }
+
+    /// Fills `tokens` for deterministic items whose index entry exists and
+    /// has not expired.
+    async fn resolve_index_hits(
+        &self,
+        plan: &DeterministicPlan,
+        now: i64,
+        tokens: &mut [Option<String>],
+    ) -> Result<(), VaultError> {
+        let lookups: Vec<(usize, IndexKey)> = plan
+            .index_keys
+            .iter()
+            .enumerate()
+            .filter(|(i, key)| key.is_some() && plan.owner[*i] == *i)
+            .filter_map(|(i, key)| key.clone().map(|key| (i, key)))
+            .collect();
+        if lookups.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<IndexKey> = lookups.iter().map(|(_, key)| key.clone()).collect();
+        let entries = self.store.index_entries(&keys).await?;
+        for ((i, _), entry) in lookups.into_iter().zip(entries) {
+            if let Some(entry) = entry.filter(|entry| !entry.is_expired(now)) {
+                tokens[i] = Some(entry.token);
+            }
+        }
+        Ok(())
+    }
+
+    /// Generates, seals and stores tokens for the pending items, retrying
+    /// collisions; a deterministic item that another call stored first
+    /// takes that call's token.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_new_tokens(
+        &self,
+        mut pending: Vec<usize>,
+        items: &[TokenizeItem],
+        formats: &[Format],
+        plan: &DeterministicPlan,
+        keys: &SubjectKeys,
+        subject: SubjectHash,
+        now: i64,
+        tokens: &mut [Option<String>],
+    ) -> Result<(), VaultError> {
+        for _ in 0..MAX_TOKEN_ATTEMPTS {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let batch = pending
+                .iter()
+                .map(|&i| {
+                    new_token(
+                        &items[i],
+                        formats[i],
+                        keys,
+                        subject,
+                        now,
+                        plan.index_keys[i].clone(),
+                    )
+                    .map_err(|e| match e {
+                        VaultError::InvalidArgument(reason) => {
+                            VaultError::InvalidArgument(format!("items[{i}]: {reason}"))
+                        }
+                        other => other,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let minted: Vec<String> = batch.iter().map(|new| new.token.clone()).collect();
+            match self.store.insert_tokens(batch, now).await? {
+                InsertOutcome::Committed => {
+                    for (&i, token) in pending.iter().zip(minted) {
+                        tokens[i] = Some(token);
+                    }
+                    return Ok(());
+                }
+                InsertOutcome::Conflicts(conflicts) => {
+                    pending = settle_conflicts(pending, conflicts, tokens);
+                }
+            }
+        }
+        match pending.first() {
+            None => Ok(()),
+            Some(i) => Err(VaultError::InvalidArgument(format!(
+                "items[{i}]: no free token of this shape is left; the value is too short to tokenize in this format (use \"opaque\")"
+            ))),
+        }
+    }
+
+    /// The subject's keys, creating its DEK on first use.
+    async fn keys_for_write(&self, subject: SubjectHash) -> Result<Arc<SubjectKeys>, VaultError> {
+        if let Some(keys) = self.cache.get(&subject) {
+            return Ok(keys);
+        }
+        let stored = self.store.subject_keys(&[subject]).await?.pop().flatten();
+        let dek = match stored {
+            Some(wrapped) => self.unwrap_keys(&[&wrapped]).await?.remove(0),
+            None => self.create_subject_key(subject).await?,
+        };
+        Ok(self.cache.insert(subject, SubjectKeys::from_dek(&dek)))
+    }
+
+    async fn create_subject_key(&self, subject: SubjectHash) -> Result<SecretKey, VaultError> {
+        let dek = SecretKey::generate()?;
+        self.kek_stats.wrap_calls.fetch_add(1, Ordering::Relaxed);
+        let wrapped = self.kek.wrap(&[&dek]).await?.remove(0);
+        let in_force = self
+            .store
+            .insert_subject_key(subject, wrapped.clone())
+            .await?;
+        if in_force == wrapped {
+            Ok(dek)
+        } else {
+            // Another call created the subject's key first: use that one.
+            Ok(self.unwrap_keys(&[&in_force]).await?.remove(0))
+        }
+    }
+
+    /// The keys of existing subjects, unwrapping the uncached ones in one
+    /// provider call. Subjects without a stored key are absent.
+    async fn keys_for_read(
+        &self,
+        subjects: &[SubjectHash],
+    ) -> Result<HashMap<SubjectHash, Arc<SubjectKeys>>, VaultError> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        for subject in subjects {
+            if found.contains_key(subject) || missing.contains(subject) {
+                continue;
+            }
+            match self.cache.get(subject) {
+                Some(keys) => {
+                    found.insert(*subject, keys);
+                }
+                None => missing.push(*subject),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let stored = self.store.subject_keys(&missing).await?;
+        let (present, wrapped): (Vec<SubjectHash>, Vec<_>) = missing
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(subject, key)| key.map(|key| (subject, key)))
+            .unzip();
+        if present.is_empty() {
+            return Ok(found);
+        }
+        let deks = self
+            .unwrap_keys(&wrapped.iter().collect::<Vec<_>>())
+            .await?;
+        for (subject, dek) in present.into_iter().zip(deks) {
+            found.insert(
+                subject,
+                self.cache.insert(subject, SubjectKeys::from_dek(&dek)),
+            );
+        }
+        Ok(found)
+    }
+
+    async fn unwrap_keys(
+        &self,
+        wrapped: &[&crate::kek::WrappedKey],
+    ) -> Result<Vec<SecretKey>, VaultError> {
+        self.kek_stats.unwrap_calls.fetch_add(1, Ordering::Relaxed);
+        let keys = self.kek.unwrap(wrapped).await?;
+        if keys.len() != wrapped.len() {
+            return Err(VaultError::Internal(
+                "key provider returned a short batch".into(),
+            ));
+        }
+        Ok(keys)
+    }
+}
+
+fn open_store(data_dir: &Path, config: &Config) -> Result<Arc<dyn Store>, VaultError> {
+    let options = RocksOptions {
+        sync_writes: config.storage.sync_writes,
+        block_cache_bytes: config.storage.block_cache_mb * 1024 * 1024,
+    };
+    Ok(Arc::new(RocksStore::open(
+        &data_dir.join("rocksdb"),
+        &options,
+    )?))
+}
+
+async fn load_or_create_system_key(
+    store: &dyn Store,
+    kek: &dyn KekProvider,
+    stats: &KekStats,
+) -> Result<SecretKey, VaultError> {
+    stats.unwrap_calls.fetch_add(1, Ordering::Relaxed);
+    let wrapped = match store.system_key().await? {
+        Some(wrapped) => wrapped,
+        None => {
+            let fresh = SecretKey::generate()?;
+            stats.wrap_calls.fetch_add(1, Ordering::Relaxed);
+            let wrapped = kek.wrap(&[&fresh]).await?.remove(0);
+            store.init_system_key(wrapped).await?
+        }
+    };
+    Ok(kek.unwrap(&[&wrapped]).await?.remove(0))
+}
+
+/// For each item: its deterministic index key (None in random mode) and
+/// the first item of the batch with the same key, which speaks for all of
+/// them (so a value twice in one batch gets one token).
+struct DeterministicPlan {
+    index_keys: Vec<Option<IndexKey>>,
+    owner: Vec<usize>,
+}
+
+impl DeterministicPlan {
+    fn new(
+        items: &[TokenizeItem],
+        formats: &[Format],
+        keys: &SubjectKeys,
+        subject: &SubjectHash,
+    ) -> Self {
+        let index_keys: Vec<Option<IndexKey>> = items
+            .iter()
+            .zip(formats)
+            .map(|(item, format)| {
+                (item.mode == TokenMode::Deterministic)
+                    .then(|| keys.index_key(subject, format.name(), &item.value))
+            })
+            .collect();
+        let mut first: HashMap<&IndexKey, usize> = HashMap::new();
+        let owner = index_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| match key {
+                Some(key) => *first.entry(key).or_insert(i),
+                None => i,
+            })
+            .collect();
+        DeterministicPlan { index_keys, owner }
+    }
+}
+
+fn new_token(
+    item: &TokenizeItem,
+    format: Format,
+    keys: &SubjectKeys,
+    subject: SubjectHash,
+    now: i64,
+    index_key: Option<IndexKey>,
+) -> Result<NewToken, VaultError> {
+    let token = formats::generate_token(format, &item.value, &mut rand::rng())
+        .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
+    let aad = token_aad(&token, format.name(), &subject);
+    let sealed = crypto::seal(keys.seal_key(), &aad, item.value.as_bytes())?;
+    let expires_at = (item.ttl_seconds > 0).then(|| now.saturating_add(item.ttl_seconds as i64));
+    Ok(NewToken {
+        token,
+        record: TokenRecord {
+            subject,
+            format: format.name().to_string(),
+            created_at: now,
+            expires_at,
+            sealed,
+        },
+        index_key,
+    })
+}
+
+/// Applies an insert's conflicts: items whose value another call stored
+/// take its token; items whose token was taken stay pending.
+fn settle_conflicts(
+    pending: Vec<usize>,
+    conflicts: Vec<Conflict>,
+    tokens: &mut [Option<String>],
+) -> Vec<usize> {
+    let mut settled = vec![false; pending.len()];
+    for conflict in conflicts {
+        if let Conflict::IndexTaken { item, existing } = conflict {
+            if let Some(&i) = pending.get(item) {
+                tokens[i] = Some(existing.token);
+                settled[item] = true;
+            }
+        }
+    }
+    pending
+        .into_iter()
+        .zip(settled)
+        .filter(|(_, settled)| !settled)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn open_record(
+    token: &str,
+    record: Option<TokenRecord>,
+    keys: &HashMap<SubjectHash, Arc<SubjectKeys>>,
+    now: i64,
+) -> Result<Detokenized, VaultError> {
+    let Some(record) = record else {
+        return Ok(Detokenized {
+            status: TokenStatus::NotFound,
+            value: None,
+            format: None,
+        });
+    };
+    if record.is_expired(now) {
+        return Ok(Detokenized {
+            status: TokenStatus::Expired,
+            value: None,
+            format: Some(record.format),
+        });
+    }
+    let subject_keys = keys
+        .get(&record.subject)
+        .ok_or_else(|| VaultError::Internal("a token's subject has no stored key".into()))?;
+    let aad = token_aad(token, &record.format, &record.subject);
+    let plain = Zeroizing::new(crypto::open(subject_keys.seal_key(), &aad, &record.sealed)?);
+    let value = String::from_utf8(plain.to_vec())
+        .map_err(|_| VaultError::Internal("a sealed value is not UTF-8".into()))?;
+    Ok(Detokenized {
+        status: TokenStatus::Found,
+        value: Some(Zeroizing::new(value)),
+        format: Some(record.format),
+    })
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Cuts caller-supplied names (never values) for error messages.
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}

@@ -1,0 +1,275 @@
+//! Shared harness of the integration tests: starts the real `tokenvault`
+//! binary on a free loopback port (it binds port 0 and prints the address)
+//! and gives a gRPC client with the dev admin key.
+
+#![allow(dead_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokenvault::cli::client::{BearerAuth, Client};
+use tokenvault::pb;
+use tokenvault::pb::token_vault_client::TokenVaultClient;
+use tonic::transport::Channel;
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `tokenvault serve --dev` with its own data directory. Stdout
+/// and stderr go to files in `root`, appended across restarts, so a test
+/// can search the whole server log.
+pub struct Server {
+    root: PathBuf,
+    child: Option<Child>,
+    pub addr: String,
+}
+
+impl Server {
+    /// Starts a dev server whose files live under `root`.
+    pub fn start(root: &Path) -> Server {
+        let mut server = Server {
+            root: root.to_path_buf(),
+            child: None,
+            addr: String::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("server.log")
+    }
+
+    fn stdout_path(&self) -> PathBuf {
+        self.root.join("stdout.log")
+    }
+
+    fn spawn(&mut self) {
+        // Truncate stdout so the address line found is this run's.
+        File::create(self.stdout_path()).expect("create stdout file");
+        let stdout = OpenOptions::new()
+            .append(true)
+            .open(self.stdout_path())
+            .expect("stdout file");
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data_dir())
+            .env("TOKENVAULT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tokenvault");
+        self.child = Some(child);
+        self.addr = self.wait_for_address();
+    }
+
+    fn wait_for_address(&mut self) -> String {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let out = fs::read_to_string(self.stdout_path()).unwrap_or_default();
+            if let Some(addr) = out
+                .lines()
+                .find_map(|line| line.strip_prefix("tokenvault listening on "))
+            {
+                return format!("http://{}", addr.trim());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "tokenvault exited with {status} before listening; log:\n{}",
+                    fs::read_to_string(self.log_path()).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tokenvault did not start in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn api_key(&self) -> String {
+        fs::read_to_string(self.data_dir().join("dev-admin.key"))
+            .expect("dev admin key file")
+            .trim()
+            .to_string()
+    }
+
+    pub async fn client(&self) -> Client {
+        self.client_with_key(&self.api_key()).await
+    }
+
+    pub async fn client_with_key(&self, key: &str) -> Client {
+        TokenVaultClient::with_interceptor(
+            self.channel().await,
+            BearerAuth::new(key).expect("ascii key"),
+        )
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.addr.clone())
+            .expect("address")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// SIGTERM, and waits for a clean exit. Async, so the test's own
+    /// connections keep being driven (and close) while the server drains.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "tokenvault did not stop within 30 s of SIGTERM"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(
+                status.success(),
+                "tokenvault exited with {status} on SIGTERM"
+            );
+        }
+    }
+
+    /// SIGKILL: a crash, no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+pub fn item(value: &str, format: &str) -> pb::TokenizeItem {
+    pb::TokenizeItem {
+        value: value.into(),
+        format: format.into(),
+        mode: pb::TokenMode::Unspecified as i32,
+        ttl_seconds: 0,
+    }
+}
+
+pub fn random_item(value: &str, format: &str) -> pb::TokenizeItem {
+    pb::TokenizeItem {
+        mode: pb::TokenMode::Random as i32,
+        ..item(value, format)
+    }
+}
+
+pub async fn tokenize(
+    client: &mut Client,
+    subject: &str,
+    items: Vec<pb::TokenizeItem>,
+) -> Vec<String> {
+    client
+        .tokenize(pb::TokenizeRequest {
+            subject_id: subject.into(),
+            items,
+        })
+        .await
+        .expect("tokenize")
+        .into_inner()
+        .tokens
+}
+
+pub async fn detokenize(client: &mut Client, tokens: &[String]) -> Vec<pb::DetokenizeResult> {
+    client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens.to_vec(),
+            purpose: "test".into(),
+        })
+        .await
+        .expect("detokenize")
+        .into_inner()
+        .results
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in fs::read_dir(&path).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The service names that server reflection lists (with the admin key).
+pub async fn reflection_services(server: &Server) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let auth = BearerAuth::new(&server.api_key()).expect("key");
+    let mut client = ServerReflectionClient::with_interceptor(server.channel().await, auth);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = stream
+        .message()
+        .await
+        .expect("message")
+        .expect("one response");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
