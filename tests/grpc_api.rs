@@ -162,7 +162,9 @@ async fn deterministic_per_subject_random_on_request() {
     assert_ne!(r1[0], r2[0], "random mode gives a fresh token");
     assert_ne!(r1[0], a1[0]);
     for token in [&r1[0], &r2[0], &b[0]] {
-        let result = detokenize(&mut client, std::slice::from_ref(token)).await.remove(0);
+        let result = detokenize(&mut client, std::slice::from_ref(token))
+            .await
+            .remove(0);
         assert_eq!(result.value, card);
     }
 }
@@ -314,6 +316,32 @@ async fn batch_and_subject_limits_are_invalid_argument() {
         .await
         .expect_err("empty");
     assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_invalid_argument() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let mut client = server.client().await;
+    // 5 MiB in one request, over the 4 MiB default max_message_bytes.
+    let items = (0..1000)
+        .map(|_| item(&"a".repeat(5 * 1024), "text"))
+        .collect();
+    let status = client
+        .tokenize(pb::TokenizeRequest {
+            subject_id: "s".into(),
+            items,
+        })
+        .await
+        .expect_err("over the message limit");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("max_message_bytes"),
+        "{}",
+        status.message()
+    );
+    // The server is still there.
+    tokenize(&mut client, "s", vec![item("ok", "text")]).await;
 }
 
 #[tokio::test]

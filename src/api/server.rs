@@ -87,6 +87,9 @@ pub async fn serve(
 
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let serving = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_invalid_argument,
+        ))
         .add_service(health)
         .add_service(InterceptedService::new(reflection, interceptor.clone()))
         .add_service(InterceptedService::new(
@@ -112,8 +115,50 @@ pub async fn serve(
         .set_not_serving::<TokenVaultServer<TokenVaultService>>()
         .await;
     vault.shutdown();
+    log_key_use(&vault);
     tracing::info!("stopped; cached keys zeroized");
     Ok(())
+}
+
+/// How much the KEK provider and the DEK cache were used in this run (the
+/// load tool reads this line to show known subjects cost no provider call).
+fn log_key_use(vault: &Vault) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (kek, cache) = (vault.kek_stats(), vault.cache().stats());
+    tracing::info!(
+        wrap = kek.wrap_calls.load(Relaxed),
+        unwrap = kek.unwrap_calls.load(Relaxed),
+        dek_cache_hits = cache.hits.load(Relaxed),
+        dek_cache_misses = cache.misses.load(Relaxed),
+        dek_cache_evictions = cache.evictions.load(Relaxed),
+        "key provider calls since start"
+    );
+}
+
+/// The gRPC decoder refuses a message over `limits.max_message_bytes` with
+/// OUT_OF_RANGE before reading it; callers get INVALID_ARGUMENT for every
+/// input over a limit, so that one status is rewritten here.
+fn oversized_is_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
+    const OUT_OF_RANGE: &str = "11";
+    const TOO_LARGE: &str = "Error,%20decoded%20message%20length%20too%20large";
+    let headers = response.headers_mut();
+    let oversized = headers
+        .get("grpc-status")
+        .is_some_and(|v| v == OUT_OF_RANGE)
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.starts_with(TOO_LARGE));
+    if oversized {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "request%20message%20is%20over%20limits.max_message_bytes",
+            ),
+        );
+    }
+    response
 }
 
 /// Completes `grace` after shutdown began.

@@ -22,15 +22,29 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Server {
     root: PathBuf,
     child: Option<Child>,
+    /// `serve` arguments after the listen/data-dir overrides.
+    mode: Vec<String>,
     pub addr: String,
 }
 
 impl Server {
     /// Starts a dev server whose files live under `root`.
     pub fn start(root: &Path) -> Server {
+        Self::start_with(root, vec!["--dev".into()])
+    }
+
+    /// Starts `serve --config FILE` with the given TOML written to `root`.
+    pub fn start_with_config(root: &Path, toml: &str) -> Server {
+        let path = root.join("tokenvault.toml");
+        fs::write(&path, toml).expect("write config");
+        Self::start_with(root, vec!["--config".into(), path.display().to_string()])
+    }
+
+    fn start_with(root: &Path, mode: Vec<String>) -> Server {
         let mut server = Server {
             root: root.to_path_buf(),
             child: None,
+            mode,
             addr: String::new(),
         };
         server.spawn();
@@ -62,7 +76,9 @@ impl Server {
             .open(self.log_path())
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .args(&self.mode)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir())
             .env("TOKENVAULT_LOG", "debug")
             .stdin(Stdio::null())
