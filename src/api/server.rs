@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
@@ -85,6 +85,9 @@ pub async fn serve(
     println!("tokenvault listening on {local}");
     tracing::info!(addr = %local, "serving");
 
+    // Without TCP_NODELAY, a multi-segment response waits on the client's
+    // delayed ACK (about 40 ms) under Nagle's algorithm.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let serving = Server::builder()
         .layer(tower::util::MapResponseLayer::new(
@@ -97,7 +100,7 @@ pub async fn serve(
             interceptor.clone(),
         ))
         .add_service(InterceptedService::new(token_vault, interceptor))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown_signal().await;
             let _ = stopping_tx.send(true);
         });

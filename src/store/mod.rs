@@ -17,7 +17,7 @@ use crate::kek::WrappedKey;
 pub use records::{IndexEntry, TokenRecord};
 
 /// Errors of a store. Messages carry no stored data.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The storage engine failed (I/O, disk full, closed database).
@@ -26,9 +26,6 @@ pub enum StoreError {
     /// A stored record does not decode: corruption or an unknown version.
     #[error("stored {0} record is corrupt or of an unknown version")]
     Corrupt(&'static str),
-    /// Other writers held the same keys for too long.
-    #[error("storage busy: conflicting writes did not finish in time")]
-    Busy,
     /// The caller broke an interface rule (a bug, not bad user input).
     #[error("store misuse: {0}")]
     Misuse(&'static str),

@@ -42,7 +42,7 @@ impl From<KekError> for VaultError {
 impl From<StoreError> for VaultError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Engine(_) | StoreError::Busy => VaultError::StorageUnavailable(error),
+            StoreError::Engine(_) => VaultError::StorageUnavailable(error),
             other => VaultError::Internal(other.to_string()),
         }
     }
