@@ -286,11 +286,15 @@ impl Inner {
         let tokens_cf = self.cf(CF_TOKENS)?;
         let index_cf = self.cf(CF_INDEX)?;
         let subject_tokens_cf = self.cf(CF_SUBJECT_TOKENS)?;
-        for item in batch {
+        // Everything that can fail happens before the first put: a request
+        // that errors must leave nothing in the group's batch.
+        let records = batch
+            .iter()
+            .map(|item| item.record.encode())
+            .collect::<Result<Vec<_>, _>>()?;
+        for (item, record) in batch.into_iter().zip(records) {
             let subject_token = [item.record.subject.as_bytes(), item.token.as_bytes()].concat();
-            state
-                .batch
-                .put_cf(tokens_cf, item.token.as_bytes(), item.record.encode()?);
+            state.batch.put_cf(tokens_cf, item.token.as_bytes(), record);
             state.batch.put_cf(subject_tokens_cf, subject_token, []);
             if let Some(index_key) = item.index_key {
                 let entry = IndexEntry {
