@@ -7,7 +7,8 @@ set -euo pipefail
 
 need_root() { if [ "$(id -u)" -ne 0 ]; then echo sudo; fi; }
 
-if ! ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so'; then
+# bindgen needs libclang and clang's own headers: the -dev package has both.
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
   echo "setup: installing libclang-dev (RocksDB bindings)"
   $(need_root) apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $(need_root) apt-get install -y -qq libclang-dev >/dev/null
