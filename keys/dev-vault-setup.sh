@@ -106,8 +106,8 @@ v() {
   local what="$1"; shift
   if ! "$cli" "$@" 2>"$errf"; then
     local msg
-    msg=$(grep -v -e '^\s*$' -e '^Error' -e '^URL:' -e '^Code:' -e 'Errors:' "$errf" | head -1 | sed 's/^[* ]*//')
-    [ -n "$msg" ] || msg=$(grep -v '^\s*$' "$errf" | head -1)
+    msg=$(grep -v -e '^\s*$' -e '^Error' -e '^URL:' -e '^Code:' -e 'Errors:' "$errf" | head -1 | sed 's/^[* ]*//' || true)
+    [ -n "$msg" ] || msg=$(grep -v '^\s*$' "$errf" | head -1 || true)
     die "$what failed: ${msg:-no error output from $cli}"
   fi
 }

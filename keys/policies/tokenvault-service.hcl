@@ -13,9 +13,10 @@
 
 # Wrap a subject's (or the system's) data key: tokenvault sends the DEK as
 # plaintext, single or as batch_input, and stores only the ciphertext
-# ("vault:vN:..."). Encrypt is a write (POST), hence "update". Note that
-# transit creates a missing key on encrypt when the caller may write here;
-# the path names exactly one key, so that cannot create any other key.
+# ("vault:vN:..."). Encrypt is a write (POST) on an existing key, hence
+# "update". Encrypt on a key that does not exist yet would create it and needs
+# "create", which is deliberately not granted: the key is made by the
+# operator (keys/dev-vault-setup.sh), never by the server.
 path "transit/encrypt/tokenvault" {
   capabilities = ["update"]
 }
