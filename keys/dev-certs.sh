@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
     --days) days="${2:?--days needs a number}"; shift 2 ;;
     --force) force=true; shift ;;
-    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 && !/shellcheck/ { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; exit 0 ;;
     --*) die "unknown option '$1' (see --help)" ;;
     *) principals+=("$1"); shift ;;
   esac
@@ -90,7 +90,7 @@ EOF
 
 # leaf NAME CA CN EKU SAN [ca-args...]: key + CSR + cert signed by CA
 leaf() {
-  local name="$1" ca="$2" cn="$3" eku="$4" san="$5"
+  local name="$1" cn="$3" eku="$4" san="$5"  # $2 (the CA) is used by sign
   newkey "$out/$name.key"
   o "creating the request for $name" req -new -key "$out/$name.key" -out "$tmp/$name.csr" \
     -subj "/O=tokenvault dev/CN=$cn" -config /dev/null

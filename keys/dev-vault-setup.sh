@@ -46,7 +46,7 @@ cli=""
 token_ttl="20m"
 token_max_ttl="4h"
 
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 && !/shellcheck/ { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -89,9 +89,8 @@ fi
 # Both CLIs read their own prefix; set both so neither a stale variable nor a
 # token helper file (~/.vault-token) is used instead.
 export BAO_ADDR="$addr" VAULT_ADDR="$addr" BAO_TOKEN="$token" VAULT_TOKEN="$token"
-if [ -n "${BAO_CACERT:-${VAULT_CACERT:-}}" ]; then
-  export BAO_CACERT="${BAO_CACERT:-$VAULT_CACERT}" VAULT_CACERT="${VAULT_CACERT:-$BAO_CACERT}"
-fi
+cacert="${BAO_CACERT:-${VAULT_CACERT:-}}"
+if [ -n "$cacert" ]; then export BAO_CACERT="$cacert" VAULT_CACERT="$cacert"; fi
 
 for f in tokenvault-service tokenvault-rotate tokenvault-key-retire; do
   [ -r "$policy_dir/$f.hcl" ] || die "missing policy file $policy_dir/$f.hcl"
@@ -198,7 +197,7 @@ mount = "$mount"
 key_name = "$key"
 timeout_ms = 2000
 EOF
-if [ -n "${VAULT_CACERT:-}" ]; then printf 'ca_cert = "%s"\n' "$VAULT_CACERT"; fi
+if [ -n "$cacert" ]; then printf 'ca_cert = "%s"\n' "$cacert"; fi
 cat <<EOF
 
 [kek.approle]

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317
+# (shellcheck: the stop functions run from traps, which it cannot see.)
 # The production-shaped stack on one machine, for integration tests and demos:
 # OpenBao (dev server, in memory, loopback) with transit + AppRole set up by
 # keys/dev-vault-setup.sh, and tokenvault with the vault KEK provider and
@@ -48,7 +50,7 @@ while [ $# -gt 0 ]; do
     --listen) listen="${2:?--listen needs an address}"; shift 2 ;;
     --timeout) timeout="${2:?--timeout needs seconds}"; shift 2 ;;
     --keep) keep=true; shift ;;
-    -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 && !/shellcheck/ { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
