@@ -11,6 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("tokenvault_descriptor.bin"))
         .compile_protos(&["proto/tokenvault/v1/tokenvault.proto"], &["proto"])?;
+    // The operator API is served on a Unix socket only; its descriptors stay
+    // out of the set that reflection serves on the network port.
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/tokenvault/admin/v1/admin.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -85,6 +85,33 @@ impl Default for StorageConfig {
 pub enum KekConfig {
     /// A 32-byte key file; `path` defaults to `<data_dir>/kek.key`.
     Local { path: Option<PathBuf> },
+    /// A Vault / OpenBao transit key. Exactly one of `token_env` and
+    /// `approle` says how to log in. Holds no secret itself: the token
+    /// stays in the environment, the secret id in its file.
+    Vault {
+        address: String,
+        #[serde(default = "default_transit_mount")]
+        mount: String,
+        key_name: String,
+        ca_cert: Option<PathBuf>,
+        /// Deadline of one provider operation, retries included.
+        #[serde(default = "default_kek_timeout_ms")]
+        timeout_ms: u64,
+        /// Name of the environment variable that holds a Vault token.
+        token_env: Option<String>,
+        approle: Option<AppRoleConfig>,
+    },
+}
+
+/// `[kek.approle]`: AppRole login; the secret id is read from a file at
+/// every login, so it can be rotated without a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleConfig {
+    pub role_id: String,
+    pub secret_id_file: PathBuf,
+    #[serde(default = "default_approle_mount")]
+    pub mount: String,
 }
 
 impl Default for KekConfig {
@@ -156,6 +183,15 @@ fn default_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
+fn default_transit_mount() -> String {
+    "transit".to_string()
+}
+fn default_approle_mount() -> String {
+    "approle".to_string()
+}
+fn default_kek_timeout_ms() -> u64 {
+    2_000
+}
 fn default_backend() -> String {
     "rocksdb".to_string()
 }
@@ -217,6 +253,25 @@ impl Config {
         }
         if self.limits.max_batch_items == 0 || self.limits.max_value_bytes == 0 {
             return Err(ConfigError::Invalid("limits must be above 0".into()));
+        }
+        if let KekConfig::Vault {
+            token_env,
+            approle,
+            timeout_ms,
+            ..
+        } = &self.kek
+        {
+            if token_env.is_some() == approle.is_some() {
+                return Err(ConfigError::Invalid(
+                    "kek: give exactly one of token_env or [kek.approle] for provider \"vault\""
+                        .into(),
+                ));
+            }
+            if !(50..=60_000).contains(timeout_ms) {
+                return Err(ConfigError::Invalid(
+                    "kek.timeout_ms must be 50 to 60000".into(),
+                ));
+            }
         }
         if self.cache.max_subjects == 0 {
             return Err(ConfigError::Invalid(
@@ -306,6 +361,50 @@ mod tests {
         assert!(!config.storage.sync_writes);
         assert_eq!(config.limits.max_batch_items, 10);
         assert_eq!(config.principals[0].allow, ["tokenize", "redact_text"]);
+    }
+
+    #[test]
+    fn vault_kek_parses_with_defaults_and_needs_exactly_one_auth() {
+        let config = Config::parse(
+            r#"
+            [kek]
+            provider = "vault"
+            address = "https://vault:8200"
+            key_name = "tokenvault"
+            [kek.approle]
+            role_id = "r"
+            secret_id_file = "/run/secret-id"
+            "#,
+        )
+        .expect("parses");
+        config.check().expect("valid");
+        let KekConfig::Vault {
+            mount,
+            timeout_ms,
+            approle,
+            ..
+        } = &config.kek
+        else {
+            panic!("vault provider expected");
+        };
+        assert_eq!((mount.as_str(), *timeout_ms), ("transit", 2000));
+        assert_eq!(approle.as_ref().map(|a| a.mount.as_str()), Some("approle"));
+
+        let neither =
+            Config::parse("[kek]\nprovider = \"vault\"\naddress = \"http://v\"\nkey_name = \"k\"")
+                .expect("parses");
+        assert!(neither
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one of token_env"));
+        let err = Config::parse(
+            "[kek]\nprovider = \"vault\"\naddress = \"http://v\"\nkey_name = \"k\"\ntoken = \"s\"",
+        )
+        .expect_err("unknown key");
+        assert!(err.contains("token"), "{err}");
+        let err = Config::parse("[kek]\nprovider = \"hsm\"").expect_err("unknown provider");
+        assert!(err.contains("hsm"), "{err}");
     }
 
     #[test]

@@ -23,4 +23,10 @@ pub mod pb {
     /// The encoded descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("tokenvault_descriptor");
+
+    /// The operator API on the data directory's Unix socket.
+    #[allow(clippy::all, missing_docs)]
+    pub mod admin {
+        tonic::include_proto!("tokenvault.admin.v1");
+    }
 }

@@ -6,6 +6,7 @@
 //! who may call what; it holds no business logic of its own and never logs
 //! a request body.
 
+pub mod admin;
 pub mod auth;
 pub mod server;
 pub mod service;

@@ -5,7 +5,13 @@
 //! Health answers without credentials (load balancers and Kubernetes
 //! probes send none, and it reveals nothing); reflection and `TokenVault`
 //! require an API key, so nothing that touches data is ever served
-//! anonymously.
+//! anonymously. Health has two names: `tokenvault.v1.TokenVault` (the
+//! service) and `tokenvault.kek` (the key provider, probed every
+//! [`KEK_PROBE_INTERVAL`]; NOT_SERVING while it cannot be reached, when
+//! only subjects with cached keys can be served).
+//!
+//! The operator API (`api::admin`) is served beside it on the Unix socket
+//! `<data_dir>/admin.sock`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,12 +23,19 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
+use super::admin::{self, AdminService};
 use super::auth::Authenticator;
 use super::service::TokenVaultService;
 use crate::config::Config;
 use crate::pb;
+use crate::pb::admin::admin_server::AdminServer;
 use crate::pb::token_vault_server::TokenVaultServer;
 use crate::vault::Vault;
+
+/// The health name of the key provider dependency.
+pub const KEK_HEALTH_SERVICE: &str = "tokenvault.kek";
+/// How often the key provider is probed for health.
+pub const KEK_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -33,6 +46,11 @@ pub enum ServeError {
     },
     #[error("reflection setup: {0}")]
     Reflection(String),
+    #[error("cannot serve the admin socket {path}: {source}")]
+    AdminSocket {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -79,6 +97,8 @@ pub async fn serve(
     health_reporter
         .set_serving::<TokenVaultServer<TokenVaultService>>()
         .await;
+    let kek_probe = tokio::spawn(probe_kek(Arc::clone(&vault), health_reporter.clone()));
+    let admin_socket = serve_admin_socket(&config.data_dir, Arc::clone(&vault))?;
 
     // A line on stdout that scripts and tests wait for; the port is the
     // real one when the config asked for port 0.
@@ -117,10 +137,74 @@ pub async fn serve(
     health_reporter
         .set_not_serving::<TokenVaultServer<TokenVaultService>>()
         .await;
+    kek_probe.abort();
+    admin_socket.abort();
+    let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
     vault.shutdown();
     log_key_use(&vault);
     tracing::info!("stopped; cached keys zeroized");
     Ok(())
+}
+
+/// Serves the operator API on `<data_dir>/admin.sock`, mode 0600. A stale
+/// socket file is removed first: this process holds the store's lock, so no
+/// other server of this data directory can be using it.
+fn serve_admin_socket(
+    data_dir: &std::path::Path,
+    vault: Arc<Vault>,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = admin::socket_path(data_dir);
+    let failed = |source| ServeError::AdminSocket {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(failed(error)),
+    }
+    let listener = tokio::net::UnixListener::bind(&path).map_err(failed)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    Ok(tokio::spawn(async move {
+        let served = Server::builder()
+            .add_service(AdminServer::new(AdminService::new(vault)))
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "admin socket stopped");
+        }
+    }))
+}
+
+/// Reports the key provider's reachability as the `tokenvault.kek` health
+/// service, logging each change.
+async fn probe_kek(vault: Arc<Vault>, health: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    let mut was_up = None;
+    loop {
+        let up = match vault.kek().status().await {
+            Ok(_) => true,
+            Err(error) => {
+                if was_up != Some(false) {
+                    tracing::warn!(%error, "key provider unreachable: only subjects with cached keys are served");
+                }
+                false
+            }
+        };
+        if was_up == Some(false) && up {
+            tracing::info!("key provider reachable again");
+        }
+        let status = if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status(KEK_HEALTH_SERVICE, status).await;
+        was_up = Some(up);
+        tokio::time::sleep(KEK_PROBE_INTERVAL).await;
+    }
 }
 
 /// How much the KEK provider and the DEK cache were used in this run (the

@@ -21,6 +21,7 @@ pub fn to_status(error: VaultError) -> Status {
             tracing::error!(error = %source, "stored key did not unwrap");
             Status::failed_precondition(error.to_string())
         }
+        VaultError::KeyManagement(message) => Status::failed_precondition(message.clone()),
         VaultError::Internal(detail) => {
             tracing::error!(error = %detail, "internal error");
             Status::internal("internal error; see the server log")

@@ -58,6 +58,29 @@ pub struct BenchArgs {
     pub peer_mount: String,
     #[arg(long, default_value = "tokenvault-bench")]
     pub peer_key: String,
+    /// Run a key-provider phase instead of the matrix: `load` tokenizes
+    /// --kek-values new values for each of --subjects new subjects, then as
+    /// many again for the same (now known) subjects, and saves one token per
+    /// subject to --kek-state; `cold`, after a server restart, detokenizes
+    /// those tokens (every subject's key cold) and reports subjects/s. Both
+    /// read the server's key-provider counters from <data-dir>/admin.sock.
+    #[arg(long, value_enum, requires = "kek_state")]
+    pub kek_phase: Option<KekPhase>,
+    /// Values per subject and pass in the `load` phase (one call each).
+    #[arg(long, default_value_t = 100)]
+    pub kek_values: usize,
+    /// File of the subjects' tokens, written by `load`, read by `cold`.
+    #[arg(long)]
+    pub kek_state: Option<std::path::PathBuf>,
+    /// Name of the provider in the printed rows.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KekPhase {
+    Load,
+    Cold,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,13 +126,13 @@ impl Measurement {
 }
 
 /// Unique, valid card numbers: a Visa prefix, a running number, the Luhn digit.
-struct CardSource {
+pub(super) struct CardSource {
     next: AtomicU64,
     run: u64,
 }
 
 impl CardSource {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let run = crate::vault::unix_now() as u64 % 100_000;
         CardSource {
             next: AtomicU64::new(0),
@@ -117,7 +140,7 @@ impl CardSource {
         }
     }
 
-    fn card(&self) -> String {
+    pub(super) fn card(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let body = format!("4{:05}{:09}", self.run, n % 1_000_000_000);
         format!("{body}{}", luhn_check_digit(&body))
@@ -158,6 +181,9 @@ struct Fixture {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.seconds <= 0.0 || args.concurrency.is_empty() || args.batch.is_empty() {
         bail!("--seconds, --concurrency and --batch must be positive");
+    }
+    if let Some(phase) = args.kek_phase {
+        return super::bench_kek::run(phase, &args).await;
     }
     let fixture = Arc::new(prepare(&args).await?);
     let peer = match &args.peer_addr {
@@ -237,7 +263,7 @@ async fn prepare(args: &BenchArgs) -> anyhow::Result<Fixture> {
     })
 }
 
-fn tokenize_request(subject: &str, values: &[String]) -> pb::TokenizeRequest {
+pub(super) fn tokenize_request(subject: &str, values: &[String]) -> pb::TokenizeRequest {
     pb::TokenizeRequest {
         subject_id: subject.to_string(),
         items: values

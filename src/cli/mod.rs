@@ -3,7 +3,9 @@
 //! Each command exits non-zero on failure with one clear line.
 
 pub mod bench;
+mod bench_kek;
 pub mod client;
+pub mod keys;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -32,6 +34,9 @@ pub enum Command {
     /// Load-test a running server (and, optionally, OpenBao transit as the
     /// peer baseline) and print values/s and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Key management: KEK rotation and status.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// Where the client finds the server and its credential.
@@ -102,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Tokenize(args) => client::tokenize(args).await,
             Command::Detokenize(args) => client::detokenize(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Keys(command) => keys::run(command).await,
         }
     })
 }

@@ -69,8 +69,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn init_logging() {
+    // vaultrs and rustify log every failed Vault call at ERROR with their
+    // own wording; the KEK provider logs what matters once, classified.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENVAULT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,vaultrs=off,rustify=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

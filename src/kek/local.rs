@@ -14,7 +14,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use super::{check_kind, KekError, KekKind, KekProvider, WrappedKey};
+use super::{check_kind, KekError, KekKind, KekProvider, KekStatus, WrappedKey};
 use crate::crypto::{envelope, Sealed, SecretKey, KEY_LEN, NONCE_LEN};
 
 const WRAP_LABEL: &[u8] = b"tokenvault/v1/kek/local/wrap";
@@ -102,6 +102,13 @@ impl KekProvider for LocalKek {
 
     async fn unwrap(&self, keys: &[&WrappedKey]) -> Result<Vec<SecretKey>, KekError> {
         keys.iter().map(|key| self.unwrap_one(key)).collect()
+    }
+
+    async fn status(&self) -> Result<KekStatus, KekError> {
+        Ok(KekStatus {
+            latest_version: LOCAL_KEK_VERSION,
+            min_decryption_version: LOCAL_KEK_VERSION,
+        })
     }
 }
 

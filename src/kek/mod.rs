@@ -10,8 +10,11 @@
 //! A provider never logs or returns key bytes in an error.
 
 pub mod local;
+pub mod vault;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -117,6 +120,17 @@ pub enum KekError {
     /// The provider's own configuration or key file is unusable.
     #[error("key provider setup: {0}")]
     Setup(String),
+    /// The operation needs another provider (rotation needs Vault).
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// Where the KEK stands: its newest version (what new wraps use) and the
+/// oldest version it still unwraps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KekStatus {
+    pub latest_version: u32,
+    pub min_decryption_version: u32,
 }
 
 #[async_trait]
@@ -133,19 +147,69 @@ pub trait KekProvider: Send + Sync + 'static {
 
     /// Unwraps each key, in order. One call to the provider for the batch.
     async fn unwrap(&self, keys: &[&WrappedKey]) -> Result<Vec<SecretKey>, KekError>;
+
+    /// The KEK's versions; also the health probe of the provider.
+    async fn status(&self) -> Result<KekStatus, KekError>;
+
+    /// Makes a new KEK version the one new wraps use; returns it.
+    async fn rotate(&self) -> Result<u32, KekError> {
+        Err(KekError::Unsupported(
+            "KEK rotation needs kek.provider = \"vault\" (the local key file has no versions)",
+        ))
+    }
+
+    /// Re-wraps keys under the newest KEK version without ever showing
+    /// this process the keys.
+    async fn rewrap(&self, _keys: &[&WrappedKey]) -> Result<Vec<WrappedKey>, KekError> {
+        Err(KekError::Unsupported(
+            "KEK rotation needs kek.provider = \"vault\" (the local key file has no versions)",
+        ))
+    }
 }
 
-/// Builds the configured provider. `dev` lets the local provider create its
-/// key file when missing.
+/// Builds the configured provider: the one place that names a vendor.
+/// `dev` lets the local provider create its key file when missing.
 pub async fn open_provider(
     config: &KekConfig,
     data_dir: &Path,
     dev: bool,
-) -> Result<Box<dyn KekProvider>, KekError> {
+) -> Result<Arc<dyn KekProvider>, KekError> {
     match config {
         KekConfig::Local { path } => {
             let path = path.clone().unwrap_or_else(|| data_dir.join("kek.key"));
-            Ok(Box::new(local::LocalKek::open(&path, dev)?))
+            Ok(Arc::new(local::LocalKek::open(&path, dev)?))
+        }
+        KekConfig::Vault {
+            address,
+            mount,
+            key_name,
+            ca_cert,
+            timeout_ms,
+            token_env,
+            approle,
+        } => {
+            let auth = match (token_env, approle) {
+                (Some(variable), None) => vault::VaultAuth::TokenEnv(variable.clone()),
+                (None, Some(approle)) => vault::VaultAuth::AppRole {
+                    mount: approle.mount.clone(),
+                    role_id: approle.role_id.clone(),
+                    secret_id_file: approle.secret_id_file.clone(),
+                },
+                _ => {
+                    return Err(KekError::Setup(
+                        "kek: give exactly one of token_env or [kek.approle]".into(),
+                    ))
+                }
+            };
+            let settings = vault::VaultSettings {
+                address: address.clone(),
+                mount: mount.clone(),
+                key_name: key_name.clone(),
+                ca_cert: ca_cert.clone(),
+                timeout: Duration::from_millis(*timeout_ms),
+                auth,
+            };
+            Ok(vault::VaultKek::open(settings).await?)
         }
     }
 }

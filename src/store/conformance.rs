@@ -190,6 +190,83 @@ pub async fn concurrent_writers_of_one_index_key_store_one_token(store: std::syn
     );
 }
 
+pub async fn subject_keys_scan_in_pages(store: &dyn Store) {
+    for tag in [3u8, 1, 2] {
+        store
+            .insert_subject_key(SubjectHash([tag; 32]), wrapped(tag))
+            .await
+            .expect("insert");
+    }
+    let first = store.subject_keys_after(None, 2).await.expect("scan");
+    assert_eq!(
+        first,
+        vec![
+            (SubjectHash([1; 32]), wrapped(1)),
+            (SubjectHash([2; 32]), wrapped(2))
+        ]
+    );
+    let rest = store
+        .subject_keys_after(Some(SubjectHash([2; 32])), 2)
+        .await
+        .expect("scan");
+    assert_eq!(rest, vec![(SubjectHash([3; 32]), wrapped(3))]);
+    assert!(store
+        .subject_keys_after(Some(SubjectHash([3; 32])), 2)
+        .await
+        .expect("scan")
+        .is_empty());
+}
+
+pub async fn keys_are_replaced_only_if_unchanged(store: &dyn Store) {
+    let subject = SubjectHash([7; 32]);
+    assert!(
+        !store
+            .replace_subject_key(subject, &wrapped(1), wrapped(2))
+            .await
+            .expect("replace"),
+        "a missing key is never created by a replace"
+    );
+    assert_eq!(
+        store.subject_keys(&[subject]).await.expect("read"),
+        vec![None]
+    );
+    store
+        .insert_subject_key(subject, wrapped(1))
+        .await
+        .expect("insert");
+    assert!(!store
+        .replace_subject_key(subject, &wrapped(9), wrapped(2))
+        .await
+        .expect("replace"));
+    assert!(store
+        .replace_subject_key(subject, &wrapped(1), wrapped(2))
+        .await
+        .expect("replace"));
+    assert_eq!(
+        store.subject_keys(&[subject]).await.expect("read"),
+        vec![Some(wrapped(2))]
+    );
+
+    store.init_system_key(wrapped(5)).await.expect("init");
+    assert!(!store
+        .replace_system_key(&wrapped(6), wrapped(7))
+        .await
+        .expect("replace"));
+    assert!(store
+        .replace_system_key(&wrapped(5), wrapped(7))
+        .await
+        .expect("replace"));
+    assert_eq!(store.system_key().await.expect("read"), Some(wrapped(7)));
+}
+
+pub async fn rotation_marker_is_stored_and_cleared(store: &dyn Store) {
+    assert_eq!(store.kek_rotation().await.expect("read"), None);
+    store.set_kek_rotation(Some(4)).await.expect("set");
+    assert_eq!(store.kek_rotation().await.expect("read"), Some(4));
+    store.set_kek_rotation(None).await.expect("clear");
+    assert_eq!(store.kek_rotation().await.expect("read"), None);
+}
+
 /// Runs the whole suite against fresh stores from `make`.
 pub async fn run_all<F>(make: F)
 where
@@ -202,4 +279,7 @@ where
     repeated_token_in_one_batch_is_a_conflict(make().as_ref()).await;
     expired_index_entry_can_be_replaced(make().as_ref()).await;
     concurrent_writers_of_one_index_key_store_one_token(make()).await;
+    subject_keys_scan_in_pages(make().as_ref()).await;
+    keys_are_replaced_only_if_unchanged(make().as_ref()).await;
+    rotation_marker_is_stored_and_cleared(make().as_ref()).await;
 }

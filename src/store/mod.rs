@@ -90,6 +90,38 @@ pub trait Store: Send + Sync + 'static {
         tokens: &[String],
     ) -> Result<Vec<Option<TokenRecord>>, StoreError>;
 
+    /// Up to `limit` stored subject keys in subject-hash order, starting
+    /// after `after` (from the first when None): a resumable scan for KEK
+    /// rotation and status.
+    async fn subject_keys_after(
+        &self,
+        after: Option<SubjectHash>,
+        limit: usize,
+    ) -> Result<Vec<(SubjectHash, WrappedKey)>, StoreError>;
+
+    /// Replaces a subject's wrapped key only if the stored one is still
+    /// `expected`; true if replaced. A rotation must neither bring back a
+    /// key that was deleted meanwhile nor undo another change.
+    async fn replace_subject_key(
+        &self,
+        subject: SubjectHash,
+        expected: &WrappedKey,
+        new: WrappedKey,
+    ) -> Result<bool, StoreError>;
+
+    /// The same compare-and-replace for the system key.
+    async fn replace_system_key(
+        &self,
+        expected: &WrappedKey,
+        new: WrappedKey,
+    ) -> Result<bool, StoreError>;
+
+    /// The KEK version a rotation in progress moves keys to, if one is.
+    async fn kek_rotation(&self) -> Result<Option<u32>, StoreError>;
+
+    /// Records (Some) or clears (None) the rotation in progress, durably.
+    async fn set_kek_rotation(&self, target: Option<u32>) -> Result<(), StoreError>;
+
     /// Inserts all tokens atomically, or none. Tokens must be new and index
     /// keys unused (an entry expired before `now` counts as unused);
     /// otherwise nothing is stored and the conflicts are returned.

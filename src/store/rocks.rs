@@ -50,6 +50,8 @@ const CF_SUBJECT_TOKENS: &str = "subject_tokens";
 const COLUMN_FAMILIES: [&str; 5] = [CF_META, CF_SUBJECTS, CF_TOKENS, CF_INDEX, CF_SUBJECT_TOKENS];
 
 const SYSTEM_KEY: &[u8] = b"system_key";
+/// The KEK version a rotation in progress moves keys to (u32 BE).
+const KEK_ROTATION: &[u8] = b"kek_rotation";
 
 /// Most requests committed in one write group.
 const MAX_GROUP: usize = 256;
@@ -93,6 +95,18 @@ enum WriteRequest {
         key: Vec<u8>,
         wrapped: WrappedKey,
         reply: oneshot::Sender<Result<WrappedKey, StoreError>>,
+    },
+    ReplaceKey {
+        family: &'static str,
+        key: Vec<u8>,
+        expected: WrappedKey,
+        new: WrappedKey,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    PutMeta {
+        key: &'static [u8],
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
 
@@ -257,6 +271,30 @@ impl Inner {
                         let _ = reply.send(Err(error));
                     }
                 },
+                WriteRequest::ReplaceKey {
+                    family,
+                    key,
+                    expected,
+                    new,
+                    reply,
+                } => match self.stage_replace(&mut state, family, key, &expected, new) {
+                    Ok(true) => waiting.push(Answer::Replaced(reply)),
+                    other => {
+                        let _ = reply.send(other);
+                    }
+                },
+                WriteRequest::PutMeta { key, value, reply } => match self.cf(CF_META) {
+                    Ok(cf) => {
+                        match value {
+                            Some(value) => state.batch.put_cf(cf, key, value),
+                            None => state.batch.delete_cf(cf, key),
+                        }
+                        waiting.push(Answer::Done(reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
             }
         }
         if waiting.is_empty() {
@@ -382,6 +420,77 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The wrapped key in force for `key`: staged in this group, or stored.
+    fn current_key(
+        &self,
+        state: &GroupState,
+        family: &'static str,
+        key: &[u8],
+    ) -> Result<Option<WrappedKey>, StoreError> {
+        if let Some(staged) = state.keys.get(&(family, key.to_vec())) {
+            return Ok(Some(staged.clone()));
+        }
+        let cf = self.cf(family)?;
+        match self.db.get_pinned_cf(cf, key).map_err(engine)? {
+            Some(bytes) => WrappedKey::decode(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("wrapped key")),
+            None => Ok(None),
+        }
+    }
+
+    /// Stages `new` if the key in force is `expected`; false otherwise.
+    fn stage_replace(
+        &self,
+        state: &mut GroupState,
+        family: &'static str,
+        key: Vec<u8>,
+        expected: &WrappedKey,
+        new: WrappedKey,
+    ) -> Result<bool, StoreError> {
+        if self.current_key(state, family, &key)?.as_ref() != Some(expected) {
+            return Ok(false);
+        }
+        let cf = self.cf(family)?;
+        state.batch.put_cf(cf, &key, new.encode());
+        state.keys.insert((family, key), new);
+        Ok(true)
+    }
+
+    fn subject_keys_after(
+        &self,
+        after: Option<SubjectHash>,
+        limit: usize,
+    ) -> Result<Vec<(SubjectHash, WrappedKey)>, StoreError> {
+        let cf = self.cf(CF_SUBJECTS)?;
+        let start = after.map(|subject| subject.0);
+        let mode = match &start {
+            Some(subject) => rocksdb::IteratorMode::From(subject, rocksdb::Direction::Forward),
+            None => rocksdb::IteratorMode::Start,
+        };
+        let mut page = Vec::with_capacity(limit.min(1024));
+        for entry in self.db.iterator_cf(cf, mode) {
+            let (key, value) = entry.map_err(engine)?;
+            let subject = SubjectHash(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("subject key"))?,
+            );
+            if Some(subject.0) == start {
+                continue;
+            }
+            let wrapped =
+                WrappedKey::decode(&value).map_err(|_| StoreError::Corrupt("subject key"))?;
+            page.push((subject, wrapped));
+            if page.len() >= limit {
+                break;
+            }
+        }
+        Ok(page)
+    }
+}
+
 /// What one write group has staged so far.
 #[derive(Default)]
 struct GroupState {
@@ -402,6 +511,8 @@ enum KeyStaged {
 enum Answer {
     Committed(oneshot::Sender<Result<InsertOutcome, StoreError>>),
     Key(oneshot::Sender<Result<WrappedKey, StoreError>>, WrappedKey),
+    Replaced(oneshot::Sender<Result<bool, StoreError>>),
+    Done(oneshot::Sender<Result<(), StoreError>>),
 }
 
 impl Answer {
@@ -412,6 +523,12 @@ impl Answer {
             }
             Answer::Key(reply, key) => {
                 let _ = reply.send(written.map(|()| key));
+            }
+            Answer::Replaced(reply) => {
+                let _ = reply.send(written.map(|()| true));
+            }
+            Answer::Done(reply) => {
+                let _ = reply.send(written);
             }
         }
     }
@@ -481,6 +598,73 @@ impl Store for RocksStore {
         tokens: &[String],
     ) -> Result<Vec<Option<TokenRecord>>, StoreError> {
         self.inner.get_many(CF_TOKENS, tokens, TokenRecord::decode)
+    }
+
+    async fn subject_keys_after(
+        &self,
+        after: Option<SubjectHash>,
+        limit: usize,
+    ) -> Result<Vec<(SubjectHash, WrappedKey)>, StoreError> {
+        self.inner.subject_keys_after(after, limit)
+    }
+
+    async fn replace_subject_key(
+        &self,
+        subject: SubjectHash,
+        expected: &WrappedKey,
+        new: WrappedKey,
+    ) -> Result<bool, StoreError> {
+        self.write(|reply| WriteRequest::ReplaceKey {
+            family: CF_SUBJECTS,
+            key: subject.as_bytes().to_vec(),
+            expected: expected.clone(),
+            new,
+            reply,
+        })
+        .await
+    }
+
+    async fn replace_system_key(
+        &self,
+        expected: &WrappedKey,
+        new: WrappedKey,
+    ) -> Result<bool, StoreError> {
+        self.write(|reply| WriteRequest::ReplaceKey {
+            family: CF_META,
+            key: SYSTEM_KEY.to_vec(),
+            expected: expected.clone(),
+            new,
+            reply,
+        })
+        .await
+    }
+
+    async fn kek_rotation(&self) -> Result<Option<u32>, StoreError> {
+        let cf = self.inner.cf(CF_META)?;
+        match self
+            .inner
+            .db
+            .get_pinned_cf(cf, KEK_ROTATION)
+            .map_err(engine)?
+        {
+            Some(bytes) => {
+                let bytes: [u8; 4] = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("rotation"))?;
+                Ok(Some(u32::from_be_bytes(bytes)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn set_kek_rotation(&self, target: Option<u32>) -> Result<(), StoreError> {
+        self.write(|reply| WriteRequest::PutMeta {
+            key: KEK_ROTATION,
+            value: target.map(|version| version.to_be_bytes().to_vec()),
+            reply,
+        })
+        .await
     }
 
     async fn insert_tokens(

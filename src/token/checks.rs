@@ -71,7 +71,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The ISO 13616 remainder of a compact IBAN: the first four characters moved
@@ -190,7 +190,7 @@ pub fn bank_account_key_valid(bik: &[u8], account: &[u8]) -> bool {
         .zip([7u32, 1, 3].iter().cycle())
         .map(|(&d, &w)| u32::from(d) * w % 10)
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Whether the SSA could have issued this SSN: area not 000, 666 or

@@ -18,6 +18,10 @@ pub enum VaultError {
     /// A stored key does not unwrap (wrong KEK, deleted key version).
     #[error("a stored key could not be unwrapped; check the KEK configuration")]
     KeyUnwrap(#[source] KekError),
+    /// A key-management operation (KEK rotation) was refused: the local
+    /// provider cannot rotate, or Vault denied it. Goes to the operator.
+    #[error("{0}")]
+    KeyManagement(String),
     /// The storage engine failed (I/O, disk full).
     #[error("storage unavailable, nothing was stored; retry later")]
     StorageUnavailable(#[source] StoreError),
@@ -34,6 +38,10 @@ impl From<KekError> for VaultError {
             KekError::UnwrapFailed(_) | KekError::WrongProvider { .. } => {
                 VaultError::KeyUnwrap(error)
             }
+            // A provider that refuses for a setup reason (a deleted transit
+            // key, a revoked policy) cannot serve: retryable once fixed.
+            KekError::Setup(_) => VaultError::KeyProviderUnavailable(error),
+            KekError::Unsupported(message) => VaultError::KeyManagement(message.to_string()),
             other => VaultError::Internal(other.to_string()),
         }
     }

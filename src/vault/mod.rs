@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod rotation;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -19,6 +20,7 @@ use zeroize::Zeroizing;
 
 pub use cache::DekCache;
 pub use error::VaultError;
+pub use rotation::{KeyStatus, RotationProgress};
 
 use crate::config::{Config, Limits};
 use crate::crypto::{self, token_aad, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys};
@@ -76,16 +78,19 @@ pub struct Detokenized {
     pub format: Option<String>,
 }
 
-/// Counters of key-provider use, for metrics and the load tool.
+/// Counters of key-provider use, for metrics and the load tool: calls,
+/// and the keys they carried (a batched call carries several).
 #[derive(Default, Debug)]
 pub struct KekStats {
     pub wrap_calls: AtomicU64,
     pub unwrap_calls: AtomicU64,
+    pub keys_wrapped: AtomicU64,
+    pub keys_unwrapped: AtomicU64,
 }
 
 pub struct Vault {
     store: Arc<dyn Store>,
-    kek: Box<dyn KekProvider>,
+    kek: Arc<dyn KekProvider>,
     system: SystemKeys,
     cache: DekCache,
     limits: Limits,
@@ -116,7 +121,7 @@ impl Vault {
     /// Assembles a vault from parts (tests use this with other stores).
     pub async fn with_parts(
         store: Arc<dyn Store>,
-        kek: Box<dyn KekProvider>,
+        kek: Arc<dyn KekProvider>,
         cache_subjects: usize,
         limits: Limits,
     ) -> Result<Self, VaultError> {
@@ -146,6 +151,11 @@ impl Vault {
 
     pub fn cache(&self) -> &DekCache {
         &self.cache
+    }
+
+    /// The KEK provider, for the health probe.
+    pub fn kek(&self) -> &Arc<dyn KekProvider> {
+        &self.kek
     }
 
     /// Zeroizes every cached key. Called on shutdown.
@@ -371,6 +381,7 @@ impl Vault {
     async fn create_subject_key(&self, subject: SubjectHash) -> Result<SecretKey, VaultError> {
         let dek = SecretKey::generate()?;
         self.kek_stats.wrap_calls.fetch_add(1, Ordering::Relaxed);
+        self.kek_stats.keys_wrapped.fetch_add(1, Ordering::Relaxed);
         let wrapped = self.kek.wrap(&[&dek]).await?.remove(0);
         let in_force = self
             .store
@@ -432,6 +443,9 @@ impl Vault {
         wrapped: &[&crate::kek::WrappedKey],
     ) -> Result<Vec<SecretKey>, VaultError> {
         self.kek_stats.unwrap_calls.fetch_add(1, Ordering::Relaxed);
+        self.kek_stats
+            .keys_unwrapped
+            .fetch_add(wrapped.len() as u64, Ordering::Relaxed);
         let keys = self.kek.unwrap(wrapped).await?;
         if keys.len() != wrapped.len() {
             return Err(VaultError::Internal(
@@ -459,11 +473,13 @@ async fn load_or_create_system_key(
     stats: &KekStats,
 ) -> Result<SecretKey, VaultError> {
     stats.unwrap_calls.fetch_add(1, Ordering::Relaxed);
+    stats.keys_unwrapped.fetch_add(1, Ordering::Relaxed);
     let wrapped = match store.system_key().await? {
         Some(wrapped) => wrapped,
         None => {
             let fresh = SecretKey::generate()?;
             stats.wrap_calls.fetch_add(1, Ordering::Relaxed);
+            stats.keys_wrapped.fetch_add(1, Ordering::Relaxed);
             let wrapped = kek.wrap(&[&fresh]).await?.remove(0);
             store.init_system_key(wrapped).await?
         }

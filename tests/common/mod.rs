@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod bao;
+
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +26,24 @@ pub struct Server {
     child: Option<Child>,
     /// `serve` arguments after the listen/data-dir overrides.
     mode: Vec<String>,
+    /// Extra environment of the server process.
+    env: Vec<(String, String)>,
     pub addr: String,
+    /// The API key to call with: the dev admin key, or [`TEST_API_KEY`].
+    api_key: Option<String>,
+}
+
+/// The API key of the `admin` principal that [`admin_principal_toml`]
+/// configures.
+pub const TEST_API_KEY: &str = "tvk_test_admin_0123456789";
+
+/// A `[[principals]]` block for [`TEST_API_KEY`] with every RPC allowed.
+pub fn admin_principal_toml() -> String {
+    use sha2::Digest;
+    format!(
+        "[[principals]]\nname = \"admin\"\napi_key_sha256 = \"{}\"\nallow = [\"tokenize\", \"detokenize\", \"redact_text\", \"restore_text\", \"forget_subject\", \"export_subject\"]\n",
+        hex::encode(sha2::Sha256::digest(TEST_API_KEY.as_bytes()))
+    )
 }
 
 impl Server {
@@ -35,20 +54,92 @@ impl Server {
 
     /// Starts `serve --config FILE` with the given TOML written to `root`.
     pub fn start_with_config(root: &Path, toml: &str) -> Server {
-        let path = root.join("tokenvault.toml");
+        Self::start_with_config_env(root, toml, &[])
+    }
+
+    /// As [`Server::start_with_config`], with extra environment variables;
+    /// calls use [`TEST_API_KEY`] (see [`admin_principal_toml`]).
+    pub fn start_with_config_env(root: &Path, toml: &str, env: &[(&str, &str)]) -> Server {
+        let mut server = Self::prepared_with_config(root, toml, env);
+        server.spawn();
+        server
+    }
+
+    /// A config server that is not started yet (for start-up failures).
+    pub fn prepared_with_config(root: &Path, toml: &str, env: &[(&str, &str)]) -> Server {
+        fs::create_dir_all(root).expect("server dir");
+        let path = Self::config_path_in(root);
         fs::write(&path, toml).expect("write config");
-        Self::start_with(root, vec!["--config".into(), path.display().to_string()])
+        let mut server = Self::prepared(root, vec!["--config".into(), path.display().to_string()]);
+        server.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        server.api_key = Some(TEST_API_KEY.into());
+        server
+    }
+
+    fn config_path_in(root: &Path) -> PathBuf {
+        root.join("tokenvault.toml")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        Self::config_path_in(&self.root)
     }
 
     fn start_with(root: &Path, mode: Vec<String>) -> Server {
-        let mut server = Server {
+        let mut server = Self::prepared(root, mode);
+        server.spawn();
+        server
+    }
+
+    fn prepared(root: &Path, mode: Vec<String>) -> Server {
+        Server {
             root: root.to_path_buf(),
             child: None,
             mode,
+            env: Vec::new(),
             addr: String::new(),
-        };
-        server.spawn();
-        server
+            api_key: None,
+        }
+    }
+
+    /// Runs `serve` to its exit and returns its status and log, for
+    /// configurations that must refuse to start.
+    pub fn run_to_exit(&mut self) -> (std::process::ExitStatus, String) {
+        let output = self
+            .command()
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tokenvault");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+        command
+            .arg("serve")
+            .args(&self.mode)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data_dir())
+            .env("TOKENVAULT_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Runs the binary as a client or operator command with the server's
+    /// environment, e.g. `["keys", "status", "--config", ...]`.
+    pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+            .args(args)
+            .env("TOKENVAULT_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tokenvault")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -75,12 +166,8 @@ impl Server {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-            .arg("serve")
-            .args(&self.mode)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(self.data_dir())
-            .env("TOKENVAULT_LOG", "debug")
+        let child = self
+            .command()
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -119,6 +206,9 @@ impl Server {
     }
 
     pub fn api_key(&self) -> String {
+        if let Some(key) = &self.api_key {
+            return key.clone();
+        }
         fs::read_to_string(self.data_dir().join("dev-admin.key"))
             .expect("dev admin key file")
             .trim()

@@ -1,0 +1,117 @@
+//! The operator API (`tokenvault.admin.v1.Admin`): KEK rotation and key
+//! status, served only on the Unix socket `<data_dir>/admin.sock`, mode
+//! 0600. Whoever may open that socket may already read the data
+//! directory, so the socket's file mode is its authentication; nothing
+//! here reveals a value or a key, and it is never on the network port.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::status::to_status;
+use crate::pb::admin;
+use crate::vault::{KeyStatus, RotationProgress, Vault};
+
+/// The socket's file name inside the data directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(ADMIN_SOCKET)
+}
+
+pub struct AdminService {
+    vault: Arc<Vault>,
+}
+
+impl AdminService {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        AdminService { vault }
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<admin::RotateKekProgress, Status>> + Send>>;
+
+pub fn progress_message(progress: RotationProgress, finished: bool) -> admin::RotateKekProgress {
+    admin::RotateKekProgress {
+        target_version: progress.target_version,
+        done: progress.done,
+        total: progress.total,
+        rewrapped: progress.rewrapped,
+        resumed: progress.resumed,
+        finished,
+    }
+}
+
+pub fn status_message(status: &KeyStatus) -> admin::KeyStatusResponse {
+    admin::KeyStatusResponse {
+        provider: status.provider.to_string(),
+        latest_version: status.latest_version,
+        min_decryption_version: status.min_decryption_version,
+        system_key_version: status.system_key_version.unwrap_or(0),
+        subject_keys: status
+            .subject_keys_by_version
+            .iter()
+            .map(|(&kek_version, &subject_keys)| admin::VersionCount {
+                kek_version,
+                subject_keys,
+            })
+            .collect(),
+        rotation_in_progress: status.rotation_in_progress.unwrap_or(0),
+    }
+}
+
+#[tonic::async_trait]
+impl admin::admin_server::Admin for AdminService {
+    type RotateKekStream = ProgressStream;
+
+    async fn rotate_kek(
+        &self,
+        _request: Request<admin::RotateKekRequest>,
+    ) -> Result<Response<Self::RotateKekStream>, Status> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let vault = Arc::clone(&self.vault);
+        tokio::spawn(async move {
+            let pages = sender.clone();
+            let outcome = vault
+                .rotate_kek(move |progress| {
+                    let _ = pages.send(Ok(progress_message(progress, false)));
+                })
+                .await;
+            let last = outcome
+                .map(|progress| progress_message(progress, true))
+                .map_err(to_status);
+            let _ = sender.send(last);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<admin::StatsRequest>,
+    ) -> Result<Response<admin::StatsResponse>, Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (kek, cache) = (self.vault.kek_stats(), self.vault.cache().stats());
+        Ok(Response::new(admin::StatsResponse {
+            kek_wrap_calls: kek.wrap_calls.load(Relaxed),
+            kek_unwrap_calls: kek.unwrap_calls.load(Relaxed),
+            kek_keys_wrapped: kek.keys_wrapped.load(Relaxed),
+            kek_keys_unwrapped: kek.keys_unwrapped.load(Relaxed),
+            dek_cache_hits: cache.hits.load(Relaxed),
+            dek_cache_misses: cache.misses.load(Relaxed),
+            dek_cache_evictions: cache.evictions.load(Relaxed),
+        }))
+    }
+
+    async fn key_status(
+        &self,
+        _request: Request<admin::KeyStatusRequest>,
+    ) -> Result<Response<admin::KeyStatusResponse>, Status> {
+        let status = self.vault.key_status().await.map_err(to_status)?;
+        Ok(Response::new(status_message(&status)))
+    }
+}
