@@ -250,7 +250,7 @@ def iban():
         "GB": lambda: letters(4) + digits(14),
         "FR": lambda: digits(23),
         "NL": lambda: letters(4) + digits(10),
-        "RU": lambda: "04" + digits(29),
+        "RU": lambda: "04" + digits(27),
         "ES": lambda: digits(20),
         "IT": lambda: letters(1) + digits(22),
         "CH": lambda: digits(17),
