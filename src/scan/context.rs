@@ -305,7 +305,10 @@ mod tests {
     fn keyword_before_another_number_does_not_count() {
         assert_eq!(cue("заказ 12345, "), None);
         assert_eq!(cue("длинный "), None);
-        assert_eq!(cue("трек, отслеживайте на сайте. Перезвоните на "), Some(PHONE));
+        assert_eq!(
+            cue("трек, отслеживайте на сайте. Перезвоните на "),
+            Some(PHONE)
+        );
         assert_eq!(cue("Не могу оплатить заказ. № "), Some(PASSPORT));
         assert_eq!(cue("тел. "), Some(PHONE));
         assert_eq!(cue("Иннокентий "), None);

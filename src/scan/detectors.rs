@@ -40,6 +40,8 @@ const PRIORITY_PHONE: u8 = 60;
 
 /// Longest digit run any kind takes: a BIK and its account.
 const MAX_DIGITS: usize = 29;
+/// Shortest: a phone with its `+` (E.164 numbers have at least 8 digits).
+const MIN_DIGITS: usize = 8;
 /// How far (bytes) from an account a BIK is looked for.
 const BIK_DISTANCE: usize = 160;
 
@@ -179,7 +181,10 @@ fn email(text: &str, start: usize, end: usize, out: &mut Vec<Candidate>) {
     let tld = domain.rsplit('.').next().unwrap_or("");
     // `.invalid` is what email tokens end with (RFC 2606); a numeric "TLD"
     // is a version or an address, not a mail domain.
-    if tld.eq_ignore_ascii_case("invalid") || !tld.chars().all(char::is_alphabetic) || tld.chars().count() < 2 {
+    if tld.eq_ignore_ascii_case("invalid")
+        || !tld.chars().all(char::is_alphabetic)
+        || tld.chars().count() < 2
+    {
         return;
     }
     if validate(Format::Email, value).is_ok() {
@@ -203,10 +208,7 @@ fn iban(text: &str, start: usize, end: usize) -> Option<usize> {
     }
     // Longest first: the match may run on into the next capitalized word.
     let matched = &text[start..end];
-    let mut ends: Vec<usize> = matched
-        .match_indices(' ')
-        .map(|(i, _)| start + i)
-        .collect();
+    let mut ends: Vec<usize> = matched.match_indices(' ').map(|(i, _)| start + i).collect();
     ends.push(end);
     for &cut in ends.iter().rev() {
         if char_after(text, cut).is_some_and(char::is_alphanumeric) {
@@ -233,7 +235,10 @@ fn chunk(text: &str, start: usize, end: usize) -> Chunk {
             while at < end && bytes[at].is_ascii_digit() {
                 at += 1;
             }
-            groups.push(Group { start: from, end: at });
+            groups.push(Group {
+                start: from,
+                end: at,
+            });
         } else {
             at += 1;
         }
@@ -246,21 +251,32 @@ fn chunk(text: &str, start: usize, end: usize) -> Chunk {
 }
 
 /// Runs of groups `i..=j` of every chunk, checked against each kind.
-fn numbers(scanner: &Scanner, text: &str, chunk: &Chunk, chunks: &[Chunk], out: &mut Vec<Candidate>) {
+fn numbers(
+    scanner: &Scanner,
+    text: &str,
+    chunk: &Chunk,
+    chunks: &[Chunk],
+    out: &mut Vec<Candidate>,
+) {
     // A chunk glued to a word, a path or a parameter (`RA123…`, `/order/8…`,
     // `?id=…`) is part of something else; its later groups may still stand
     // alone (`ИНН/КПП 7707083893/770701001`).
     if in_url(text, chunk.start) {
         return;
     }
-    let glued = char_before(text, chunk.start)
-        .is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '/' | '=' | '&' | '?' | '\\' | '@'));
+    let glued = char_before(text, chunk.start).is_some_and(|c| {
+        c.is_alphanumeric() || matches!(c, '_' | '/' | '=' | '&' | '?' | '\\' | '@')
+    });
     let groups = &chunk.groups;
     let mut lens: Vec<usize> = Vec::with_capacity(8);
     for i in 0..groups.len() {
         if i == 0 && glued {
             continue;
         }
+        let phone_only = i == 0 && chunk.plus;
+        // The keyword before the run depends only on where it starts:
+        // looked up once, and only for a run long enough to be a value.
+        let mut cue = None;
         lens.clear();
         let mut digits = 0;
         for j in i..groups.len() {
@@ -270,9 +286,17 @@ fn numbers(scanner: &Scanner, text: &str, chunk: &Chunk, chunks: &[Chunk], out: 
             }
             lens.push(groups[j].len());
             let end = groups[j].end;
-            if char_after(text, end).is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            if digits < MIN_DIGITS
+                || char_after(text, end).is_some_and(|c| c.is_alphanumeric() || c == '_')
+            {
                 continue;
             }
+            let value_start = if phone_only {
+                chunk.start
+            } else {
+                groups[i].start
+            };
+            let cue = *cue.get_or_insert_with(|| scanner.context.cue_before(text, value_start));
             let run = Run {
                 text,
                 start: groups[i].start,
@@ -280,13 +304,16 @@ fn numbers(scanner: &Scanner, text: &str, chunk: &Chunk, chunks: &[Chunk], out: 
                 lens: &lens,
                 digits,
             };
-            if i == 0 && chunk.plus {
+            if run.is_amount() || cue == Some(Cue::NotPii) {
+                continue;
+            }
+            if phone_only {
                 if scanner.enabled(Format::Phone) {
-                    phone(scanner, &run, chunk.start, out);
+                    phone(&run, chunk.start, out);
                 }
                 continue;
             }
-            run_candidates(scanner, &run, chunks, out);
+            run_candidates(scanner, &run, cue, chunks, out);
         }
     }
 }
@@ -333,40 +360,48 @@ impl Run<'_> {
         }
     }
 
-    /// Followed by a currency or a percent: an amount, not an identifier.
+    /// Next to a currency or a percent: an amount, not an identifier.
     fn is_amount(&self) -> bool {
+        const AFTER: &[&str] = &[
+            "руб", "Руб", "РУБ", "р.", "₽", "$", "usd", "USD", "eur", "EUR", "€", "rub", "RUB",
+            "тыс", "млн", "%", "коп",
+        ];
         let rest = self.text.get(self.end..).unwrap_or("");
         let rest = rest.trim_start_matches([' ', '\u{a0}']);
-        let head: String = rest.chars().take(4).flat_map(char::to_lowercase).collect();
-        ["руб", "р.", "₽", "$", "usd", "eur", "€", "rub", "тыс", "млн", "%", "коп"]
-            .iter()
-            .any(|c| head.starts_with(c))
+        AFTER.iter().any(|c| rest.starts_with(c))
             || char_before(self.text, self.start).is_some_and(|c| matches!(c, '$' | '€' | '£'))
     }
 }
 
-fn run_candidates(scanner: &Scanner, run: &Run<'_>, chunks: &[Chunk], out: &mut Vec<Candidate>) {
-    if run.is_amount() {
-        return;
-    }
-    let cue = scanner.context.cue_before(run.text, run.start);
-    if cue == Some(Cue::NotPii) {
-        return;
-    }
+fn run_candidates(
+    scanner: &Scanner,
+    run: &Run<'_>,
+    cue: Option<Cue>,
+    chunks: &[Chunk],
+    out: &mut Vec<Candidate>,
+) {
     let n = run.digits;
     let on = |kind| scanner.enabled(kind);
     if n == 9 && on(Format::UsSsn) {
         ssn(run, cue, out);
     }
-    if n == 10 && on(Format::RuPassport) && cue == Some(Cue::Kind(Format::RuPassport)) && run.valid(Format::RuPassport) {
+    if n == 10
+        && on(Format::RuPassport)
+        && cue == Some(Cue::Kind(Format::RuPassport))
+        && run.valid(Format::RuPassport)
+    {
         out.push(run.candidate(Format::RuPassport, PRIORITY_CONTEXT));
     }
-    if (n == 10 || n == 12) && on(Format::RuInn) && cue == Some(Cue::Kind(Format::RuInn)) && run.valid(Format::RuInn) {
+    if (n == 10 || n == 12)
+        && on(Format::RuInn)
+        && cue == Some(Cue::Kind(Format::RuInn))
+        && run.valid(Format::RuInn)
+    {
         out.push(run.candidate(Format::RuInn, PRIORITY_CONTEXT));
     }
     if n == 11 {
         if on(Format::Phone) {
-            phone(scanner, run, run.start, out);
+            phone(run, run.start, out);
         }
         if on(Format::RuSnils) {
             snils(run, cue, out);
@@ -518,18 +553,16 @@ fn russian_layout_ok(lens: &[usize]) -> bool {
 }
 
 /// `start` is where the value starts: the `+` of an international number.
-fn phone(scanner: &Scanner, run: &Run<'_>, start: usize, out: &mut Vec<Candidate>) {
+fn phone(run: &Run<'_>, start: usize, out: &mut Vec<Candidate>) {
     let international = start < run.start;
     let digits = run.digit_values();
     if international {
         if !(8..=15).contains(&digits.len()) {
             return;
         }
-        let code = NATIONAL_LENGTHS.iter().find(|(code, _, _)| {
-            code.bytes()
-                .zip(&digits)
-                .all(|(c, &d)| c - b'0' == d)
-        });
+        let code = NATIONAL_LENGTHS
+            .iter()
+            .find(|(code, _, _)| code.bytes().zip(&digits).all(|(c, &d)| c - b'0' == d));
         if let Some((code, min, max)) = code {
             let national = digits.len() - code.len();
             if !(usize::from(*min)..=usize::from(*max)).contains(&national) {
@@ -543,14 +576,12 @@ fn phone(scanner: &Scanner, run: &Run<'_>, start: usize, out: &mut Vec<Candidate
                 return;
             }
         }
-    } else if digits.len() != 11 || digits[0] != 8 || digits[1] < 3 || !russian_layout_ok(run.lens) {
+    } else if digits.len() != 11 || digits[0] != 8 || digits[1] < 3 || !russian_layout_ok(run.lens)
+    {
         return;
     }
     let value = &run.text[start..run.end];
     if validate(Format::Phone, value).is_err() {
-        return;
-    }
-    if run.is_amount() || scanner.context.cue_before(run.text, start) == Some(Cue::NotPii) {
         return;
     }
     out.push(Candidate {
@@ -617,7 +648,8 @@ fn bank_account(run: &Run<'_>, cue: Option<Cue>, chunks: &[Chunk], out: &mut Vec
     let account = run.digit_values();
     for chunk in chunks {
         for group in &chunk.groups {
-            let near = group.end + BIK_DISTANCE >= run.start && group.start <= run.end + BIK_DISTANCE;
+            let near =
+                group.end + BIK_DISTANCE >= run.start && group.start <= run.end + BIK_DISTANCE;
             let bytes = &run.text.as_bytes()[group.start..group.end];
             if !near || group.len() != 9 || !bytes.starts_with(b"04") {
                 continue;

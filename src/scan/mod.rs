@@ -175,7 +175,11 @@ impl Scanner {
             scanner.custom.push(Custom {
                 regex,
                 validator: detector.validator,
-                context: detector.context.iter().map(|w| context::normalize(w)).collect(),
+                context: detector
+                    .context
+                    .iter()
+                    .map(|w| context::normalize(w))
+                    .collect(),
                 format: detector.format,
             });
         }

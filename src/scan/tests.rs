@@ -12,12 +12,27 @@ fn found(text: &str) -> Vec<(Format, &str)> {
 
 #[test]
 fn finds_examples() {
-    assert_eq!(found("карта 4111 1111 1111 1111, срок 12/27"), [(Format::Card, "4111 1111 1111 1111")]);
-    assert_eq!(found("тел. +7 (916) 123-45-67 доб. 123"), [(Format::Phone, "+7 (916) 123-45-67")]);
-    assert_eq!(found("пишите на иван@почта.рф."), [(Format::Email, "иван@почта.рф")]);
-    assert_eq!(found("серия 4506 номер 123456"), [(Format::RuPassport, "4506 номер 123456")]);
+    assert_eq!(
+        found("карта 4111 1111 1111 1111, срок 12/27"),
+        [(Format::Card, "4111 1111 1111 1111")]
+    );
+    assert_eq!(
+        found("тел. +7 (916) 123-45-67 доб. 123"),
+        [(Format::Phone, "+7 (916) 123-45-67")]
+    );
+    assert_eq!(
+        found("пишите на иван@почта.рф."),
+        [(Format::Email, "иван@почта.рф")]
+    );
+    assert_eq!(
+        found("серия 4506 номер 123456"),
+        [(Format::RuPassport, "4506 номер 123456")]
+    );
     assert_eq!(found("ИНН 7707083893"), [(Format::RuInn, "7707083893")]);
-    assert_eq!(found("IBAN DE89 3704 0044 0532 0130 00 please"), [(Format::Iban, "DE89 3704 0044 0532 0130 00")]);
+    assert_eq!(
+        found("IBAN DE89 3704 0044 0532 0130 00 please"),
+        [(Format::Iban, "DE89 3704 0044 0532 0130 00")]
+    );
 }
 
 #[test]
@@ -51,10 +66,11 @@ fn custom_detectors() {
         pattern: "(".into(),
         ..custom
     };
-    let err = Scanner::with_custom(&[], &[bad]).err().map(|e| e.to_string());
+    let err = Scanner::with_custom(&[], &[bad])
+        .err()
+        .map(|e| e.to_string());
     assert!(err.is_some_and(|e| e.contains("employee")));
 }
-
 
 // ---------------------------------------------------------------------------
 // property tests
@@ -73,8 +89,21 @@ mod props {
 
     /// Words that are no keyword of any kind, Latin and Cyrillic.
     const WORDS: &[&str] = &[
-        "hello", "the", "and", "please", "thanks", "привет", "мой", "вот", "данные", "спасибо",
-        "это", "ok", "—", ",", "вам",
+        "hello",
+        "the",
+        "and",
+        "please",
+        "thanks",
+        "привет",
+        "мой",
+        "вот",
+        "данные",
+        "спасибо",
+        "это",
+        "ok",
+        "—",
+        ",",
+        "вам",
     ];
 
     fn words() -> impl Strategy<Value = String> {
@@ -145,7 +174,13 @@ mod props {
     }
 
     fn email() -> impl Strategy<Value = String> {
-        let domain = prop::sample::select(vec!["mail.ru", "gmail.com", "почта.рф", "пример.рф", "corp-mail.co.uk"]);
+        let domain = prop::sample::select(vec![
+            "mail.ru",
+            "gmail.com",
+            "почта.рф",
+            "пример.рф",
+            "corp-mail.co.uk",
+        ]);
         ("[a-zа-я]{1,8}", prop::option::of("[a-z0-9]{1,6}"), domain).prop_map(|(a, b, d)| match b {
             Some(b) => format!("{a}.{b}@{d}"),
             None => format!("{a}@{d}"),
@@ -164,9 +199,26 @@ mod props {
                 2 => ("IBAN", Format::Iban, iban_complete("DE", &n(0, 18))),
                 3 => ("СНИЛС", Format::RuSnils, snils_complete(&n(0, 9))),
                 4 => ("ИНН", Format::RuInn, inn10_complete(&n(0, 9))),
-                5 => ("ОГРН", Format::RuOgrn, ogrn_complete(&format!("1{}", n(0, 11)))),
-                6 => ("SSN", Format::UsSsn, format!("{:03}-{}-{}", 1 + d[..3].parse::<u32>().unwrap_or(0) % 665, "12", "3456")),
-                _ => ("реквизиты:", Format::RuBankAccount, account_complete("044525225", &format!("40817810{}", n(0, 11)))),
+                5 => (
+                    "ОГРН",
+                    Format::RuOgrn,
+                    ogrn_complete(&format!("1{}", n(0, 11))),
+                ),
+                6 => (
+                    "SSN",
+                    Format::UsSsn,
+                    format!(
+                        "{:03}-{}-{}",
+                        1 + d[..3].parse::<u32>().unwrap_or(0) % 665,
+                        "12",
+                        "3456"
+                    ),
+                ),
+                _ => (
+                    "реквизиты:",
+                    Format::RuBankAccount,
+                    account_complete("044525225", &format!("40817810{}", n(0, 11))),
+                ),
             }
         })
     }
@@ -186,20 +238,34 @@ mod props {
     }
 
     fn snils_complete(number: &str) -> String {
-        let number = if number < "001001999" { "112233445" } else { number };
-        let sum: u32 = values(number).iter().zip((1..=9).rev()).map(|(&d, w)| u32::from(d) * w).sum();
+        let number = if number < "001001999" {
+            "112233445"
+        } else {
+            number
+        };
+        let sum: u32 = values(number)
+            .iter()
+            .zip((1..=9).rev())
+            .map(|(&d, w)| u32::from(d) * w)
+            .sum();
         let c = sum % 101 % 100;
         format!("{}-{}-{} {c:02}", &number[..3], &number[3..6], &number[6..])
     }
 
     fn inn10_complete(head: &str) -> String {
         let w = [2u32, 4, 10, 3, 5, 9, 4, 6, 8];
-        let sum: u32 = values(head).iter().zip(w).map(|(&d, w)| u32::from(d) * w).sum();
+        let sum: u32 = values(head)
+            .iter()
+            .zip(w)
+            .map(|(&d, w)| u32::from(d) * w)
+            .sum();
         format!("{head}{}", sum % 11 % 10)
     }
 
     fn ogrn_complete(head: &str) -> String {
-        let rem = values(head).iter().fold(0u64, |acc, &d| (acc * 10 + u64::from(d)) % 11);
+        let rem = values(head)
+            .iter()
+            .fold(0u64, |acc, &d| (acc * 10 + u64::from(d)) % 11);
         format!("{head}{}", rem % 10)
     }
 
