@@ -315,9 +315,11 @@ class Msg:
 # Each PII sentence: (kind, function(msg)). Russian first, then English.
 
 def s_card_ru(m):
-    m.t(pick(["Номер карты ", "Моя карта: ", "карта ", "Переведите на карту ", "Списали с карты ", "оплатил картой ", "Карта Мир "]))
+    m.t(pick(["Номер карты ", "Моя карта: ", "карта ", "Переведите на карту ", "Списали с карты ", "оплатил картой ",
+              "Карта Мир ", "номер карты (", "", "по заказу 123 списали с карты "]))
     m.p("card", card())
-    m.t(pick([", срок до 12/27", ".", " — проверьте, пожалуйста", "", " на имя Ивана П.", "; CVC не дам"]))
+    m.t(pick([", срок до 12/27", ".", " — проверьте, пожалуйста", "", " на имя Ивана П.", "; CVC не дам",
+              f" {rnd.randrange(1, 13):02d}/{rnd.randrange(25, 31)}", f" {rnd.randrange(1, 13):02d}/{rnd.randrange(25, 31)} {digits(3)}", ")"]))
 
 
 def s_card_en(m):
@@ -334,6 +336,8 @@ def s_phone_ru(m):
         m.t(f" доб. {rnd.randrange(10, 999)}")
     elif r < 0.2:
         m.t(f" после {rnd.randrange(10, 19)}:00")
+    elif r < 0.3:
+        m.t(f" {rnd.randrange(1, 29):02d}.{rnd.randrange(1, 13):02d}.2025 с {rnd.randrange(9, 12)}:00")
     m.t(pick([".", "", ", спасибо", " (Ольга)", ", это WhatsApp"]))
 
 
@@ -546,6 +550,56 @@ def look_ru():
     return f"Заявка {ogrn13()} принята {d}"
 
 
+def snils_bad():
+    while True:
+        num = digits(9)
+        c = rnd.randrange(100)
+        if int(num) > 1001998 and c != snils_control(num):
+            return f"{num[:3]}-{num[3:6]}-{num[6:]} {c:02d}"
+
+
+def iban_bad():
+    value = iban_make("DE", digits(18))
+    check = (int(value[2:4]) + rnd.randrange(1, 90)) % 97
+    return f"DE{max(check, 2):02d}{value[4:]}" if not iban_ok(f"DE{max(check, 2):02d}{value[4:]}") else "DE00" + value[4:]
+
+
+def look_hard():
+    """Look-alikes that fail the rules only on their checksum, length or
+    range, or are already tokens: the detector must check, not guess."""
+    k = rnd.randrange(14)
+    if k == 0:
+        return f"СНИЛС {snils_bad()} не проходит проверку" if rnd.random() < 0.5 else f"номер {snils_bad()}"
+    if k == 1:
+        return f"IBAN {iban_bad()} (неверный)" if rnd.random() < 0.5 else f"IBAN {iban_bad()} is wrong"
+    if k == 2:
+        return f"{pick(['000', '666', '900', '987'])}-{rnd.randrange(1, 100):02d}-{digits(4)} is not a valid SSN"
+    if k == 3:
+        return f"тел. +7 916 {digits(3)}-{digits(2)}-{digits(1)} (не хватает цифры)"
+    if k == 4:
+        return f"пишите на {pick(LAT_FIRST)}.{pick(LAT_LAST)}@{pick(DOMAINS)}.invalid"
+    if k == 5:
+        bad = inn10()
+        bad = bad[:9] + str((int(bad[9]) + 1) % 10)
+        return f"ИНН {bad} не найден"
+    if k == 6:
+        o = ogrn13()
+        return f"ОГРН {o[:12]}{(int(o[12]) + 1) % 10} — ошибка"
+    if k == 7:
+        return f"карта {group(luhn_invalid16(), [4, 4, 4], ' ')} отклонена"
+    if k == 8:
+        return f"{rnd.randrange(1, 29):02d}.{rnd.randrange(1, 13):02d}.2025 {rnd.randrange(0, 24):02d}:{rnd.randrange(0, 60):02d}:{rnd.randrange(0, 60):02d}"
+    if k == 9:
+        return f"Сумма {rnd.randrange(1, 99)} {digits(3)} {digits(3)},{digits(2)} ₽"
+    if k == 10:
+        return f"2025-{rnd.randrange(1, 13):02d}-{rnd.randrange(1, 29):02d}T{rnd.randrange(0, 24):02d}:{rnd.randrange(0, 60):02d}"
+    if k == 11:
+        return f"Номер заказа 8{pick(RU_AREAS)}{digits(7)}"
+    if k == 12:
+        return f"IP 10.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}, порт {rnd.randrange(1024, 65535)}"
+    return f"order #{group(luhn_complete('5' + str(rnd.randrange(1, 6)) + digits(13)), [4, 4, 4], '-')}"
+
+
 def look_en():
     k = rnd.randrange(20)
     d = f"{rnd.randrange(1, 13):02d}/{rnd.randrange(1, 29):02d}/202{rnd.randrange(0, 6)}"
@@ -627,7 +681,7 @@ def message():
             else:
                 rnd.choices(PII_EN, weights=PII_EN_W)[0](m)
         else:
-            m.t(look_ru() if lang == "ru" else look_en())
+            m.t(look_hard() if rnd.random() < 0.3 else look_ru() if lang == "ru" else look_en())
     if not pieces:
         m.t(" " + pick(filler))
     return m.out()
