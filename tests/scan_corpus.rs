@@ -66,16 +66,25 @@ fn corpus() -> Vec<Message> {
         .map(|(n, line)| {
             let v: serde_json::Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("corpus line {}: {e}", n + 1));
-            let text = v["text"].as_str().expect("every corpus line has a text").to_owned();
+            let text = v["text"]
+                .as_str()
+                .expect("every corpus line has a text")
+                .to_owned();
             let labels = v["pii"]
                 .as_array()
                 .expect("every corpus line has a pii array")
                 .iter()
                 .map(|p| {
                     let offset = |key: &str| {
-                        p[key].as_u64().and_then(|o| usize::try_from(o).ok()).expect("offsets are numbers")
+                        p[key]
+                            .as_u64()
+                            .and_then(|o| usize::try_from(o).ok())
+                            .expect("offsets are numbers")
                     };
-                    let kind = p["kind"].as_str().expect("every label has a kind").to_owned();
+                    let kind = p["kind"]
+                        .as_str()
+                        .expect("every label has a kind")
+                        .to_owned();
                     (kind, offset("start"), offset("end"))
                 })
                 .collect();
@@ -87,7 +96,11 @@ fn corpus() -> Vec<Message> {
 #[test]
 fn corpus_precision_and_recall() {
     let messages = corpus();
-    assert!(messages.len() >= 2000, "corpus too small: {}", messages.len());
+    assert!(
+        messages.len() >= 2000,
+        "corpus too small: {}",
+        messages.len()
+    );
     let verbose = std::env::var_os("SCAN_CORPUS_VERBOSE").is_some();
     let scanner = Scanner::all();
     let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
@@ -140,7 +153,11 @@ fn corpus_precision_and_recall() {
             ));
         }
     }
-    assert!(failures.is_empty(), "below thresholds:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "below thresholds:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The table `benches/presidio.py` prints too, so the two line up.

@@ -219,8 +219,10 @@ impl Context {
         let mut weak = None;
         for hit in self.automaton.find_iter(&window) {
             let (cue, is_weak, is_whole) = self.meta[hit.pattern().as_usize()];
+            // A keyword starts a word, and not one inside an address
+            // (`мир` of `ivan@мир.рф`).
             let before = window[..hit.start()].chars().next_back();
-            if before.is_some_and(char::is_alphanumeric) {
+            if before.is_some_and(|c| c.is_alphanumeric() || matches!(c, '@' | '.' | '_')) {
                 continue;
             }
             let rest = &window[hit.end()..];
@@ -231,7 +233,7 @@ impl Context {
                 // A number stands between: the keyword is that number's.
                 continue;
             }
-            if sentence_ends_in(rest) {
+            if sentence_ends_in(&window, hit.end()) {
                 // The keyword was about something else.
                 continue;
             }
@@ -245,15 +247,27 @@ impl Context {
     }
 }
 
-/// Whether a sentence ends in `rest` (what lies between a keyword and the
-/// candidate): a line break, or `.`, `!`, `?`, `;` followed by a space and
-/// more text. A dot with nothing after it but spaces ends an abbreviation
-/// (`тел. `, `no. `), not a sentence.
-fn sentence_ends_in(rest: &str) -> bool {
-    rest.contains('\n')
-        || rest.match_indices(['.', '!', '?', ';']).any(|(at, mark)| {
-            let after = &rest[at + mark.len()..];
-            after.starts_with(char::is_whitespace) && !after.trim_start().is_empty()
+/// Longest word a dot may follow and still end an abbreviation (`тел.`,
+/// `моб.`, `no.`, `ext.`) rather than a sentence.
+const MAX_ABBREVIATION_CHARS: usize = 4;
+
+/// Whether a sentence ends in `window[from..]` (what lies between a
+/// keyword ending at `from` and the candidate): a line break, `!`, `?` or
+/// `;`, or a dot before a space unless it ends an abbreviation.
+fn sentence_ends_in(window: &str, from: usize) -> bool {
+    let rest = &window[from..];
+    rest.contains(['\n', '!', '?', ';'])
+        || rest.match_indices('.').any(|(at, _)| {
+            let after = &rest[at + 1..];
+            if !(after.is_empty() || after.starts_with(char::is_whitespace)) {
+                return false;
+            }
+            // The whole word before the dot, keyword included.
+            let word = window[..from + at]
+                .rsplit(|c: char| !c.is_alphabetic())
+                .next()
+                .unwrap_or("");
+            word.chars().count() > MAX_ABBREVIATION_CHARS
         })
 }
 
@@ -311,6 +325,8 @@ mod tests {
         );
         assert_eq!(cue("Не могу оплатить заказ. № "), Some(PASSPORT));
         assert_eq!(cue("тел. "), Some(PHONE));
+        assert_eq!(cue("Не могу оплатить заказ. "), None);
+        assert_eq!(cue("<дмитрий.п@мир.рф. "), None);
         assert_eq!(cue("Иннокентий "), None);
     }
 

@@ -308,7 +308,7 @@ fn numbers(
                 continue;
             }
             if phone_only {
-                if scanner.enabled(Format::Phone) {
+                if scanner.enabled(Format::Phone) && !introduces_other_kind(cue) {
                     phone(&run, chunk.start, out);
                 }
                 continue;
@@ -373,6 +373,23 @@ impl Run<'_> {
     }
 }
 
+/// Whether the context word names a kind with its own check or layout
+/// (INN, OGRN, SNILS, account, SSN, IBAN): a number it introduces is not
+/// a card or a phone, even if it happens to pass their rules.
+fn introduces_other_kind(cue: Option<Cue>) -> bool {
+    matches!(
+        cue,
+        Some(Cue::Kind(
+            Format::RuInn
+                | Format::RuOgrn
+                | Format::RuSnils
+                | Format::RuBankAccount
+                | Format::UsSsn
+                | Format::Iban
+        ))
+    )
+}
+
 fn run_candidates(
     scanner: &Scanner,
     run: &Run<'_>,
@@ -381,6 +398,7 @@ fn run_candidates(
     out: &mut Vec<Candidate>,
 ) {
     let n = run.digits;
+    let generic_ok = !introduces_other_kind(cue);
     let on = |kind| scanner.enabled(kind);
     if n == 9 && on(Format::UsSsn) {
         ssn(run, cue, out);
@@ -400,7 +418,7 @@ fn run_candidates(
         out.push(run.candidate(Format::RuInn, PRIORITY_CONTEXT));
     }
     if n == 11 {
-        if on(Format::Phone) {
+        if on(Format::Phone) && generic_ok {
             phone(run, run.start, out);
         }
         if on(Format::RuSnils) {
@@ -415,7 +433,7 @@ fn run_candidates(
         };
         out.push(run.candidate(Format::RuOgrn, priority));
     }
-    if (13..=19).contains(&n) && on(Format::Card) {
+    if (13..=19).contains(&n) && on(Format::Card) && generic_ok {
         card(run, cue, out);
     }
     if (n == 20 || n == 29) && on(Format::RuBankAccount) {
