@@ -121,8 +121,16 @@ pub(super) fn builtin_candidates(scanner: &Scanner, text: &str, out: &mut Vec<Ca
             chunks.push(chunk(text, m.start(), m.end()));
         }
     }
+    // Spans of the digit groups that may be BIKs (9 digits, `04…`), in
+    // text order, for accounts to find theirs by binary search.
+    let biks: Vec<Group> = chunks
+        .iter()
+        .flat_map(|c| &c.groups)
+        .filter(|g| g.len() == 9 && text.as_bytes()[g.start..].starts_with(b"04"))
+        .copied()
+        .collect();
     for chunk in &chunks {
-        numbers(scanner, text, chunk, &chunks, out);
+        numbers(scanner, text, chunk, &biks, out);
     }
 }
 
@@ -251,13 +259,7 @@ fn chunk(text: &str, start: usize, end: usize) -> Chunk {
 }
 
 /// Runs of groups `i..=j` of every chunk, checked against each kind.
-fn numbers(
-    scanner: &Scanner,
-    text: &str,
-    chunk: &Chunk,
-    chunks: &[Chunk],
-    out: &mut Vec<Candidate>,
-) {
+fn numbers(scanner: &Scanner, text: &str, chunk: &Chunk, biks: &[Group], out: &mut Vec<Candidate>) {
     // A chunk glued to a word, a path or a parameter (`RA123…`, `/order/8…`,
     // `?id=…`) is part of something else; its later groups may still stand
     // alone (`ИНН/КПП 7707083893/770701001`).
@@ -313,7 +315,7 @@ fn numbers(
                 }
                 continue;
             }
-            run_candidates(scanner, &run, cue, chunks, out);
+            run_candidates(scanner, &run, cue, biks, out);
         }
     }
 }
@@ -394,7 +396,7 @@ fn run_candidates(
     scanner: &Scanner,
     run: &Run<'_>,
     cue: Option<Cue>,
-    chunks: &[Chunk],
+    biks: &[Group],
     out: &mut Vec<Candidate>,
 ) {
     let n = run.digits;
@@ -437,7 +439,7 @@ fn run_candidates(
         card(run, cue, out);
     }
     if (n == 20 || n == 29) && on(Format::RuBankAccount) {
-        bank_account(run, cue, chunks, out);
+        bank_account(run, cue, biks, out);
     }
 }
 
@@ -652,7 +654,7 @@ fn account_class_ok(d: &[u8]) -> bool {
     matches!(class, 301..=303 | 405..=409 | 420..=426)
 }
 
-fn bank_account(run: &Run<'_>, cue: Option<Cue>, chunks: &[Chunk], out: &mut Vec<Candidate>) {
+fn bank_account(run: &Run<'_>, cue: Option<Cue>, biks: &[Group], out: &mut Vec<Candidate>) {
     if run.digits == 29 {
         // BIK and account written together: the format checks the key.
         if run.lens.first() == Some(&9) && run.valid(Format::RuBankAccount) {
@@ -664,19 +666,18 @@ fn bank_account(run: &Run<'_>, cue: Option<Cue>, chunks: &[Chunk], out: &mut Vec
         return;
     }
     let account = run.digit_values();
-    for chunk in chunks {
-        for group in &chunk.groups {
-            let near =
-                group.end + BIK_DISTANCE >= run.start && group.start <= run.end + BIK_DISTANCE;
-            let bytes = &run.text.as_bytes()[group.start..group.end];
-            if !near || group.len() != 9 || !bytes.starts_with(b"04") {
-                continue;
-            }
-            let bik: Vec<u8> = bytes.iter().map(|b| b - b'0').collect();
-            if crate::token::checks::bank_account_key_valid(&bik, &account) {
-                out.push(run.candidate(Format::RuBankAccount, PRIORITY_ACCOUNT_BIK));
-                return;
-            }
+    let from = biks.partition_point(|g| g.end + BIK_DISTANCE < run.start);
+    for group in biks[from..]
+        .iter()
+        .take_while(|g| g.start <= run.end + BIK_DISTANCE)
+    {
+        let bik: Vec<u8> = run.text.as_bytes()[group.start..group.end]
+            .iter()
+            .map(|b| b - b'0')
+            .collect();
+        if crate::token::checks::bank_account_key_valid(&bik, &account) {
+            out.push(run.candidate(Format::RuBankAccount, PRIORITY_ACCOUNT_BIK));
+            return;
         }
     }
     // A BIK nearby that the account fails may be another bank's (`БИК

@@ -33,6 +33,8 @@ mod detectors;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
+
 use regex::{Regex, RegexSet};
 
 use crate::token::checks::{iban_mod97, luhn_valid};
@@ -279,16 +281,23 @@ fn resolve(mut candidates: Vec<detectors::Candidate>) -> Vec<Finding> {
             .then(a.start.cmp(&b.start))
             .then(kind_index(a.kind).cmp(&kind_index(b.kind)))
     });
-    let mut kept: Vec<Finding> = Vec::with_capacity(candidates.len());
+    // Kept findings by start. They never overlap, so the only ones that
+    // can overlap a new span are the last starting before its end and,
+    // through it, nothing else: O(log n) per candidate.
+    let mut kept: BTreeMap<usize, Finding> = BTreeMap::new();
     for c in candidates {
-        if kept.iter().all(|f| c.end <= f.start || f.end <= c.start) {
-            kept.push(Finding {
+        let overlaps = kept
+            .range(..c.end)
+            .next_back()
+            .is_some_and(|(_, f)| f.end > c.start);
+        if !overlaps {
+            let finding = Finding {
                 kind: c.kind,
                 start: c.start,
                 end: c.end,
-            });
+            };
+            kept.insert(c.start, finding);
         }
     }
-    kept.sort_by_key(|f| f.start);
-    kept
+    kept.into_values().collect()
 }

@@ -72,6 +72,22 @@ fn custom_detectors() {
     assert!(err.is_some_and(|e| e.contains("employee")));
 }
 
+#[test]
+fn large_inputs_stay_linear() {
+    // Many accounts next to many BIKs, many cards, one huge number chunk
+    // and an IBAN-shaped run: each used to be a quadratic path candidate.
+    let accounts = "БИК 044525225 р/с 40702810938000000001 ".repeat(3_000);
+    let cards = "4111 1111 1111 1111 ".repeat(5_000);
+    let chunk = "1 ".repeat(50_000);
+    let ibans = "AB12CD34EF56GH78 ".repeat(5_000);
+    for text in [accounts, cards, chunk, ibans] {
+        let started = std::time::Instant::now();
+        let findings = Scanner::all().scan(&text);
+        assert!(findings.len() <= text.len());
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // property tests
 
