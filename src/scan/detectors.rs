@@ -101,9 +101,10 @@ pub(super) fn builtin_candidates(scanner: &Scanner, text: &str, out: &mut Vec<Ca
         } else if matched.starts_with(|c: char| c.is_ascii_uppercase()) {
             // An IBAN-shaped match can run on over a word into a number
             // (`1Z057KFB0896991767 OGRN 3197…`): what it does not take as
-            // an IBAN is searched again, from its second letter or from
-            // the IBAN's end. Each match is rescanned at most once, as the
-            // next one starts after a letter the pattern cannot begin at.
+            // an IBAN is searched again, from the IBAN's end or else from
+            // the match's second byte (its first is an ASCII letter). A
+            // match is at most 64 bytes, so each byte is searched a
+            // bounded number of times.
             let iban_end = iban(text, m.start(), m.end());
             match iban_end {
                 Some(end) if scanner.enabled(Format::Iban) => {

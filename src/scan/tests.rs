@@ -59,7 +59,7 @@ fn custom_detectors() {
         context: vec!["сотрудник".into()],
         format: Format::Opaque,
     };
-    let scanner = Scanner::with_custom(&[], &[custom.clone()]).expect("valid pattern");
+    let scanner = Scanner::with_custom(&[], std::slice::from_ref(&custom)).expect("valid pattern");
     assert_eq!(scanner.scan("сотрудник EMP-123456").len(), 1);
     assert_eq!(scanner.scan("EMP-123456").len(), 0);
     let bad = CustomDetector {
