@@ -11,8 +11,8 @@
 //! How: one pass of one combined regex over the text yields candidate
 //! spans (email-shaped, IBAN-shaped, and runs of digit groups); each is
 //! then checked by the kind-specific rules of `PII-RULES.md` in
-//! [`detectors`] — checksums, IIN prefixes, layouts, and the context word
-//! before it ([`context`]) — and overlaps between kinds are resolved by a
+//! `detectors` — checksums, IIN prefixes, layouts, and the context word
+//! before it (`context`) — and overlaps between kinds are resolved by a
 //! fixed priority (a checksum-valid kind with its context word beats a
 //! generic phone), then by length, then by position. Operator-defined
 //! [`CustomDetector`]s run behind a [`RegexSet`] prefilter.
