@@ -73,6 +73,12 @@ fn custom_detectors() {
 }
 
 #[test]
+fn scanner_is_shareable() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Scanner>();
+}
+
+#[test]
 fn large_inputs_stay_linear() {
     // Many accounts next to many BIKs, many cards, one huge number chunk
     // and an IBAN-shaped run: each used to be a quadratic path candidate.
