@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod kek;
 pub mod policy;
+pub mod scan;
 pub mod store;
 pub mod token;
 pub mod vault;

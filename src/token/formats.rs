@@ -935,8 +935,22 @@ fn iban_token<R: Rng + ?Sized>(value: &str, compact: &str, rng: &mut R) -> Strin
 // ---------------------------------------------------------------------------
 // ru_passport
 
+/// The word that may stand between a passport's series and number, as in
+/// `серия 4506 номер 123456`, with one space either side; it is read as `№`.
+const PASSPORT_NUMBER_WORD: &str = " номер ";
+
 fn parse_passport(value: &str) -> Result<Vec<u8>, FormatError> {
     const WHAT: &str = "passport number";
+    // `4506 номер 123456` is `4506 № 123456` written out. The token copies
+    // the value's layout, word included, so only parsing needs to know.
+    let worded;
+    let value = match value.split_once(PASSPORT_NUMBER_WORD) {
+        Some((series, number)) => {
+            worded = format!("{series} № {number}");
+            worded.as_str()
+        }
+        None => value,
+    };
     // Up to three separators, for `4506 № 123456`.
     let grouped = parse_groups(value, WHAT, |c| matches!(c, ' ' | '-' | '№'), 3)?;
     if grouped.digits.len() != 10 {
@@ -1585,6 +1599,9 @@ mod tests {
         ("4506 123456 ", bad_layout("passport number")),
         ("4506/123456", bad_char("passport number")),
         ("серия 4506 номер 123456", bad_char("passport number")),
+        ("4506 номер номер 123456", bad_char("passport number")),
+        ("4506 номер 12 3456", bad_layout("passport number")),
+        ("4506  номер 123456", bad_layout("passport number")),
     ];
 
     const SNILS_REJECTED: &[(&str, FormatError)] = &[
@@ -1896,6 +1913,9 @@ mod tests {
             "4506№123456",
             "4506123456",
             "0000 000000",
+            // `серия 4506 номер 123456` in a chat: the span from the series.
+            "4506 номер 123456",
+            "45 06 номер 123456",
         ] {
             assert_accepted(Format::RuPassport, value);
         }
@@ -2208,6 +2228,7 @@ mod tests {
             (&[4, 6], "-"),
             (&[4, 6], " № "),
             (&[4, 6], "№"),
+            (&[4, 6], " номер "),
         ]);
         (any_digit_run(10), layouts)
             .prop_map(|(digits, (groups, sep))| grouped(&digits, groups, sep))
