@@ -237,6 +237,9 @@ fn family_options(cache: &Cache) -> Options {
     // cache misses; a smaller memtable is a shallower walk. Flushing more
     // often costs less than it saves (measured with benches/e2e.sh).
     options.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    // Room for full memtables to wait for their flush without stalling
+    // writes when the two cores are busy.
+    options.set_max_write_buffer_number(4);
     options.set_compression_type(DBCompressionType::Lz4);
     options
 }
