@@ -69,6 +69,10 @@ const NUMBER_TOKEN_DIGITS: std::ops::RangeInclusive<usize> = 8..=29;
 const IBAN_CHARS: std::ops::RangeInclusive<usize> = 15..=34;
 /// Longest email local part (RFC 5321).
 const MAX_LOCAL_PART_BYTES: usize = 64;
+/// Rescans of a preview with grown email tokens (see
+/// `Vault::found_after_growth`); one is enough unless a new finding is
+/// itself an email.
+const MAX_PREVIEW_PASSES: usize = 3;
 /// Email token domains end with this.
 const EMAIL_TOKEN_SUFFIX: &str = ".invalid";
 
@@ -131,10 +135,24 @@ impl Vault {
         }
         let spans: Vec<(usize, usize)> = findings.iter().map(|f| (f.start, f.end)).collect();
         let existing = self.find_tokens(text, &spans).await?;
-        let fresh: Vec<Finding> = findings
+        let overlaps_existing =
+            |f: &Finding| existing.iter().any(|t| t.start < f.end && f.start < t.end);
+        let mut fresh: Vec<Finding> = findings
             .into_iter()
-            .filter(|f| !existing.iter().any(|t| t.start < f.end && f.start < t.end))
+            .filter(|f| !overlaps_existing(f))
             .collect();
+        for _ in 0..MAX_PREVIEW_PASSES {
+            let more: Vec<Finding> = self
+                .found_after_growth(text, &fresh, &kinds)
+                .into_iter()
+                .filter(|f| !overlaps_existing(f))
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            fresh.extend(more);
+            fresh.sort_by_key(|f| f.start);
+        }
         if fresh.is_empty() {
             return Ok(Redacted {
                 text: text.to_string(),
@@ -211,6 +229,57 @@ impl Vault {
             text: Zeroizing::new(restored),
             restored: kept_spans.len(),
         })
+    }
+
+    /// Findings that appear only once the email values of `findings` have
+    /// grown by `.invalid`, in `text`'s offsets. The scanner reads context
+    /// words in a window of characters before a value, so a longer email
+    /// token can push a keyword out of (or into) the window of a number
+    /// after it, and redacting the redacted text would find it then.
+    /// Scanning a preview with every email as long as its token finds those
+    /// now, so redaction is idempotent.
+    fn found_after_growth(
+        &self,
+        text: &str,
+        findings: &[Finding],
+        kinds: &[Format],
+    ) -> Vec<Finding> {
+        if !findings.iter().any(|f| f.kind == Format::Email) {
+            return Vec::new();
+        }
+        let spans: Vec<(usize, usize)> = findings.iter().map(|f| (f.start, f.end)).collect();
+        let grown: Vec<String> = findings
+            .iter()
+            .map(|f| {
+                let value = &text[f.start..f.end];
+                if f.kind == Format::Email {
+                    format!("{value}{EMAIL_TOKEN_SUFFIX}")
+                } else {
+                    value.to_string()
+                }
+            })
+            .collect();
+        let (preview, placed) = splice(text, &spans, &grown);
+        self.scanner
+            .scan(&preview)
+            .into_iter()
+            .filter(|f| kinds.is_empty() || kinds.contains(&f.kind))
+            .filter(|f| !placed.iter().any(|&(s, e)| s < f.end && f.start < e))
+            .map(|f| {
+                // Only the spans before it grew.
+                let shift: usize = placed
+                    .iter()
+                    .zip(&spans)
+                    .filter(|((_, e), _)| *e <= f.start)
+                    .map(|((s, e), (os, oe))| (e - s) - (oe - os))
+                    .sum();
+                Finding {
+                    kind: f.kind,
+                    start: f.start - shift,
+                    end: f.end - shift,
+                }
+            })
+            .collect()
     }
 
     fn check_text(&self, text: &str) -> Result<(), VaultError> {
