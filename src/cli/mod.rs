@@ -4,6 +4,7 @@
 
 pub mod bench;
 mod bench_kek;
+mod bench_redact;
 pub mod client;
 pub mod keys;
 pub mod serve;
