@@ -152,6 +152,9 @@ pub struct Limits {
     /// Bytes of one gRPC request message.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Bytes of the text of one RedactText or RestoreText call.
+    #[serde(default = "default_max_text_bytes")]
+    pub max_text_bytes: usize,
 }
 
 impl Default for Limits {
@@ -161,6 +164,7 @@ impl Default for Limits {
             max_value_bytes: default_max_value_bytes(),
             max_subject_bytes: default_max_subject_bytes(),
             max_message_bytes: default_max_message_bytes(),
+            max_text_bytes: default_max_text_bytes(),
         }
     }
 }
@@ -218,6 +222,9 @@ fn default_max_subject_bytes() -> usize {
 }
 fn default_max_message_bytes() -> usize {
     4 * 1024 * 1024
+}
+fn default_max_text_bytes() -> usize {
+    64 * 1024
 }
 
 impl Config {

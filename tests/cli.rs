@@ -161,3 +161,49 @@ fn serve_rejects_unknown_config_keys_naming_them() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("sync_write"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn redact_and_restore_commands_round_trip_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let data_dir = server.data_dir().display().to_string();
+    let envs = [("TOKENVAULT_ADDR", server.addr.as_str())];
+    let message = "Карта 4111 1111 1111 1111, тел. +7 916 123-45-67, почта ivan@example.com";
+
+    let out = tokenvault(
+        &[
+            "redact",
+            "--subject",
+            "cust-42",
+            "--data-dir",
+            &data_dir,
+            message,
+        ],
+        &envs,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let redacted = stdout(&out).trim_end_matches('\n').to_string();
+    assert!(!redacted.contains("4111 1111 1111 1111"), "{redacted}");
+    assert!(!redacted.contains("+7 916 123-45-67"), "{redacted}");
+    assert!(redacted.contains(".invalid"), "{redacted}");
+
+    let out = tokenvault(&["restore", "--data-dir", &data_dir, &redacted], &envs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim_end_matches('\n'), message);
+
+    let out = tokenvault(
+        &[
+            "redact",
+            "--subject",
+            "cust-42",
+            "--kinds",
+            "cardz",
+            "--data-dir",
+            &data_dir,
+            message,
+        ],
+        &envs,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cardz"), "{}", stderr(&out));
+}

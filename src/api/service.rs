@@ -55,6 +55,12 @@ fn status_of(status: TokenStatus) -> pb::TokenStatus {
     }
 }
 
+/// A byte offset or count for the wire; texts are far below 4 GiB
+/// (`limits.max_text_bytes`), so overflow is a bug.
+fn offset(value: usize) -> Result<u32, Status> {
+    u32::try_from(value).map_err(|_| Status::internal("internal error; see the server log"))
+}
+
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportSubjectResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -126,15 +132,50 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         request: Request<pb::RedactTextRequest>,
     ) -> Result<Response<pb::RedactTextResponse>, Status> {
         principal(&request, Rpc::RedactText)?;
-        Err(Status::unimplemented("RedactText is not implemented yet"))
+        let request = request.into_inner();
+        let redacted = self
+            .vault
+            .redact_text(&request.subject_id, &request.text, &request.kinds)
+            .await
+            .map_err(to_status)?;
+        let findings = redacted
+            .findings
+            .into_iter()
+            .map(|f| {
+                Ok(pb::Finding {
+                    kind: f.kind.name().to_string(),
+                    start: offset(f.start)?,
+                    end: offset(f.end)?,
+                    token: f.token,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(pb::RedactTextResponse {
+            text: redacted.text,
+            findings,
+        }))
     }
 
     async fn restore_text(
         &self,
         request: Request<pb::RestoreTextRequest>,
     ) -> Result<Response<pb::RestoreTextResponse>, Status> {
+        // Reveal is full for every allowed principal for now; the
+        // principal's per-format policy is passed down with masking.
         principal(&request, Rpc::RestoreText)?;
-        Err(Status::unimplemented("RestoreText is not implemented yet"))
+        let request = request.into_inner();
+        let mut restored = self
+            .vault
+            .restore_text(&request.text)
+            .await
+            .map_err(to_status)?;
+        let restored_count = offset(restored.restored)?;
+        Ok(Response::new(pb::RestoreTextResponse {
+            // Moved out of the zeroizing wrapper only here, into the
+            // response the caller is entitled to.
+            text: std::mem::take(&mut *restored.text),
+            restored: restored_count,
+        }))
     }
 
     async fn forget_subject(

@@ -5,6 +5,9 @@
 //! same values over HTTP at the same concurrency and batch size. It prints
 //! one markdown table of values/s and per-call latency percentiles.
 //!
+//! `--redact-corpus FILE` drives RedactText with a chat corpus instead
+//! (see `bench_redact`).
+//!
 //! Loads go to the given addresses only (loopback in every script of this
 //! repo), are bounded in time, and stop by themselves.
 
@@ -72,6 +75,11 @@ pub struct BenchArgs {
     /// File of the subjects' tokens, written by `load`, read by `cold`.
     #[arg(long)]
     pub kek_state: Option<std::path::PathBuf>,
+    /// Instead of the matrix, drive RedactText with the messages (`text`
+    /// of each JSON line) of this corpus at each --concurrency and print
+    /// messages/s and MB/s.
+    #[arg(long, conflicts_with = "kek_phase")]
+    pub redact_corpus: Option<std::path::PathBuf>,
     /// Name of the provider in the printed rows.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -184,6 +192,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(phase) = args.kek_phase {
         return super::bench_kek::run(phase, &args).await;
+    }
+    if let Some(corpus) = &args.redact_corpus {
+        return super::bench_redact::run(corpus, &args).await;
     }
     let fixture = Arc::new(prepare(&args).await?);
     let peer = match &args.peer_addr {

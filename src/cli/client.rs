@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::serve::DEV_ADMIN_KEY_FILE;
-use super::{ClientArgs, DetokenizeArgs, ModeArg, TokenizeArgs};
+use super::{ClientArgs, DetokenizeArgs, ModeArg, RedactArgs, RestoreArgs, TokenizeArgs};
 use crate::pb;
 use crate::pb::token_vault_client::TokenVaultClient;
 
@@ -122,5 +122,32 @@ pub async fn detokenize(args: DetokenizeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| result.status.to_string());
         println!("{}\t{}\t{}", result.token, status, result.value);
     }
+    Ok(())
+}
+
+pub async fn redact(args: RedactArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client).await?;
+    let response = client
+        .redact_text(pb::RedactTextRequest {
+            subject_id: args.subject,
+            text: args.text,
+            kinds: args.kinds,
+        })
+        .await
+        .map_err(call_error)?;
+    println!("{}", response.into_inner().text);
+    Ok(())
+}
+
+pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client).await?;
+    let response = client
+        .restore_text(pb::RestoreTextRequest {
+            text: args.text,
+            purpose: args.purpose,
+        })
+        .await
+        .map_err(call_error)?;
+    println!("{}", response.into_inner().text);
     Ok(())
 }

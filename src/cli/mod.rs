@@ -1,9 +1,10 @@
-//! The command line: `serve` runs the server; `tokenize` and `detokenize`
-//! make the same binary a client; `bench` is the end-to-end load tool.
+//! The command line: `serve` runs the server; `tokenize`, `detokenize`,
+//! `redact` and `restore` make the same binary a client; `bench` is the end-to-end load tool.
 //! Each command exits non-zero on failure with one clear line.
 
 pub mod bench;
 mod bench_kek;
+mod bench_redact;
 pub mod client;
 pub mod keys;
 pub mod serve;
@@ -31,6 +32,11 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Detokenize tokens; prints `token<TAB>STATUS<TAB>value` per token.
     Detokenize(DetokenizeArgs),
+    /// Replace the PII in a text by tokens of a subject; prints the
+    /// redacted text.
+    Redact(RedactArgs),
+    /// Replace the tokens in a text by their values; prints the text.
+    Restore(RestoreArgs),
     /// Load-test a running server (and, optionally, OpenBao transit as the
     /// peer baseline) and print values/s and latency percentiles.
     Bench(bench::BenchArgs),
@@ -96,6 +102,31 @@ pub struct DetokenizeArgs {
     pub client: ClientArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct RedactArgs {
+    /// The data subject the values belong to.
+    #[arg(long)]
+    pub subject: String,
+    /// Kinds to detect (repeatable, or comma-separated); none = all.
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// The text to redact.
+    pub text: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Why the values are needed (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub purpose: String,
+    /// The text whose tokens to restore.
+    pub text: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -106,6 +137,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Serve(args) => serve::run(args).await,
             Command::Tokenize(args) => client::tokenize(args).await,
             Command::Detokenize(args) => client::detokenize(args).await,
+            Command::Redact(args) => client::redact(args).await,
+            Command::Restore(args) => client::restore(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(command) => keys::run(command).await,
         }

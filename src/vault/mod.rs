@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod error;
 pub mod rotation;
+pub mod text;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -21,10 +22,12 @@ use zeroize::Zeroizing;
 pub use cache::DekCache;
 pub use error::VaultError;
 pub use rotation::{KeyStatus, RotationProgress};
+pub use text::{Redacted, RedactedFinding, Restored};
 
 use crate::config::{Config, Limits};
 use crate::crypto::{self, token_aad, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys};
 use crate::kek::{self, KekProvider};
+use crate::scan::Scanner;
 use crate::store::rocks::{RocksOptions, RocksStore};
 use crate::store::{Conflict, InsertOutcome, NewToken, Store, TokenRecord};
 use crate::token::formats::{self, Format};
@@ -95,6 +98,9 @@ pub struct Vault {
     cache: DekCache,
     limits: Limits,
     kek_stats: KekStats,
+    /// Every built-in detector, built once: RedactText filters its
+    /// findings by the requested kinds.
+    scanner: Scanner,
 }
 
 impl Vault {
@@ -138,6 +144,7 @@ impl Vault {
             cache: DekCache::new(capacity),
             limits,
             kek_stats,
+            scanner: Scanner::all(),
         })
     }
 
@@ -172,6 +179,16 @@ impl Vault {
     ) -> Result<Vec<String>, VaultError> {
         self.check_subject(subject_id)?;
         self.check_batch(items.len(), "items")?;
+        self.tokenize_items(subject_id, items).await
+    }
+
+    /// [`Vault::tokenize`] after the subject and batch size are checked
+    /// (RedactText bounds its batch by the text size instead).
+    async fn tokenize_items(
+        &self,
+        subject_id: &str,
+        items: &[TokenizeItem],
+    ) -> Result<Vec<String>, VaultError> {
         let formats = items
             .iter()
             .enumerate()
@@ -222,6 +239,16 @@ impl Vault {
             }
         }
         let records = self.store.token_records(tokens).await?;
+        self.open_records(tokens, records).await
+    }
+
+    /// Opens looked-up records of `tokens` (same order), unwrapping the
+    /// subjects' keys in one provider call.
+    async fn open_records(
+        &self,
+        tokens: &[String],
+        records: Vec<Option<TokenRecord>>,
+    ) -> Result<Vec<Detokenized>, VaultError> {
         let now = unix_now();
         let subjects: Vec<SubjectHash> = records
             .iter()
