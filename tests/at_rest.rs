@@ -5,35 +5,12 @@
 mod common;
 
 use aho_corasick::AhoCorasick;
-use common::{detokenize, item, tokenize, Server};
+use common::{detokenize, item, luhn_complete, tokenize, Server};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const SUBJECTS: usize = 100;
 const VALUES_PER_SUBJECT: usize = 100;
-
-fn luhn_complete(prefix: &str) -> String {
-    // Appends the check digit that makes `prefix` + digit pass Luhn.
-    let digits: Vec<u32> = prefix.chars().filter_map(|c| c.to_digit(10)).collect();
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 {
-                    x - 9
-                } else {
-                    x
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    format!("{prefix}{}", (10 - sum % 10) % 10)
-}
 
 /// Distinct, recognisable values of several formats.
 fn value(rng: &mut StdRng, subject: usize, n: usize) -> (String, &'static str) {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::bao::{Bao, KEY_NAME};
-use common::{admin_principal_toml, detokenize, item, tokenize, Server};
+use common::{admin_principal_toml, card, detokenize, item, tokenize, Server};
 use tokenvault::pb;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -33,30 +33,6 @@ fn start(root: &Path, bao: &Bao, extra_kek: &str, extra: &str) -> Server {
         &vault_config(bao, extra_kek, extra),
         &[(TOKEN_ENV, bao.root_token.as_str())],
     )
-}
-
-fn card(n: usize) -> String {
-    // 16-digit Luhn-valid numbers: 4000 00 + n (9 digits) + check digit.
-    let body = format!("400000{n:09}");
-    let digits: Vec<u32> = body.chars().filter_map(|c| c.to_digit(10)).collect();
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 0 {
-                let doubled = d * 2;
-                if doubled > 9 {
-                    doubled - 9
-                } else {
-                    doubled
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    format!("{body}{}", (10 - sum % 10) % 10)
 }
 
 /// Tokenizes one card per subject; returns (subject, value, token).

@@ -27,6 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use super::client::{connect, Client};
 use super::ClientArgs;
 use crate::pb;
+use crate::token::checks::luhn_check_digit;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -134,6 +135,10 @@ impl Measurement {
 }
 
 /// Unique, valid card numbers: a Visa prefix, a running number, the Luhn digit.
+fn digits(text: &str) -> Vec<u8> {
+    text.bytes().map(|b| b - b'0').collect()
+}
+
 pub(super) struct CardSource {
     next: AtomicU64,
     run: u64,
@@ -151,30 +156,8 @@ impl CardSource {
     pub(super) fn card(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let body = format!("4{:05}{:09}", self.run, n % 1_000_000_000);
-        format!("{body}{}", luhn_check_digit(&body))
+        format!("{body}{}", luhn_check_digit(&digits(&body)))
     }
-}
-
-fn luhn_check_digit(body: &str) -> u32 {
-    let sum: u32 = body
-        .chars()
-        .rev()
-        .filter_map(|c| c.to_digit(10))
-        .enumerate()
-        .map(|(i, d)| {
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 {
-                    x - 9
-                } else {
-                    x
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    (10 - sum % 10) % 10
 }
 
 /// Shared state of the tokenvault scenarios.

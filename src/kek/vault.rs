@@ -319,15 +319,7 @@ impl KekProvider for VaultKek {
     async fn unwrap(&self, keys: &[&WrappedKey]) -> Result<Vec<SecretKey>, KekError> {
         let mut unwrapped = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_BATCH) {
-            let items = chunk
-                .iter()
-                .map(|key| {
-                    check_kind(key, KekKind::Vault)?;
-                    let ciphertext =
-                        std::str::from_utf8(&key.ciphertext).map_err(|_| KekError::Malformed)?;
-                    Ok(serde_json::json!({ "ciphertext": ciphertext }))
-                })
-                .collect::<Result<Vec<_>, KekError>>()?;
+            let items = ciphertext_items(chunk)?;
             for item in self.transit_batch(Operation::Unwrap, items).await? {
                 let bytes = Zeroizing::new(
                     BASE64
@@ -343,15 +335,7 @@ impl KekProvider for VaultKek {
     async fn rewrap(&self, keys: &[&WrappedKey]) -> Result<Vec<WrappedKey>, KekError> {
         let mut rewrapped = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_BATCH) {
-            let items = chunk
-                .iter()
-                .map(|key| {
-                    check_kind(key, KekKind::Vault)?;
-                    let ciphertext =
-                        std::str::from_utf8(&key.ciphertext).map_err(|_| KekError::Malformed)?;
-                    Ok(serde_json::json!({ "ciphertext": ciphertext }))
-                })
-                .collect::<Result<Vec<_>, KekError>>()?;
+            let items = ciphertext_items(chunk)?;
             for item in self.transit_batch(Operation::Rewrap, items).await? {
                 rewrapped.push(wrapped_from_ciphertext(&item.ciphertext)?);
             }
@@ -390,6 +374,18 @@ impl KekProvider for VaultKek {
             min_decryption_version: info.min_decryption_version,
         })
     }
+}
+
+/// The `batch_input` of a decrypt or rewrap: each key's transit ciphertext.
+fn ciphertext_items(keys: &[&WrappedKey]) -> Result<Vec<serde_json::Value>, KekError> {
+    keys.iter()
+        .map(|key| {
+            check_kind(key, KekKind::Vault)?;
+            let ciphertext =
+                std::str::from_utf8(&key.ciphertext).map_err(|_| KekError::Malformed)?;
+            Ok(serde_json::json!({ "ciphertext": ciphertext }))
+        })
+        .collect()
 }
 
 /// What a call was, for messages and for how its failures read.

@@ -51,15 +51,28 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
     if digits.is_empty() || !all_digits(digits) {
         return false;
     }
-    let sum: u32 = digits
+    luhn_sum(digits, 1).is_multiple_of(10)
+}
+
+/// The Luhn check digit to append to `body` (digits 0..=9), for generating
+/// valid numbers in tests and benchmarks.
+pub fn luhn_check_digit(body: &[u8]) -> u8 {
+    // The appended digit takes position 0 from the right, so the body's
+    // last digit is the first doubled one.
+    ((10 - luhn_sum(body, 0) % 10) % 10) as u8
+}
+
+/// Luhn's weighted sum with every second digit from the right doubled,
+/// starting at position `first_doubled` (0 = the last digit).
+fn luhn_sum(digits: &[u8], first_doubled: usize) -> u32 {
+    digits
         .iter()
         .rev()
         .enumerate()
         .map(|(i, &d)| {
             let d = u32::from(d);
-            // Every second digit from the right is doubled; subtracting 9
-            // from a two-digit result is the same as adding its digits.
-            if i % 2 == 1 {
+            // Subtracting 9 from a two-digit double is adding its digits.
+            if i % 2 == first_doubled {
                 let doubled = d * 2;
                 if doubled > 9 {
                     doubled - 9
@@ -70,8 +83,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
                 d
             }
         })
-        .sum();
-    sum.is_multiple_of(10)
+        .sum()
 }
 
 /// The ISO 13616 remainder of a compact IBAN: the first four characters moved
@@ -240,6 +252,18 @@ mod tests {
         assert!(!luhn_valid(&d("4111111111111112")));
         assert!(!luhn_valid(&[]));
         assert!(!luhn_valid(&[4, 1, 10, 1]));
+    }
+
+    #[test]
+    fn luhn_check_digit_completes_known_numbers() {
+        assert_eq!(luhn_check_digit(&d("411111111111111")), 1);
+        assert_eq!(luhn_check_digit(&d("7992739871")), 3);
+        assert_eq!(luhn_check_digit(&d("37828224631000")), 5);
+        for body in ["4", "22000000000000", "123456789"] {
+            let mut full = d(body);
+            full.push(luhn_check_digit(&full));
+            assert!(luhn_valid(&full), "{body}");
+        }
     }
 
     #[test]

@@ -288,6 +288,20 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success(), "kill -{name} failed");
 }
 
+/// Appends the Luhn check digit to a string of digits.
+pub fn luhn_complete(body: &str) -> String {
+    let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
+    format!(
+        "{body}{}",
+        tokenvault::token::checks::luhn_check_digit(&digits)
+    )
+}
+
+/// The n-th of a series of distinct valid 16-digit card numbers.
+pub fn card(n: usize) -> String {
+    luhn_complete(&format!("400000{n:09}"))
+}
+
 pub fn item(value: &str, format: &str) -> pb::TokenizeItem {
     pb::TokenizeItem {
         value: value.into(),
