@@ -105,16 +105,23 @@ fn provider_calls(server: &Server) -> (u64, u64) {
 
 /// `tokenvault keys <command> --config F --data-dir D` for this server.
 fn keys(server: &Server, command: &str) -> std::process::Output {
+    keys_with_env(server, command, &[])
+}
+
+fn keys_with_env(server: &Server, command: &str, env: &[(&str, &str)]) -> std::process::Output {
     let config = server.config_path();
     let data_dir = server.data_dir();
-    server.run_cli(&[
-        "keys",
-        command,
-        "--config",
-        config.to_str().expect("utf8"),
-        "--data-dir",
-        data_dir.to_str().expect("utf8"),
-    ])
+    server.run_cli_with_env(
+        &[
+            "keys",
+            command,
+            "--config",
+            config.to_str().expect("utf8"),
+            "--data-dir",
+            data_dir.to_str().expect("utf8"),
+        ],
+        env,
+    )
 }
 
 fn keys_status(server: &Server) -> String {
@@ -288,6 +295,65 @@ async fn rotation_rewraps_every_key_while_serving_and_old_versions_can_be_retire
     assert_all_detokenize(&server, &subjects).await;
     let status = keys_status(&server);
     assert_eq!(status_line(&status, "min_decryption"), "v2");
+}
+
+#[tokio::test]
+async fn a_rotation_cut_short_resumes_without_rotating_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bao = Bao::dev(&dir.path().join("bao"));
+    let mut server = start(&dir.path().join("tv"), &bao, "", "");
+    let subjects = tokenize_subjects(&server, 40).await;
+    server.stop().await;
+
+    // An operator token that may rotate the key but not rewrap: the run
+    // rotates, records its target, then fails at the first rewrap.
+    let policy = format!(
+        "path \"transit/keys/{KEY_NAME}/rotate\" {{ capabilities = [\"update\"] }}\npath \"transit/keys/{KEY_NAME}\" {{ capabilities = [\"read\"] }}\npath \"transit/decrypt/{KEY_NAME}\" {{ capabilities = [\"update\"] }}\n"
+    );
+    let policy_file = dir.path().join("rotate-only.hcl");
+    std::fs::write(&policy_file, policy).expect("policy");
+    bao.cli_ok(&[
+        "policy",
+        "write",
+        "rotate-only",
+        policy_file.to_str().expect("utf8"),
+    ]);
+    let token = bao.cli_ok(&["token", "create", "-policy=rotate-only", "-field=token"]);
+    let token = String::from_utf8(token.stdout).expect("utf8");
+    let cut_short = keys_with_env(&server, "rotate", &[(TOKEN_ENV, token.trim())]);
+    assert!(
+        !cut_short.status.success(),
+        "the rewrap must have been refused"
+    );
+    let said = String::from_utf8_lossy(&cut_short.stderr);
+    assert!(said.contains("run keys rotate again to resume"), "{said}");
+    assert_eq!(bao.latest_version(), 2);
+    let status = keys_status(&server);
+    assert!(
+        status_line(&status, "rotation").contains("in progress to v2"),
+        "{status}"
+    );
+    assert_eq!(status_line(&status, "subject_keys"), "v1=40");
+
+    // Run again with full rights: it resumes, and does not rotate a second time.
+    let resumed = keys(&server, "rotate");
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let said = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        said.contains("KEK at version 2: 40 of 40") && said.contains("resumed"),
+        "{said}"
+    );
+    assert_eq!(bao.latest_version(), 2);
+    let status = keys_status(&server);
+    assert_eq!(status_line(&status, "subject_keys"), "v2=40");
+    assert_eq!(status_line(&status, "rotation"), "none");
+
+    server.restart();
+    assert_all_detokenize(&server, &subjects).await;
 }
 
 #[tokio::test]

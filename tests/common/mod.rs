@@ -133,10 +133,17 @@ impl Server {
     /// Runs the binary as a client or operator command with the server's
     /// environment, e.g. `["keys", "status", "--config", ...]`.
     pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        self.run_cli_with_env(args, &[])
+    }
+
+    /// As [`Server::run_cli`], with some of the server's environment
+    /// replaced (e.g. another Vault token).
+    pub fn run_cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_tokenvault"))
             .args(args)
             .env("TOKENVAULT_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run tokenvault")
