@@ -104,6 +104,7 @@ impl admin::admin_server::Admin for AdminService {
             dek_cache_hits: cache.hits.load(Relaxed),
             dek_cache_misses: cache.misses.load(Relaxed),
             dek_cache_evictions: cache.evictions.load(Relaxed),
+            kek_remote_calls: self.vault.kek().remote_calls().unwrap_or(0),
         }))
     }
 

@@ -19,8 +19,8 @@ pub async fn run(phase: KekPhase, args: &BenchArgs) -> anyhow::Result<()> {
     let state = args.kek_state.as_ref().context("--kek-state is required")?;
     let concurrency = args.concurrency[0].max(1);
     let client = connect(&args.client).await?;
-    println!("| provider | phase | subjects | values | values/s | KEK calls | keys through the KEK | seconds |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("| provider | phase | subjects | values | values/s | KEK operations | keys through the KEK | Vault HTTP calls | seconds |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     match phase {
         KekPhase::Load => {
             let run = CardSource::new();
@@ -50,6 +50,7 @@ pub async fn run(phase: KekPhase, args: &BenchArgs) -> anyhow::Result<()> {
                     after.kek_keys_wrapped + after.kek_keys_unwrapped
                         - before.kek_keys_wrapped
                         - before.kek_keys_unwrapped,
+                    after.kek_remote_calls - before.kek_remote_calls,
                 );
                 if pass == 0 {
                     first_tokens = tokens;
@@ -75,12 +76,14 @@ pub async fn run(phase: KekPhase, args: &BenchArgs) -> anyhow::Result<()> {
                 elapsed,
                 after.kek_unwrap_calls - before.kek_unwrap_calls,
                 after.kek_keys_unwrapped - before.kek_keys_unwrapped,
+                after.kek_remote_calls - before.kek_remote_calls,
             );
         }
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print_row(
     provider: &str,
     phase: &str,
@@ -89,9 +92,10 @@ fn print_row(
     elapsed: Duration,
     calls: u64,
     keys: u64,
+    remote: u64,
 ) {
     println!(
-        "| {provider} | {phase} | {subjects} | {values} | {:.0} | {calls} | {keys} | {:.2} |",
+        "| {provider} | {phase} | {subjects} | {values} | {:.0} | {calls} | {keys} | {remote} | {:.2} |",
         values as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );

@@ -96,7 +96,8 @@ impl std::fmt::Debug for WrappedKey {
 }
 
 /// Errors of KEK providers. `Unavailable` is the one a caller may retry.
-#[derive(Debug, thiserror::Error)]
+/// Clone, so that one failed batch call can answer each of its callers.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum KekError {
     /// The provider cannot be reached or refused for a passing reason.
@@ -147,6 +148,12 @@ pub trait KekProvider: Send + Sync + 'static {
 
     /// Unwraps each key, in order. One call to the provider for the batch.
     async fn unwrap(&self, keys: &[&WrappedKey]) -> Result<Vec<SecretKey>, KekError>;
+
+    /// Calls made to a remote key service since start (a batch call is
+    /// one); None for a provider that calls nothing remote.
+    fn remote_calls(&self) -> Option<u64> {
+        None
+    }
 
     /// The KEK's versions; also the health probe of the provider.
     async fn status(&self) -> Result<KekStatus, KekError>;

@@ -14,6 +14,10 @@
 //! caller gets [`KekError::Unavailable`]. A 403 makes an AppRole login
 //! again once (the token may have expired while Vault was away).
 //!
+//! New subjects' DEKs are wrapped by one task that takes every key waiting
+//! and sends them in one transit call (as the store's writer does with
+//! writes), so concurrent calls for different new subjects share a call.
+//!
 //! Authentication: a token from an environment variable, or AppRole with
 //! the secret id read from a file at every login (so the file can be
 //! rotated). A background task renews the token at two thirds of its TTL,
@@ -100,6 +104,17 @@ pub struct VaultKek {
     /// Replaced whole on every login; calls in flight keep the old one.
     client: RwLock<Arc<VaultClient>>,
     renewer: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// Keys waiting to be wrapped by the batching task.
+    wrap_queue: tokio::sync::mpsc::UnboundedSender<WrapJob>,
+    /// Transit encrypt/decrypt/rewrap calls made (each may carry many keys).
+    batch_calls: std::sync::atomic::AtomicU64,
+}
+
+/// A key to wrap and where its caller waits. The key is a copy that
+/// zeroizes when the job is dropped.
+struct WrapJob {
+    key: SecretKey,
+    reply: tokio::sync::oneshot::Sender<Result<WrappedKey, KekError>>,
 }
 
 impl VaultKek {
@@ -119,11 +134,15 @@ impl VaultKek {
         }
         let token = initial_token(&settings).await?;
         let client = build_client(&settings, &token)?;
+        let (wrap_queue, wrap_jobs) = tokio::sync::mpsc::unbounded_channel();
         let kek = Arc::new(VaultKek {
             settings,
             client: RwLock::new(Arc::new(client)),
             renewer: parking_lot::Mutex::new(None),
+            wrap_queue,
+            batch_calls: std::sync::atomic::AtomicU64::new(0),
         });
+        tokio::spawn(wrap_in_batches(Arc::downgrade(&kek), wrap_jobs));
         let named = |reason: &dyn std::fmt::Display| {
             format!(
                 "cannot read transit key {}/{}: {reason}",
@@ -246,10 +265,13 @@ impl VaultKek {
         Ok(Duration::from_secs(auth.lease_duration))
     }
 
+    /// One transit batch call whose body (`{"batch_input": [...]}`) holds
+    /// `expected` items.
     async fn transit_batch(
         &self,
         operation: Operation,
-        items: Vec<serde_json::Value>,
+        body: Zeroizing<Vec<u8>>,
+        expected: usize,
     ) -> Result<Vec<BatchItem>, KekError> {
         let path = format!(
             "{}/{}/{}",
@@ -257,13 +279,8 @@ impl VaultKek {
             operation.transit_verb(),
             self.settings.key_name
         );
-        let expected = items.len();
-        // The body holds base64 plaintext keys when wrapping: zeroized on drop.
-        let body = Zeroizing::new(
-            serde_json::to_vec(&serde_json::json!({ "batch_input": items }))
-                .map_err(|e| KekError::Setup(format!("cannot encode a vault request: {e}")))?,
-        );
-        drop(items);
+        self.batch_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let response: BatchResponse = self
             .call(operation, || TransitCall::post(&path, &body))
             .await?;
@@ -299,19 +316,32 @@ impl KekProvider for VaultKek {
         true
     }
 
+    fn remote_calls(&self) -> Option<u64> {
+        Some(self.batch_calls.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Queues the keys for the batching task, which wraps them together
+    /// with whatever other calls are waiting.
     async fn wrap(&self, keys: &[&SecretKey]) -> Result<Vec<WrappedKey>, KekError> {
+        let mut answers = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let job = WrapJob {
+                key: (*key).clone(),
+                reply,
+            };
+            self.wrap_queue
+                .send(job)
+                .map_err(|_| KekError::Unavailable("the wrapping task has stopped".into()))?;
+            answers.push(answer);
+        }
         let mut wrapped = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_BATCH) {
-            let items = chunk
-                .iter()
-                .map(|key| {
-                    let plaintext = Zeroizing::new(BASE64.encode(key.expose()));
-                    serde_json::json!({ "plaintext": plaintext.as_str() })
-                })
-                .collect();
-            for item in self.transit_batch(Operation::Wrap, items).await? {
-                wrapped.push(wrapped_from_ciphertext(&item.ciphertext)?);
-            }
+        for answer in answers {
+            wrapped.push(
+                answer
+                    .await
+                    .map_err(|_| KekError::Unavailable("the wrapping task has stopped".into()))??,
+            );
         }
         Ok(wrapped)
     }
@@ -319,8 +349,11 @@ impl KekProvider for VaultKek {
     async fn unwrap(&self, keys: &[&WrappedKey]) -> Result<Vec<SecretKey>, KekError> {
         let mut unwrapped = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_BATCH) {
-            let items = ciphertext_items(chunk)?;
-            for item in self.transit_batch(Operation::Unwrap, items).await? {
+            let body = ciphertext_batch(chunk)?;
+            for item in self
+                .transit_batch(Operation::Unwrap, body, chunk.len())
+                .await?
+            {
                 let bytes = Zeroizing::new(
                     BASE64
                         .decode(item.plaintext.as_bytes())
@@ -335,8 +368,11 @@ impl KekProvider for VaultKek {
     async fn rewrap(&self, keys: &[&WrappedKey]) -> Result<Vec<WrappedKey>, KekError> {
         let mut rewrapped = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_BATCH) {
-            let items = ciphertext_items(chunk)?;
-            for item in self.transit_batch(Operation::Rewrap, items).await? {
+            let body = ciphertext_batch(chunk)?;
+            for item in self
+                .transit_batch(Operation::Rewrap, body, chunk.len())
+                .await?
+            {
                 rewrapped.push(wrapped_from_ciphertext(&item.ciphertext)?);
             }
         }
@@ -376,16 +412,88 @@ impl KekProvider for VaultKek {
     }
 }
 
-/// The `batch_input` of a decrypt or rewrap: each key's transit ciphertext.
-fn ciphertext_items(keys: &[&WrappedKey]) -> Result<Vec<serde_json::Value>, KekError> {
-    keys.iter()
+/// The body of a decrypt or rewrap: each key's transit ciphertext.
+fn ciphertext_batch(keys: &[&WrappedKey]) -> Result<Zeroizing<Vec<u8>>, KekError> {
+    let items = keys
+        .iter()
         .map(|key| {
             check_kind(key, KekKind::Vault)?;
             let ciphertext =
                 std::str::from_utf8(&key.ciphertext).map_err(|_| KekError::Malformed)?;
             Ok(serde_json::json!({ "ciphertext": ciphertext }))
         })
-        .collect()
+        .collect::<Result<Vec<_>, KekError>>()?;
+    serde_json::to_vec(&serde_json::json!({ "batch_input": items }))
+        .map(Zeroizing::new)
+        .map_err(|e| KekError::Setup(format!("cannot encode a vault request: {e}")))
+}
+
+/// The body of an encrypt: each key in base64, written straight into a
+/// zeroizing buffer (base64 needs no JSON escaping), so no copy of a
+/// plaintext key is left in freed memory.
+fn plaintext_batch(keys: &[&SecretKey]) -> Zeroizing<Vec<u8>> {
+    let mut body = Zeroizing::new(Vec::with_capacity(20 + keys.len() * 60));
+    body.extend_from_slice(b"{\"batch_input\":[");
+    for (i, key) in keys.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"plaintext\":\"");
+        let encoded = Zeroizing::new(BASE64.encode(key.expose()));
+        body.extend_from_slice(encoded.as_bytes());
+        body.extend_from_slice(b"\"}");
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+impl VaultKek {
+    /// Wraps keys now, in calls of at most [`MAX_BATCH`].
+    async fn wrap_now(&self, keys: &[&SecretKey]) -> Result<Vec<WrappedKey>, KekError> {
+        let mut wrapped = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_BATCH) {
+            let body = plaintext_batch(chunk);
+            for item in self
+                .transit_batch(Operation::Wrap, body, chunk.len())
+                .await?
+            {
+                wrapped.push(wrapped_from_ciphertext(&item.ciphertext)?);
+            }
+        }
+        Ok(wrapped)
+    }
+}
+
+/// The batching task: takes every key waiting (up to [`MAX_BATCH`]),
+/// wraps them in one call, answers each caller. While a call is out, new
+/// keys queue up for the next one. Ends when the provider is dropped.
+async fn wrap_in_batches(
+    kek: std::sync::Weak<VaultKek>,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<WrapJob>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let Some(kek) = kek.upgrade() else { return };
+        let keys: Vec<&SecretKey> = batch.iter().map(|job| &job.key).collect();
+        match kek.wrap_now(&keys).await {
+            Ok(wrapped) => {
+                for (job, key) in batch.into_iter().zip(wrapped) {
+                    let _ = job.reply.send(Ok(key));
+                }
+            }
+            Err(error) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// What a call was, for messages and for how its failures read.
@@ -743,6 +851,24 @@ mod tests {
             "v1:ab",
         ] {
             assert_eq!(transit_version(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn plaintext_batch_is_the_json_vault_expects() {
+        let keys = [
+            SecretKey::from_slice(&[0u8; 32]).expect("32 bytes"),
+            SecretKey::from_slice(&[0xffu8; 32]).expect("32 bytes"),
+        ];
+        let body = plaintext_batch(&keys.iter().collect::<Vec<_>>());
+        let parsed: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+        let items = parsed["batch_input"].as_array().expect("array");
+        assert_eq!(items.len(), 2);
+        for (item, key) in items.iter().zip(&keys) {
+            let decoded = BASE64
+                .decode(item["plaintext"].as_str().expect("string"))
+                .expect("base64");
+            assert_eq!(decoded, key.expose());
         }
     }
 
