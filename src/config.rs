@@ -51,6 +51,60 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub principals: Vec<PrincipalConfig>,
+    /// Operator-defined PII detectors for RedactText, beside the built-in
+    /// ones.
+    #[serde(default)]
+    pub detectors: Vec<DetectorConfig>,
+}
+
+/// `[[detectors]]`: a regex, an optional check, context words and the
+/// format its matches are tokenized with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    pub name: String,
+    pub pattern: String,
+    /// `"luhn"`, `"mod97"` or `"none"`.
+    #[serde(default = "default_validator")]
+    pub validator: String,
+    /// Words of which one must stand shortly before a match (none: no
+    /// context needed).
+    #[serde(default)]
+    pub context: Vec<String>,
+    /// A format name (`card`, `text`, ...); each match must be valid in it.
+    pub format: String,
+}
+
+impl DetectorConfig {
+    /// The detector for the scanner, or the reason it is not one.
+    pub fn to_custom(&self) -> Result<crate::scan::CustomDetector, String> {
+        use crate::scan::Validator;
+        use crate::token::formats::Format;
+        let validator = match self.validator.as_str() {
+            "luhn" => Validator::Luhn,
+            "mod97" => Validator::Mod97,
+            "none" => Validator::None,
+            other => {
+                return Err(format!(
+                    "detector {:?}: validator {other:?} is not luhn, mod97 or none",
+                    self.name
+                ))
+            }
+        };
+        let format = Format::from_name(&self.format)
+            .ok_or_else(|| format!("detector {:?}: unknown format {:?}", self.name, self.format))?;
+        Ok(crate::scan::CustomDetector {
+            name: self.name.clone(),
+            pattern: self.pattern.clone(),
+            validator,
+            context: self.context.clone(),
+            format,
+        })
+    }
+}
+
+fn default_validator() -> String {
+    "none".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,7 +342,22 @@ impl Config {
         for (i, principal) in self.principals.iter().enumerate() {
             check_principal(i, principal)?;
         }
+        self.scanner()?;
         Ok(())
+    }
+}
+
+impl Config {
+    /// The RedactText scanner: every built-in detector plus `[[detectors]]`.
+    pub fn scanner(&self) -> Result<crate::scan::Scanner, ConfigError> {
+        let custom = self
+            .detectors
+            .iter()
+            .map(DetectorConfig::to_custom)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Invalid)?;
+        crate::scan::Scanner::with_custom(&crate::token::formats::Format::ALL, &custom)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 }
 
@@ -412,6 +481,38 @@ mod tests {
         assert!(err.contains("token"), "{err}");
         let err = Config::parse("[kek]\nprovider = \"hsm\"").expect_err("unknown provider");
         assert!(err.contains("hsm"), "{err}");
+    }
+
+    #[test]
+    fn detectors_parse_and_bad_ones_are_named() {
+        let config = Config::parse(
+            r#"
+            [[detectors]]
+            name = "employee-id"
+            pattern = '\bEMP-\d{6}\b'
+            format = "text"
+            "#,
+        )
+        .expect("parses");
+        config.check().expect("valid");
+        let scanner = config.scanner().expect("scanner");
+        let found = scanner.scan("ask EMP-123456 please");
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].start, found[0].end), (4, 14));
+
+        for (detector, named) in [
+            ("pattern = '(' \nformat = \"text\"", "invalid pattern"),
+            ("pattern = 'x'\nformat = \"cardd\"", "unknown format"),
+            (
+                "pattern = 'x'\nformat = \"text\"\nvalidator = \"crc\"",
+                "validator",
+            ),
+        ] {
+            let text = format!("[[detectors]]\nname = \"d\"\n{detector}");
+            let config = Config::parse(&text).expect(&text);
+            let error = config.check().expect_err(&text).to_string();
+            assert!(error.contains(named) && error.contains("\"d\""), "{error}");
+        }
     }
 
     #[test]

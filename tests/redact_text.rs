@@ -382,3 +382,40 @@ async fn bad_input_is_invalid_argument_and_stores_nothing() {
     assert_eq!(response.findings.len(), 1);
     assert_eq!(response.findings[0].kind, "phone");
 }
+
+#[tokio::test]
+async fn an_operator_defined_detector_redacts_its_matches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek.key");
+    std::fs::write(&kek, [7u8; 32]).expect("kek file");
+    let config = format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n[[detectors]]\nname = \"employee-id\"\npattern = '\\bEMP-\\d{{6}}\\b'\ncontext = [\"сотрудник\", \"employee\"]\nformat = \"text\"\n{}",
+        kek.display(),
+        common::admin_principal_toml()
+    );
+    let server = Server::start_with_config(dir.path(), &config);
+    let mut client = server.client().await;
+    let text = "Сотрудник EMP-123456 просит доступ. Отдельно, в конце очень длинной строки без ключевых слов: EMP-654321.";
+    let redacted = client
+        .redact_text(pb::RedactTextRequest {
+            subject_id: "custom-detector".into(),
+            text: text.into(),
+            kinds: vec![],
+        })
+        .await
+        .expect("redact")
+        .into_inner();
+    assert!(!redacted.text.contains("EMP-123456"), "{}", redacted.text);
+    assert!(
+        redacted.text.contains("EMP-654321"),
+        "no context word, no finding: {}",
+        redacted.text
+    );
+    assert_eq!(redacted.findings.len(), 1);
+    let finding = &redacted.findings[0];
+    assert_eq!(finding.kind, "text");
+    let token = &redacted.text[finding.start as usize..finding.end as usize];
+    assert_eq!(token, finding.token);
+    let back = common::detokenize(&mut client, &[finding.token.clone()]).await;
+    assert_eq!(back[0].value, "EMP-123456");
+}

@@ -107,6 +107,10 @@ impl Vault {
     /// Opens the configured store and key provider and loads (or, on first
     /// start, creates) the system key.
     pub async fn open(config: &Config, dev: bool) -> Result<Self, VaultError> {
+        // Built first: a bad [[detectors]] entry fails before any key work.
+        let scanner = config
+            .scanner()
+            .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             VaultError::Internal(format!(
                 "cannot create data dir {}: {e}",
@@ -121,7 +125,10 @@ impl Vault {
             );
         }
         let store = open_store(&config.data_dir, config)?;
-        Self::with_parts(store, kek, config.cache.max_subjects, config.limits.clone()).await
+        let mut vault =
+            Self::with_parts(store, kek, config.cache.max_subjects, config.limits.clone()).await?;
+        vault.scanner = scanner;
+        Ok(vault)
     }
 
     /// Assembles a vault from parts (tests use this with other stores).
