@@ -416,6 +416,6 @@ async fn an_operator_defined_detector_redacts_its_matches() {
     assert_eq!(finding.kind, "text");
     let token = &redacted.text[finding.start as usize..finding.end as usize];
     assert_eq!(token, finding.token);
-    let back = common::detokenize(&mut client, &[finding.token.clone()]).await;
+    let back = common::detokenize(&mut client, std::slice::from_ref(&finding.token)).await;
     assert_eq!(back[0].value, "EMP-123456");
 }
