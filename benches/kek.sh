@@ -12,33 +12,13 @@
 #   bash benches/kek.sh                       # 1,000 subjects x 100 values
 #   SUBJECTS=200 bash benches/kek.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tokenvault/target}"
-cargo build --release --bin tokenvault >&2
-bin="$CARGO_TARGET_DIR/release/tokenvault"
-command -v bao >/dev/null || { echo "bench: bao not found; run tests/setup-machine.sh" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup
 subjects="${SUBJECTS:-1000}"
 values="${VALUES:-100}"
 concurrency="${CONCURRENCY:-16}"
 
-work=$(mktemp -d)
-tv_pid=
-cleanup() {
-  [ -n "$tv_pid" ] && kill -TERM "$tv_pid" 2>/dev/null && wait "$tv_pid" 2>/dev/null || true
-  [ -n "${bao_pid:-}" ] && kill "$bao_pid" 2>/dev/null && wait "$bao_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-bao_port=$(free_port)
-export BAO_ADDR="http://127.0.0.1:$bao_port" BAO_TOKEN=bench-root
-bao server -dev -dev-root-token-id=bench-root -dev-listen-address="127.0.0.1:$bao_port" >"$work/bao.log" 2>&1 &
-bao_pid=$!
-for _ in $(seq 1 300); do bao status >/dev/null 2>&1 && break; sleep 0.1; done
-bao secrets enable transit >/dev/null
 bao write -f transit/keys/tokenvault >/dev/null
 
 key=tvk_bench_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -63,15 +43,8 @@ token_env = "BAO_TOKEN"
 $principal
 TOML
 
-start() { # provider
-  "$bin" serve --config "$work/$1.toml" --listen 127.0.0.1:0 --data-dir "$work/data-$1" \
-    >"$work/tv-$1.out" 2>>"$work/tv-$1.log" &
-  tv_pid=$!
-  for _ in $(seq 1 300); do grep -q "listening on" "$work/tv-$1.out" 2>/dev/null && break; sleep 0.1; done
-  addr=$(sed -n 's/^tokenvault listening on //p' "$work/tv-$1.out")
-  [ -n "$addr" ] || { cat "$work/tv-$1.log" >&2; exit 1; }
-}
-stop() { kill -TERM "$tv_pid"; wait "$tv_pid" || true; tv_pid=; }
+start() { start_tokenvault "tv-$1" --config "$work/$1.toml" --data-dir "$work/data-$1"; }
+stop() { stop_tokenvault; }
 bench() { # provider phase
   TOKENVAULT_API_KEY="$key" "$bin" bench --addr "http://$addr" --data-dir "$work/data-$1" \
     --subjects "$subjects" --kek-values "$values" --concurrency "$concurrency" \
@@ -80,7 +53,9 @@ bench() { # provider phase
 
 echo "machine: $(nproc) cores; tokenvault $("$bin" --version | cut -d' ' -f2); $subjects subjects x $values values, concurrency $concurrency, calls of $values values; peer KEK: $(bao version | head -1)"
 for provider in local vault; do
-  start "$provider"; bench "$provider" load | { [ "$provider" = local ] && cat || tail -n +3; }
+  # One table: the header only from the first provider's first phase.
+  if [ "$provider" = local ]; then skip=1; else skip=3; fi
+  start "$provider"; bench "$provider" load | tail -n +"$skip"
   stop
   start "$provider"; bench "$provider" cold | tail -n +3
   stop

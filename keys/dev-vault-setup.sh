@@ -119,15 +119,22 @@ v() {
 }
 v "token lookup (is VAULT_TOKEN/BAO_TOKEN valid for $addr?)" token lookup >/dev/null
 
+# ensure_mount secrets|auth PATH TYPE: enables TYPE at PATH unless it is
+# there already; another type at PATH is an error.
+ensure_mount() {
+  local kind=$1 path=$2 type=$3 listed found
+  listed=$(v "listing $kind mounts" "$kind" list -format=json)
+  found=$(printf '%s' "$listed" | python3 -c 'import json,sys; m=json.load(sys.stdin).get(sys.argv[1]+"/"); print(m["type"] if m else "")' "$path")
+  case "$found" in
+    "") v "enabling $type at $kind $path/" "$kind" enable -path="$path" "$type" >/dev/null
+        say "enabled $type at $kind $path/" ;;
+    "$type") say "$type already enabled at $kind $path/" ;;
+    *) die "$kind mount $path/ exists but is of type '$found', not $type" ;;
+  esac
+}
+
 # --- 1. transit mount -----------------------------------------------------------
-mounts=$(v "listing secrets engines" secrets list -format=json)
-mtype=$(printf '%s' "$mounts" | python3 -c 'import json,sys; m=json.load(sys.stdin).get(sys.argv[1]+"/"); print(m["type"] if m else "")' "$mount")
-case "$mtype" in
-  "") v "enabling transit at $mount/" secrets enable -path="$mount" transit >/dev/null
-      say "enabled transit at $mount/" ;;
-  transit) say "transit already enabled at $mount/" ;;
-  *) die "mount $mount/ exists but is of type '$mtype', not transit" ;;
-esac
+ensure_mount secrets "$mount" transit
 
 # --- 2. the key -----------------------------------------------------------------
 if keyjson=$("$cli" read -format=json "$mount/keys/$key" 2>"$errf"); then
@@ -153,14 +160,7 @@ done
 say "wrote policies tokenvault-service, tokenvault-rotate, tokenvault-key-retire"
 
 # --- 4. AppRole ---------------------------------------------------------------------
-auths=$(v "listing auth methods" auth list -format=json)
-atype=$(printf '%s' "$auths" | python3 -c 'import json,sys; m=json.load(sys.stdin).get(sys.argv[1]+"/"); print(m["type"] if m else "")' "$approle_mount")
-case "$atype" in
-  "") v "enabling AppRole at $approle_mount/" auth enable -path="$approle_mount" approle >/dev/null
-      say "enabled AppRole at auth/$approle_mount/" ;;
-  approle) say "AppRole already enabled at auth/$approle_mount/" ;;
-  *) die "auth mount $approle_mount/ exists but is of type '$atype', not approle" ;;
-esac
+ensure_mount auth "$approle_mount" approle
 
 v "writing AppRole role $role" write "auth/$approle_mount/role/$role" \
   token_policies=tokenvault-service token_no_default_policy=true \

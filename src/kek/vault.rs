@@ -347,36 +347,22 @@ impl KekProvider for VaultKek {
     }
 
     async fn unwrap(&self, keys: &[&WrappedKey]) -> Result<Vec<SecretKey>, KekError> {
-        let mut unwrapped = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_BATCH) {
-            let body = ciphertext_batch(chunk)?;
-            for item in self
-                .transit_batch(Operation::Unwrap, body, chunk.len())
-                .await?
-            {
-                let bytes = Zeroizing::new(
-                    BASE64
-                        .decode(item.plaintext.as_bytes())
-                        .map_err(|_| KekError::Malformed)?,
-                );
-                unwrapped.push(SecretKey::from_slice(&bytes).ok_or(KekError::Malformed)?);
-            }
-        }
-        Ok(unwrapped)
+        self.in_batches(Operation::Unwrap, keys, ciphertext_batch, |item| {
+            let bytes = Zeroizing::new(
+                BASE64
+                    .decode(item.plaintext.as_bytes())
+                    .map_err(|_| KekError::Malformed)?,
+            );
+            SecretKey::from_slice(&bytes).ok_or(KekError::Malformed)
+        })
+        .await
     }
 
     async fn rewrap(&self, keys: &[&WrappedKey]) -> Result<Vec<WrappedKey>, KekError> {
-        let mut rewrapped = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_BATCH) {
-            let body = ciphertext_batch(chunk)?;
-            for item in self
-                .transit_batch(Operation::Rewrap, body, chunk.len())
-                .await?
-            {
-                rewrapped.push(wrapped_from_ciphertext(&item.ciphertext)?);
-            }
-        }
-        Ok(rewrapped)
+        self.in_batches(Operation::Rewrap, keys, ciphertext_batch, |item| {
+            wrapped_from_ciphertext(&item.ciphertext)
+        })
+        .await
     }
 
     async fn rotate(&self) -> Result<u32, KekError> {
@@ -450,17 +436,33 @@ fn plaintext_batch(keys: &[&SecretKey]) -> Zeroizing<Vec<u8>> {
 impl VaultKek {
     /// Wraps keys now, in calls of at most [`MAX_BATCH`].
     async fn wrap_now(&self, keys: &[&SecretKey]) -> Result<Vec<WrappedKey>, KekError> {
-        let mut wrapped = Vec::with_capacity(keys.len());
+        self.in_batches(
+            Operation::Wrap,
+            keys,
+            |chunk| Ok(plaintext_batch(chunk)),
+            |item| wrapped_from_ciphertext(&item.ciphertext),
+        )
+        .await
+    }
+
+    /// Runs `operation` over `keys` in transit calls of at most
+    /// [`MAX_BATCH`]: `body` writes a call's request, `read` turns each
+    /// answer item into the result, in order.
+    async fn in_batches<K, T>(
+        &self,
+        operation: Operation,
+        keys: &[K],
+        body: impl Fn(&[K]) -> Result<Zeroizing<Vec<u8>>, KekError>,
+        read: impl Fn(&BatchItem) -> Result<T, KekError>,
+    ) -> Result<Vec<T>, KekError> {
+        let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_BATCH) {
-            let body = plaintext_batch(chunk);
-            for item in self
-                .transit_batch(Operation::Wrap, body, chunk.len())
-                .await?
-            {
-                wrapped.push(wrapped_from_ciphertext(&item.ciphertext)?);
+            let request = body(chunk)?;
+            for item in self.transit_batch(operation, request, chunk.len()).await? {
+                out.push(read(&item)?);
             }
         }
-        Ok(wrapped)
+        Ok(out)
     }
 }
 

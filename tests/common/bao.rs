@@ -231,13 +231,18 @@ impl Bao {
         }
     }
 
-    fn setup_transit(&self) {
-        // A raft node answers status before it is the active node.
+    /// Waits until the server serves requests: a raft node answers
+    /// `status` before it is the active node.
+    fn wait_active(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.cli(&["secrets", "list"]).status.success() {
             assert!(Instant::now() < deadline, "bao never became active");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    fn setup_transit(&self) {
+        self.wait_active();
         let mounts = self.cli_ok(&["secrets", "list", "-format=json"]);
         if !String::from_utf8_lossy(&mounts.stdout).contains("\"transit/\"") {
             self.cli_ok(&["secrets", "enable", "transit"]);
@@ -293,11 +298,7 @@ impl Bao {
         self.wait_listening();
         self.unseal();
         self.wait_ready();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.cli(&["secrets", "list"]).status.success() {
-            assert!(Instant::now() < deadline, "bao never became active again");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_active();
     }
 }
 
