@@ -55,6 +55,44 @@ pub struct Config {
     /// ones.
     #[serde(default)]
     pub detectors: Vec<DetectorConfig>,
+    #[serde(default)]
+    pub erasure: ErasureConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// `[erasure]`: where forgetting is recorded so that it outlives a restore.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureConfig {
+    /// The erasure ledger (JSON lines of forgotten subjects' keyed hashes);
+    /// default `<data_dir>/erasure-ledger.jsonl`, outside the backed-up
+    /// `rocksdb` directory. Put it on storage that outlives the data
+    /// directory, e.g. beside the backups.
+    pub ledger: Option<PathBuf>,
+}
+
+/// `[retention]`: how expired tokens leave the disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Seconds between purges (a compaction that drops expired records);
+    /// 0 turns the periodic purge off (compactions still drop them, and
+    /// `tokenvault retention purge` runs one now).
+    #[serde(default = "default_purge_interval")]
+    pub purge_interval_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            purge_interval_seconds: default_purge_interval(),
+        }
+    }
+}
+
+fn default_purge_interval() -> u64 {
+    3600
 }
 
 /// `[[detectors]]`: a regex, an optional check, context words and the
@@ -348,6 +386,20 @@ impl Config {
 }
 
 impl Config {
+    /// The erasure ledger's path (`erasure.ledger` or its default).
+    pub fn ledger_path(&self) -> PathBuf {
+        self.erasure
+            .ledger
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("erasure-ledger.jsonl"))
+    }
+
+    /// The RocksDB directory inside the data directory: what a backup
+    /// holds.
+    pub fn rocksdb_dir(&self) -> PathBuf {
+        self.data_dir.join("rocksdb")
+    }
+
     /// The RedactText scanner: every built-in detector plus `[[detectors]]`.
     pub fn scanner(&self) -> Result<crate::scan::Scanner, ConfigError> {
         let custom = self

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod erasure;
 pub mod kek;
 pub mod policy;
 pub mod scan;

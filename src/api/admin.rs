@@ -1,5 +1,5 @@
 //! The operator API (`tokenvault.admin.v1.Admin`): KEK rotation and key
-//! status, served only on the Unix socket `<data_dir>/admin.sock`, mode
+//! status, purges, backups and receipt checks, served only on the Unix socket `<data_dir>/admin.sock`, mode
 //! 0600. Whoever may open that socket may already read the data
 //! directory, so the socket's file mode is its authentication; nothing
 //! here reveals a value or a key, and it is never on the network port.
@@ -12,6 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
+use crate::erasure::SignedReceipt;
 use crate::pb::admin;
 use crate::vault::{KeyStatus, RotationProgress, Vault};
 
@@ -114,5 +115,47 @@ impl admin::admin_server::Admin for AdminService {
     ) -> Result<Response<admin::KeyStatusResponse>, Status> {
         let status = self.vault.key_status().await.map_err(to_status)?;
         Ok(Response::new(status_message(&status)))
+    }
+
+    async fn purge(
+        &self,
+        _request: Request<admin::PurgeRequest>,
+    ) -> Result<Response<admin::PurgeResponse>, Status> {
+        self.vault.purge().await.map_err(to_status)?;
+        Ok(Response::new(admin::PurgeResponse {}))
+    }
+
+    async fn create_backup(
+        &self,
+        request: Request<admin::CreateBackupRequest>,
+    ) -> Result<Response<admin::CreateBackupResponse>, Status> {
+        let dir = request.into_inner().dir;
+        if dir.is_empty() {
+            return Err(Status::invalid_argument(
+                "dir: the backup directory is required",
+            ));
+        }
+        let info = self
+            .vault
+            .create_backup(Path::new(&dir))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(admin::CreateBackupResponse {
+            backup_id: info.id,
+            timestamp_unix: info.timestamp_unix,
+            size_bytes: info.size_bytes,
+        }))
+    }
+
+    async fn verify_receipt(
+        &self,
+        request: Request<admin::VerifyReceiptRequest>,
+    ) -> Result<Response<admin::VerifyReceiptResponse>, Status> {
+        let verdict = SignedReceipt::parse(&request.into_inner().receipt)
+            .and_then(|receipt| self.vault.verify_receipt(&receipt));
+        Ok(Response::new(admin::VerifyReceiptResponse {
+            valid: verdict.is_ok(),
+            reason: verdict.err().map(|e| e.to_string()).unwrap_or_default(),
+        }))
     }
 }

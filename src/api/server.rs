@@ -99,6 +99,12 @@ pub async fn serve(
         .await;
     let kek_probe = tokio::spawn(probe_kek(Arc::clone(&vault), health_reporter.clone()));
     let admin_socket = serve_admin_socket(&config.data_dir, Arc::clone(&vault))?;
+    let purges = (config.retention.purge_interval_seconds > 0).then(|| {
+        tokio::spawn(purge_periodically(
+            Arc::clone(&vault),
+            Duration::from_secs(config.retention.purge_interval_seconds),
+        ))
+    });
 
     // A line on stdout that scripts and tests wait for; the port is the
     // real one when the config asked for port 0.
@@ -139,6 +145,9 @@ pub async fn serve(
         .await;
     kek_probe.abort();
     admin_socket.abort();
+    if let Some(purges) = purges {
+        purges.abort();
+    }
     let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
     vault.shutdown();
     log_key_use(&vault);
@@ -180,6 +189,20 @@ fn serve_admin_socket(
 
 /// Reports the key provider's reachability as the `tokenvault.kek` health
 /// service, logging each change.
+/// Retention: expired records are dropped by compactions; this makes sure
+/// one runs at least every `interval`, however little is written.
+async fn purge_periodically(vault: Arc<Vault>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        match vault.purge().await {
+            Ok(()) => tracing::debug!("periodic purge done"),
+            Err(error) => {
+                tracing::warn!(%error, "periodic purge failed; retrying at the next interval")
+            }
+        }
+    }
+}
+
 async fn probe_kek(vault: Arc<Vault>, health: tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;
     let mut was_up = None;

@@ -1,5 +1,5 @@
 //! `TokenVault` over the vault: converts messages, checks the caller's
-//! policy, maps errors. RPCs that later work builds answer UNIMPLEMENTED.
+//! policy, maps errors.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
+use crate::erasure::SignedReceipt;
 use crate::pb;
 use crate::policy::{Principal, Rpc};
 use crate::vault::{self, TokenMode, TokenStatus, Vault};
@@ -183,9 +184,19 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         request: Request<pb::ForgetSubjectRequest>,
     ) -> Result<Response<pb::ForgetSubjectResponse>, Status> {
         principal(&request, Rpc::ForgetSubject)?;
-        Err(Status::unimplemented(
-            "ForgetSubject is not implemented yet",
-        ))
+        let request = request.into_inner();
+        check_reason(&request.reason)?;
+        let forgotten = self
+            .vault
+            .forget(&request.subject_id)
+            .await
+            .map_err(to_status)?;
+        // The audit sequence number joins the receipt with the audit log.
+        let receipt = self.vault.receipt(&forgotten, 0);
+        Ok(Response::new(pb::ForgetSubjectResponse {
+            tokens_erased: forgotten.tokens_erased,
+            receipt: Some(receipt_message(&receipt)),
+        }))
     }
 
     type ExportSubjectStream = ExportStream;
@@ -195,8 +206,78 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
         principal(&request, Rpc::ExportSubject)?;
-        Err(Status::unimplemented(
-            "ExportSubject is not implemented yet",
-        ))
+        let request = request.into_inner();
+        // The first page is read before the stream starts, so a bad subject
+        // or an unavailable key provider is the call's status.
+        let first = self
+            .vault
+            .export_page(&request.subject_id, None)
+            .await
+            .map_err(to_status)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        let vault = Arc::clone(&self.vault);
+        tokio::spawn(stream_export(vault, request.subject_id, first, sender));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+}
+
+/// Longest `reason` of a ForgetSubject (it names a request or a ticket;
+/// it is not a place for personal data).
+const MAX_REASON_BYTES: usize = 256;
+
+fn check_reason(reason: &str) -> Result<(), Status> {
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "reason: at most {MAX_REASON_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+pub fn receipt_message(receipt: &SignedReceipt) -> pb::ErasureReceipt {
+    pb::ErasureReceipt {
+        subject_hash: hex::encode(receipt.receipt.subject_hash),
+        erased_at_unix: receipt.receipt.erased_at_unix,
+        tokens_erased: receipt.receipt.tokens_erased,
+        audit_sequence: receipt.receipt.audit_sequence,
+        mac: hex::encode(receipt.mac),
+    }
+}
+
+/// Sends the export page by page until the subject's tokens end or the
+/// caller goes away.
+async fn stream_export(
+    vault: Arc<Vault>,
+    subject_id: String,
+    first: vault::ExportPage,
+    sender: tokio::sync::mpsc::Sender<Result<pb::ExportSubjectResponse, Status>>,
+) {
+    let mut page = first;
+    loop {
+        for exported in page.tokens {
+            let message = pb::ExportSubjectResponse {
+                token: exported.token,
+                format: exported.format,
+                // Moved out of the zeroizing wrapper only here, into the
+                // response the caller is entitled to.
+                value: exported.value.to_string(),
+                created_at_unix: exported.created_at_unix,
+            };
+            if sender.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
+        let Some(cursor) = page.next else {
+            return;
+        };
+        page = match vault.export_page(&subject_id, Some(cursor)).await {
+            Ok(next) => next,
+            Err(error) => {
+                let _ = sender.send(Err(to_status(error))).await;
+                return;
+            }
+        };
     }
 }

@@ -22,6 +22,10 @@ pub fn to_status(error: VaultError) -> Status {
             Status::failed_precondition(error.to_string())
         }
         VaultError::KeyManagement(message) => Status::failed_precondition(message.clone()),
+        VaultError::LedgerUnavailable(detail) => {
+            tracing::error!(error = %detail, "erasure ledger unavailable");
+            Status::unavailable(error.to_string())
+        }
         VaultError::Internal(detail) => {
             tracing::error!(error = %detail, "internal error");
             Status::internal("internal error; see the server log")
@@ -62,6 +66,10 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (StoreError::Corrupt("token").into(), Code::Internal),
+            (
+                VaultError::LedgerUnavailable("disk full".into()),
+                Code::Unavailable,
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(to_status(error).code(), code);

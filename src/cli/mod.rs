@@ -6,6 +6,7 @@ pub mod bench;
 mod bench_kek;
 mod bench_redact;
 pub mod client;
+pub mod erasure;
 pub mod keys;
 pub mod serve;
 
@@ -43,6 +44,21 @@ pub enum Command {
     /// Key management: KEK rotation and status.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Forget a data subject (crypto-shredding); prints the erasure
+    /// receipt.
+    Forget(erasure::ForgetArgs),
+    /// Export every token of a subject with its value; prints
+    /// `token<TAB>format<TAB>value<TAB>created_at_unix` per token.
+    Export(erasure::ExportArgs),
+    /// Backups that a restore cannot use to bring a forgotten subject back.
+    #[command(subcommand)]
+    Backup(erasure::BackupCommand),
+    /// Erasure receipts.
+    #[command(subcommand)]
+    Receipt(erasure::ReceiptCommand),
+    /// Retention of expired tokens.
+    #[command(subcommand)]
+    Retention(erasure::RetentionCommand),
 }
 
 /// Where the client finds the server and its credential.
@@ -141,6 +157,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Restore(args) => client::restore(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(command) => keys::run(command).await,
+            Command::Forget(args) => erasure::forget(args).await,
+            Command::Export(args) => erasure::export(args).await,
+            Command::Backup(command) => erasure::backup(command).await,
+            Command::Receipt(command) => erasure::receipt(command).await,
+            Command::Retention(command) => erasure::retention(command).await,
         }
     })
 }

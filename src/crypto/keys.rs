@@ -169,6 +169,7 @@ pub struct SystemKeys {
     subject_hash: SecretKey,
     audit_hash: SecretKey,
     receipt_mac: SecretKey,
+    tombstone: SecretKey,
 }
 
 impl SystemKeys {
@@ -177,6 +178,7 @@ impl SystemKeys {
             subject_hash: system.derive(b"tokenvault/v1/system/subject-hash"),
             audit_hash: system.derive(b"tokenvault/v1/system/audit-hash"),
             receipt_mac: system.derive(b"tokenvault/v1/system/receipt-mac"),
+            tombstone: system.derive(b"tokenvault/v1/system/tombstone"),
         }
     }
 
@@ -190,6 +192,11 @@ impl SystemKeys {
 
     pub fn receipt_mac_key(&self) -> &SecretKey {
         &self.receipt_mac
+    }
+
+    /// Keys the hashes that erased tokens leave as tombstones.
+    pub fn tombstone_key(&self) -> &SecretKey {
+        &self.tombstone
     }
 }
 

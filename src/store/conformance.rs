@@ -1,6 +1,8 @@
 //! The behaviour every [`Store`] must show, as functions over `&dyn Store`.
 //! Each backend's tests call every function here.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::crypto::{Sealed, NONCE_LEN};
 use crate::kek::KekKind;
@@ -268,6 +270,142 @@ pub async fn rotation_marker_is_stored_and_cleared(store: &dyn Store) {
 }
 
 /// Runs the whole suite against fresh stores from `make`.
+fn hasher() -> TombstoneHasher {
+    Arc::new(|token: &str| {
+        let mut hash = [0u8; 32];
+        for (i, byte) in token.bytes().enumerate().take(32) {
+            hash[i] = byte;
+        }
+        hash
+    })
+}
+
+pub async fn forget_erases_one_subject_and_leaves_tombstones(store: &dyn Store) {
+    for subject in [7u8, 8] {
+        store
+            .insert_subject_key(SubjectHash([subject; 32]), wrapped(subject))
+            .await
+            .expect("key");
+    }
+    let batch = |subject: u8, prefix: &str| {
+        vec![
+            new_token(&format!("{prefix}-det"), subject, Some(subject)),
+            new_token(&format!("{prefix}-rnd1"), subject, None),
+            new_token(&format!("{prefix}-rnd2"), subject, None),
+        ]
+    };
+    for (subject, prefix) in [(7, "gone"), (8, "kept")] {
+        assert_eq!(
+            store
+                .insert_tokens(batch(subject, prefix), 100)
+                .await
+                .expect("insert"),
+            InsertOutcome::Committed
+        );
+    }
+    let forgotten = SubjectHash([7; 32]);
+    assert_eq!(
+        store
+            .forget_subject(forgotten, hasher(), 200)
+            .await
+            .expect("forget"),
+        3
+    );
+    store.purge().await.expect("purge");
+
+    let gone: Vec<String> = ["gone-det", "gone-rnd1", "gone-rnd2"]
+        .map(String::from)
+        .into();
+    let kept: Vec<String> = ["kept-det", "kept-rnd1", "kept-rnd2"]
+        .map(String::from)
+        .into();
+    assert_eq!(
+        store.token_records(&gone).await.expect("read"),
+        vec![None; 3]
+    );
+    assert!(store
+        .token_records(&kept)
+        .await
+        .expect("read")
+        .iter()
+        .all(Option::is_some));
+    assert_eq!(
+        store
+            .subject_keys(&[forgotten, SubjectHash([8; 32])])
+            .await
+            .expect("read"),
+        vec![None, Some(wrapped(8))]
+    );
+    assert_eq!(
+        store
+            .index_entries(&[IndexKey([7; 64]), IndexKey([8; 64])])
+            .await
+            .expect("read")
+            .iter()
+            .map(Option::is_some)
+            .collect::<Vec<_>>(),
+        vec![false, true]
+    );
+    let tombstones = |tokens: &[String]| tokens.iter().map(|t| hasher()(t)).collect::<Vec<_>>();
+    assert_eq!(
+        store.tombstones(&tombstones(&gone)).await.expect("read"),
+        vec![true; 3]
+    );
+    assert_eq!(
+        store.tombstones(&tombstones(&kept)).await.expect("read"),
+        vec![false; 3]
+    );
+    assert!(store
+        .subject_tokens(forgotten, None, 10)
+        .await
+        .expect("list")
+        .tokens
+        .is_empty());
+    // Idempotent: nothing is left to erase.
+    assert_eq!(
+        store
+            .forget_subject(forgotten, hasher(), 300)
+            .await
+            .expect("forget again"),
+        0
+    );
+}
+
+pub async fn subject_tokens_come_in_pages(store: &dyn Store) {
+    let subject = SubjectHash([4; 32]);
+    let mut batch: Vec<NewToken> = (0..5)
+        .map(|i| new_token(&format!("p{i}"), 4, None))
+        .collect();
+    batch.push(new_token("p-det", 4, Some(4)));
+    batch.push(new_token("other", 5, None));
+    assert_eq!(
+        store.insert_tokens(batch, 100).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .subject_tokens(subject, cursor, 2)
+            .await
+            .expect("page");
+        pages += 1;
+        assert!(page.tokens.len() <= 2);
+        for (token, record) in page.tokens {
+            assert_eq!(record.subject, subject);
+            seen.push(token);
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["p-det", "p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(pages, 3);
+}
+
 pub async fn run_all<F>(make: F)
 where
     F: Fn() -> std::sync::Arc<dyn Store>,
@@ -282,4 +420,6 @@ where
     subject_keys_scan_in_pages(make().as_ref()).await;
     keys_are_replaced_only_if_unchanged(make().as_ref()).await;
     rotation_marker_is_stored_and_cleared(make().as_ref()).await;
+    forget_erases_one_subject_and_leaves_tombstones(make().as_ref()).await;
+    subject_tokens_come_in_pages(make().as_ref()).await;
 }

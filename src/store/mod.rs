@@ -10,6 +10,9 @@
 pub mod records;
 pub mod rocks;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::crypto::{IndexKey, SubjectHash};
@@ -48,6 +51,29 @@ pub enum Conflict {
     /// Another call already stored a token for this deterministic value:
     /// use that one.
     IndexTaken { item: usize, existing: IndexEntry },
+}
+
+/// Hashes a token of a forgotten subject into the tombstone the store keeps
+/// so the token answers ERASED (a keyed hash: the tombstone does not say
+/// which tokens existed to someone without the vault's keys).
+pub type TombstoneHasher = Arc<dyn Fn(&str) -> [u8; 32] + Send + Sync>;
+
+/// One page of a subject's tokens, for export.
+#[derive(Debug, Clone, Default)]
+pub struct TokenPage {
+    /// Tokens with their records; tokens whose record was purged (expired)
+    /// are left out.
+    pub tokens: Vec<(String, TokenRecord)>,
+    /// Where the next page starts; None after the last page.
+    pub next: Option<Vec<u8>>,
+}
+
+/// A backup the store made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupInfo {
+    pub id: u32,
+    pub timestamp_unix: i64,
+    pub size_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +156,38 @@ pub trait Store: Send + Sync + 'static {
         batch: Vec<NewToken>,
         now: i64,
     ) -> Result<InsertOutcome, StoreError>;
+
+    /// A page of at most `limit` of the subject's tokens, starting at
+    /// `cursor` (a page's `next`; None for the first page).
+    async fn subject_tokens(
+        &self,
+        subject: SubjectHash,
+        cursor: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<TokenPage, StoreError>;
+
+    /// Erases a subject atomically: its wrapped key, every token record and
+    /// index entry under it; each token leaves a tombstone (`hasher`).
+    /// Returns how many tokens were erased (0 when there was nothing).
+    /// The data is logically gone at return; [`Store::purge`] makes it
+    /// physically gone.
+    async fn forget_subject(
+        &self,
+        subject: SubjectHash,
+        hasher: TombstoneHasher,
+        now: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Which of these tombstones exist, in order.
+    async fn tombstones(&self, hashes: &[[u8; 32]]) -> Result<Vec<bool>, StoreError>;
+
+    /// Returns once nothing erased or expired before the call remains in
+    /// any file the store keeps (flushes, compacts, waits for obsolete
+    /// files to be deleted). Concurrent calls share the work.
+    async fn purge(&self) -> Result<(), StoreError>;
+
+    /// A consistent backup into `dir` while serving.
+    async fn create_backup(&self, dir: &Path) -> Result<BackupInfo, StoreError>;
 }
 
 #[cfg(test)]

@@ -125,6 +125,32 @@ fn is_expired(expires_at: Option<i64>, now: i64) -> bool {
     expires_at.is_some_and(|at| at <= now)
 }
 
+/// Whether an encoded token record has expired by `now`, read without
+/// decoding it: the compaction filter calls this for every record it
+/// compacts. Bytes it does not recognise are kept (never expired).
+pub fn token_record_expired(bytes: &[u8], now: i64) -> bool {
+    // Version byte, subject hash (32), created_at (8), then expires_at.
+    expiry_at(bytes, 41, now)
+}
+
+/// [`token_record_expired`] for an encoded [`IndexEntry`].
+pub fn index_entry_expired(bytes: &[u8], now: i64) -> bool {
+    expiry_at(bytes, 1, now)
+}
+
+fn expiry_at(bytes: &[u8], offset: usize, now: i64) -> bool {
+    if bytes.first() != Some(&RECORD_VERSION) {
+        return false;
+    }
+    let Some(raw) = bytes.get(offset..offset + 8) else {
+        return false;
+    };
+    let mut at = [0u8; 8];
+    at.copy_from_slice(raw);
+    let at = i64::from_be_bytes(at);
+    is_expired((at != 0).then_some(at), now)
+}
+
 /// A bounds-checked cursor over a byte slice.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -206,6 +232,35 @@ mod tests {
             expires_at: None,
         };
         assert_eq!(IndexEntry::decode(&entry.encode()).expect("decode"), entry);
+    }
+
+    #[test]
+    fn expiry_is_read_from_encoded_records() {
+        let rec = record().encode().expect("encode");
+        assert!(!token_record_expired(&rec, 1_700_000_599));
+        assert!(token_record_expired(&rec, 1_700_000_600));
+        let forever = TokenRecord {
+            expires_at: None,
+            ..record()
+        };
+        assert!(!token_record_expired(
+            &forever.encode().expect("encode"),
+            i64::MAX
+        ));
+        let entry = IndexEntry {
+            token: "t".into(),
+            expires_at: Some(50),
+        }
+        .encode();
+        assert!(index_entry_expired(&entry, 50) && !index_entry_expired(&entry, 49));
+        assert!(
+            !token_record_expired(&[9; 60], i64::MAX),
+            "unknown layouts are kept"
+        );
+        assert!(
+            !index_entry_expired(&[RECORD_VERSION, 1], i64::MAX),
+            "short bytes are kept"
+        );
     }
 
     proptest! {

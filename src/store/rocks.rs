@@ -9,6 +9,7 @@
 //! | `tokens`   | token (UTF-8)                       | [`TokenRecord`]     |
 //! | `index`    | subject hash (32) ‖ 0x01 ‖ MAC (32) | [`IndexEntry`]      |
 //! | `index`    | subject hash (32) ‖ 0x02 ‖ token    | [`IndexEntry`]      |
+//! | `tombstones` | keyed hash of an erased token (32) | erased_at i64 BE  |
 //!
 //! A token costs two entries: its record, and one `index` entry under its
 //! subject: the deterministic-index entry (tag 0x01) for a deterministic
@@ -25,24 +26,41 @@
 //! pass in one batch with one WAL sync, so concurrent callers share syncs
 //! and each call costs two thread hand-offs however many wait.
 //!
+//! Erasure: forgetting a subject deletes its key, records and index
+//! entries in one batch (a barrier in the writer's group, so no token of
+//! the subject is staged around it) and leaves a tombstone per token.
+//! [`Store::purge`] then makes the deletion physical: flush every
+//! memtable (so the WAL that held the values becomes obsolete), compact
+//! the families that held them down to the last level, and wait until
+//! RocksDB has deleted every file that is no longer live. Expired records
+//! go the same way: a compaction filter drops them.
+//!
 //! Reads run on the caller's thread: point lookups served from memtables
 //! and the block cache take microseconds, cheaper than a hand-off to a
 //! blocking pool; on a cache miss they read one block from local disk.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rocksdb::backup::{BackupEngine, BackupEngineOptions, RestoreOptions};
+use rocksdb::compaction_filter::Decision;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DBCompressionType, Env, FlushOptions, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB,
 };
 use tokio::sync::oneshot;
 
-use super::{Conflict, IndexEntry, InsertOutcome, NewToken, Store, StoreError, TokenRecord};
+use super::records::{index_entry_expired, token_record_expired};
+use super::{
+    BackupInfo, Conflict, IndexEntry, InsertOutcome, NewToken, Store, StoreError, TokenPage,
+    TokenRecord, TombstoneHasher,
+};
 use crate::crypto::{IndexKey, SubjectHash};
 use crate::kek::WrappedKey;
 
@@ -50,7 +68,10 @@ const CF_META: &str = "meta";
 const CF_SUBJECTS: &str = "subjects";
 const CF_TOKENS: &str = "tokens";
 const CF_INDEX: &str = "index";
-const COLUMN_FAMILIES: [&str; 4] = [CF_META, CF_SUBJECTS, CF_TOKENS, CF_INDEX];
+const CF_TOMBSTONES: &str = "tombstones";
+const COLUMN_FAMILIES: [&str; 5] = [CF_META, CF_SUBJECTS, CF_TOKENS, CF_INDEX, CF_TOMBSTONES];
+/// The families that hold data a purge must remove physically.
+const PURGED_FAMILIES: [&str; 3] = [CF_SUBJECTS, CF_TOKENS, CF_INDEX];
 /// A family of an earlier development layout (three entries per token).
 const OLD_LAYOUT_FAMILY: &str = "subject_tokens";
 
@@ -86,6 +107,10 @@ const WRITE_BUFFER_BYTES: usize = 16 << 20;
 /// Most requests committed in one write group.
 const MAX_GROUP: usize = 256;
 
+/// How long a purge waits for RocksDB to delete the files its compaction
+/// made obsolete before it reports a failure.
+const OBSOLETE_FILES_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Settings of the RocksDB store.
 #[derive(Debug, Clone)]
 pub struct RocksOptions {
@@ -107,12 +132,17 @@ pub struct RocksStore {
     inner: Arc<Inner>,
     writer: Option<mpsc::Sender<WriteRequest>>,
     writer_thread: Option<JoinHandle<()>>,
+    purger: Option<mpsc::Sender<PurgeReply>>,
+    purger_thread: Option<JoinHandle<()>>,
 }
 
 struct Inner {
     db: DB,
+    path: PathBuf,
     write_options: WriteOptions,
 }
+
+type PurgeReply = oneshot::Sender<Result<(), StoreError>>;
 
 /// A write for the writer thread, with where to send its outcome.
 enum WriteRequest {
@@ -139,6 +169,12 @@ enum WriteRequest {
         value: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    Forget {
+        subject: SubjectHash,
+        hasher: TombstoneHasher,
+        now: i64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 impl RocksStore {
@@ -159,24 +195,45 @@ impl RocksStore {
             )));
         }
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
-        let families =
-            COLUMN_FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, family_options(&cache)));
+        let families = COLUMN_FAMILIES
+            .map(|name| ColumnFamilyDescriptor::new(name, family_options(&cache, name)));
         let db = DB::open_cf_descriptors(&db_options, path, families).map_err(engine)?;
 
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.sync_writes);
-        let inner = Arc::new(Inner { db, write_options });
+        let inner = Arc::new(Inner {
+            db,
+            path: path.to_path_buf(),
+            write_options,
+        });
         let (writer, queue) = mpsc::channel();
         let writer_inner = Arc::clone(&inner);
-        let writer_thread = std::thread::Builder::new()
-            .name("tokenvault-writer".into())
-            .spawn(move || writer_inner.run_writer(queue))
-            .map_err(|e| StoreError::Engine(format!("cannot start the writer thread: {e}")))?;
+        let writer_thread = spawn("tokenvault-writer", move || writer_inner.run_writer(queue))?;
+        let (purger, purges) = mpsc::channel();
+        let purger_inner = Arc::clone(&inner);
+        let purger_thread = spawn("tokenvault-purger", move || purger_inner.run_purger(purges))?;
         Ok(RocksStore {
             inner,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            purger: Some(purger),
+            purger_thread: Some(purger_thread),
         })
+    }
+
+    /// Replaces the database in `db_dir` with the latest backup in
+    /// `backup_dir`. The database must not be open (the caller checks that
+    /// no server holds it): RocksDB's restore overwrites its files.
+    pub fn restore_latest_backup(
+        backup_dir: &Path,
+        db_dir: &Path,
+    ) -> Result<BackupInfo, StoreError> {
+        let mut backups = open_backup_engine(backup_dir)?;
+        let info = latest_backup(&backups)?;
+        backups
+            .restore_from_latest_backup(db_dir, db_dir, &RestoreOptions::default())
+            .map_err(engine)?;
+        Ok(info)
     }
 
     /// Counts the keys of each family by scanning them.
@@ -212,15 +269,45 @@ impl RocksStore {
 
 impl Drop for RocksStore {
     fn drop(&mut self) {
-        // Closing the queue ends the writer loop once it has drained.
+        // Closing a queue ends its thread's loop once it has drained.
         self.writer.take();
-        if let Some(thread) = self.writer_thread.take() {
+        self.purger.take();
+        for thread in [self.writer_thread.take(), self.purger_thread.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = thread.join();
         }
     }
 }
 
-fn family_options(cache: &Cache) -> Options {
+fn spawn(name: &str, run: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(run)
+        .map_err(|e| StoreError::Engine(format!("cannot start the {name} thread: {e}")))
+}
+
+fn open_backup_engine(dir: &Path) -> Result<BackupEngine, StoreError> {
+    let options = BackupEngineOptions::new(dir).map_err(engine)?;
+    let env = Env::new().map_err(engine)?;
+    BackupEngine::open(&options, &env).map_err(engine)
+}
+
+fn latest_backup(engine: &BackupEngine) -> Result<BackupInfo, StoreError> {
+    engine
+        .get_backup_info()
+        .into_iter()
+        .max_by_key(|info| info.backup_id)
+        .map(|info| BackupInfo {
+            id: info.backup_id,
+            timestamp_unix: info.timestamp,
+            size_bytes: info.size,
+        })
+        .ok_or_else(|| StoreError::Engine("the backup directory holds no backup".into()))
+}
+
+fn family_options(cache: &Cache, family: &str) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     // Nearly every read is a point lookup of a key that may not exist.
@@ -241,7 +328,35 @@ fn family_options(cache: &Cache) -> Options {
     // writes when the two cores are busy.
     options.set_max_write_buffer_number(4);
     options.set_compression_type(DBCompressionType::Lz4);
+    // Retention: every compaction drops records whose ttl has passed, so
+    // expired values leave the disk without a scan on the request path.
+    match family {
+        CF_TOKENS => options.set_compaction_filter("tokenvault-expired-tokens", |_, _, value| {
+            drop_if(token_record_expired(value, crate::vault::unix_now()))
+        }),
+        CF_INDEX => options.set_compaction_filter("tokenvault-expired-index", |_, _, value| {
+            drop_if(index_entry_expired(value, crate::vault::unix_now()))
+        }),
+        _ => {}
+    }
     options
+}
+
+fn drop_if(expired: bool) -> Decision {
+    if expired {
+        Decision::Remove
+    } else {
+        Decision::Keep
+    }
+}
+
+/// The `index` key range that holds every entry of a subject.
+fn subject_range(subject: &SubjectHash) -> (Vec<u8>, Vec<u8>) {
+    let mut start = subject.as_bytes().to_vec();
+    let mut end = start.clone();
+    start.push(0x00);
+    end.push(0xFF);
+    (start, end)
 }
 
 fn engine(error: rocksdb::Error) -> StoreError {
@@ -292,6 +407,17 @@ impl Inner {
         let mut waiting = Vec::with_capacity(group.len());
         for request in group {
             match request {
+                WriteRequest::Forget {
+                    subject,
+                    hasher,
+                    now,
+                    reply,
+                } => {
+                    // A barrier: what the group staged before lands first,
+                    // so the forget sees (and erases) it.
+                    self.commit(std::mem::take(&mut state), std::mem::take(&mut waiting));
+                    let _ = reply.send(self.forget(&subject, &hasher, now));
+                }
                 WriteRequest::Tokens { batch, now, reply } => {
                     match self.stage_tokens(&mut state, batch, now) {
                         Ok(None) => waiting.push(Answer::Committed(reply)),
@@ -344,6 +470,11 @@ impl Inner {
                 },
             }
         }
+        self.commit(state, waiting);
+    }
+
+    /// Writes what a group staged and answers its waiting requests.
+    fn commit(&self, mut state: GroupState, waiting: Vec<Answer>) {
         if waiting.is_empty() {
             return;
         }
@@ -355,6 +486,159 @@ impl Inner {
         for answer in waiting {
             answer.send(written.clone());
         }
+    }
+
+    /// Deletes a subject's key, tokens and index entries in one batch and
+    /// leaves a tombstone per token. Runs on the writer thread, so no
+    /// insert interleaves with it.
+    fn forget(
+        &self,
+        subject: &SubjectHash,
+        hasher: &TombstoneHasher,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let (index, tokens, subjects, tombstones) = (
+            self.cf(CF_INDEX)?,
+            self.cf(CF_TOKENS)?,
+            self.cf(CF_SUBJECTS)?,
+            self.cf(CF_TOMBSTONES)?,
+        );
+        let mut batch = WriteBatch::default();
+        let mut erased = 0u64;
+        for (key, value) in self.subject_entries(subject, None, usize::MAX)? {
+            let entry = IndexEntry::decode(&value)?;
+            batch.delete_cf(index, &key);
+            batch.delete_cf(tokens, entry.token.as_bytes());
+            batch.put_cf(tombstones, hasher(&entry.token), now.to_be_bytes());
+            erased += 1;
+        }
+        let had_key = self
+            .db
+            .get_pinned_cf(subjects, subject.as_bytes())
+            .map_err(engine)?
+            .is_some();
+        if erased == 0 && !had_key {
+            return Ok(0);
+        }
+        batch.delete_cf(subjects, subject.as_bytes());
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(engine)?;
+        Ok(erased)
+    }
+
+    /// Up to `limit` `index` entries of a subject (key, value), from
+    /// `from` (inclusive) or the start of its range.
+    fn subject_entries(
+        &self,
+        subject: &SubjectHash,
+        from: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StoreError> {
+        let (start, end) = subject_range(subject);
+        let from = from
+            .filter(|from| from.starts_with(subject.as_bytes()))
+            .unwrap_or(&start);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(end);
+        let mode = rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward);
+        self.db
+            .iterator_cf_opt(self.cf(CF_INDEX)?, options, mode)
+            .take(limit)
+            .map(|entry| entry.map_err(engine))
+            .collect()
+    }
+
+    /// The purger loop: takes every queued purge request and serves them
+    /// with one purge (each was queued after its erasure committed).
+    fn run_purger(&self, queue: mpsc::Receiver<PurgeReply>) {
+        while let Ok(first) = queue.recv() {
+            let mut waiting = vec![first];
+            waiting.extend(queue.try_iter());
+            let outcome = self.purge_now();
+            if let Err(error) = &outcome {
+                tracing::error!(%error, "purge failed: erased data may remain on disk until the next purge");
+            }
+            for reply in waiting {
+                let _ = reply.send(outcome.clone());
+            }
+        }
+    }
+
+    fn purge_now(&self) -> Result<(), StoreError> {
+        let families = COLUMN_FAMILIES
+            .iter()
+            .map(|name| self.cf(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        // Every family, so that no live WAL file still holds the values.
+        self.db.flush_cfs_opt(&families, &flush).map_err(engine)?;
+        let mut compact = CompactOptions::default();
+        compact.set_exclusive_manual_compaction(true);
+        compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        for name in PURGED_FAMILIES {
+            self.db
+                .compact_range_cf_opt(self.cf(name)?, None::<&[u8]>, None::<&[u8]>, &compact);
+        }
+        self.wait_for_obsolete_files()
+    }
+
+    /// Waits until the directory holds only live table files and one WAL:
+    /// RocksDB deletes obsolete files after a compaction or flush, but an
+    /// open iterator can hold them a little longer.
+    fn wait_for_obsolete_files(&self) -> Result<(), StoreError> {
+        let deadline = Instant::now() + OBSOLETE_FILES_DEADLINE;
+        loop {
+            let obsolete = self.obsolete_files()?;
+            if obsolete == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Engine(format!(
+                    "{obsolete} obsolete files were not deleted within {}s",
+                    OBSOLETE_FILES_DEADLINE.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Table files in the directory that are not live, plus WAL files
+    /// beyond the one being written.
+    fn obsolete_files(&self) -> Result<usize, StoreError> {
+        let live: HashSet<String> = self
+            .db
+            .live_files()
+            .map_err(engine)?
+            .into_iter()
+            .map(|file| file.name.trim_start_matches('/').to_string())
+            .collect();
+        let (mut tables, mut wals) = (0usize, 0usize);
+        let entries = std::fs::read_dir(&self.path)
+            .map_err(|e| StoreError::Engine(format!("cannot list the database directory: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                StoreError::Engine(format!("cannot list the database directory: {e}"))
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sst") && !live.contains(&name) {
+                tables += 1;
+            } else if name.ends_with(".log") {
+                wals += 1;
+            }
+        }
+        Ok(tables + wals.saturating_sub(1))
+    }
+
+    fn create_backup(&self, dir: &Path) -> Result<BackupInfo, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Engine(format!("cannot create the backup directory: {e}")))?;
+        let mut backups = open_backup_engine(dir)?;
+        backups
+            .create_new_backup_flush(&self.db, true)
+            .map_err(engine)?;
+        latest_backup(&backups)
     }
 
     /// Adds a token batch to the group unless it conflicts with the
@@ -754,6 +1038,77 @@ impl Store for RocksStore {
     ) -> Result<InsertOutcome, StoreError> {
         self.write(|reply| WriteRequest::Tokens { batch, now, reply })
             .await
+    }
+
+    async fn subject_tokens(
+        &self,
+        subject: SubjectHash,
+        cursor: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<TokenPage, StoreError> {
+        let limit = limit.max(1);
+        // One entry more than the page tells where the next page starts.
+        let mut entries = self
+            .inner
+            .subject_entries(&subject, cursor.as_deref(), limit + 1)?;
+        let next = (entries.len() > limit)
+            .then(|| entries.pop().map(|(key, _)| key.into_vec()))
+            .flatten();
+        let tokens = entries
+            .iter()
+            .map(|(_, value)| IndexEntry::decode(value).map(|entry| entry.token))
+            .collect::<Result<Vec<_>, _>>()?;
+        let records = self
+            .inner
+            .get_many(CF_TOKENS, &tokens, TokenRecord::decode)?;
+        Ok(TokenPage {
+            tokens: tokens
+                .into_iter()
+                .zip(records)
+                .filter_map(|(token, record)| record.map(|record| (token, record)))
+                .collect(),
+            next,
+        })
+    }
+
+    async fn forget_subject(
+        &self,
+        subject: SubjectHash,
+        hasher: TombstoneHasher,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        self.write(|reply| WriteRequest::Forget {
+            subject,
+            hasher,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn tombstones(&self, hashes: &[[u8; 32]]) -> Result<Vec<bool>, StoreError> {
+        Ok(self
+            .inner
+            .get_many(CF_TOMBSTONES, hashes, |_| Ok(()))?
+            .into_iter()
+            .map(|found| found.is_some())
+            .collect())
+    }
+
+    async fn purge(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Engine("the purger thread has stopped".into());
+        let purger = self.purger.as_ref().ok_or_else(stopped)?;
+        purger.send(reply).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn create_backup(&self, dir: &Path) -> Result<BackupInfo, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || inner.create_backup(&dir))
+            .await
+            .map_err(|_| StoreError::Engine("the backup task failed".into()))?
     }
 }
 

@@ -22,6 +22,9 @@ pub enum VaultError {
     /// provider cannot rotate, or Vault denied it. Goes to the operator.
     #[error("{0}")]
     KeyManagement(String),
+    /// The erasure ledger cannot be written or read: nothing was erased.
+    #[error("erasure ledger unavailable, nothing was erased; retry later")]
+    LedgerUnavailable(String),
     /// The storage engine failed (I/O, disk full).
     #[error("storage unavailable, nothing was stored; retry later")]
     StorageUnavailable(#[source] StoreError),

@@ -7,6 +7,7 @@
 //! or a stored record other than sealed.
 
 pub mod cache;
+pub mod erasure;
 pub mod error;
 pub mod rotation;
 pub mod text;
@@ -20,17 +21,20 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 pub use cache::DekCache;
+pub use erasure::{ExportPage, Exported, Forgotten};
 pub use error::VaultError;
 pub use rotation::{KeyStatus, RotationProgress};
 pub use text::{Redacted, RedactedFinding, Restored};
 
 use crate::config::{Config, Limits};
 use crate::crypto::{self, token_aad, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys};
+use crate::erasure::ErasureLedger;
 use crate::kek::{self, KekProvider};
 use crate::scan::Scanner;
 use crate::store::rocks::{RocksOptions, RocksStore};
-use crate::store::{Conflict, InsertOutcome, NewToken, Store, TokenRecord};
+use crate::store::{Conflict, InsertOutcome, NewToken, Store, TokenRecord, TombstoneHasher};
 use crate::token::formats::{self, Format};
+use erasure::SubjectLocks;
 
 /// How many times a batch is retried when its random tokens collide with
 /// existing ones before the value is declared too short to tokenize.
@@ -101,6 +105,12 @@ pub struct Vault {
     /// Every built-in detector, built once: RedactText filters its
     /// findings by the requested kinds.
     scanner: Scanner,
+    /// Keyed hash of an erased token (the store's tombstone key).
+    tombstone_hasher: TombstoneHasher,
+    subject_locks: SubjectLocks,
+    /// Where forgets are recorded so they outlive a restore (None only for
+    /// vaults assembled by tests).
+    ledger: Option<ErasureLedger>,
 }
 
 impl Vault {
@@ -128,7 +138,29 @@ impl Vault {
         let mut vault =
             Self::with_parts(store, kek, config.cache.max_subjects, config.limits.clone()).await?;
         vault.scanner = scanner;
+        let ledger_path = config.ledger_path();
+        vault.ledger = Some(
+            ErasureLedger::open(&ledger_path)
+                .map_err(|e| VaultError::LedgerUnavailable(e.to_string()))?,
+        );
+        vault.finish_restore(&config.data_dir, &ledger_path).await?;
         Ok(vault)
+    }
+
+    /// After `backup restore`, replays the erasure ledger over the restored
+    /// database before anything is served, then clears the marker.
+    async fn finish_restore(&self, data_dir: &Path, ledger: &Path) -> Result<(), VaultError> {
+        let marker = data_dir.join(erasure::RESTORE_MARKER);
+        if !marker.exists() {
+            return Ok(());
+        }
+        let revived = self.replay_ledger(ledger).await?;
+        tracing::info!(
+            subjects_erased_again = revived,
+            "restored database: erasure ledger replayed"
+        );
+        std::fs::remove_file(&marker)
+            .map_err(|e| VaultError::Internal(format!("cannot remove {}: {e}", marker.display())))
     }
 
     /// Assembles a vault from parts (tests use this with other stores).
@@ -144,14 +176,19 @@ impl Vault {
         let capacity = NonZeroUsize::new(cache_subjects).ok_or_else(|| {
             VaultError::InvalidArgument("cache.max_subjects must be above 0".into())
         })?;
+        let system = SystemKeys::from_system_key(&system_key);
+        let tombstone_key = system.tombstone_key().clone();
         Ok(Vault {
             store,
             kek,
-            system: SystemKeys::from_system_key(&system_key),
+            system,
             cache: DekCache::new(capacity),
             limits,
             kek_stats,
             scanner: Scanner::all(),
+            tombstone_hasher: Arc::new(move |token: &str| tombstone_key.mac(&[token.as_bytes()])),
+            subject_locks: SubjectLocks::new(),
+            ledger: None,
         })
     }
 
@@ -203,6 +240,9 @@ impl Vault {
             .collect::<Result<Vec<_>, _>>()?;
 
         let subject = self.system.subject_hash(subject_id);
+        // Held until the tokens are stored: a forget of the subject waits,
+        // so no token is sealed with a key the forget has destroyed.
+        let _shared = self.subject_locks.read(&subject).await;
         let keys = self.keys_for_write(subject).await?;
         let now = unix_now();
         let plan = DeterministicPlan::new(items, &formats, &keys, &subject);
@@ -264,11 +304,25 @@ impl Vault {
             .map(|record| record.subject)
             .collect();
         let keys = self.keys_for_read(&subjects).await?;
+        let missing: Vec<&str> = tokens
+            .iter()
+            .zip(&records)
+            .filter(|(_, record)| record.is_none())
+            .map(|(token, _)| token.as_str())
+            .collect();
+        let mut erased = self.erased(&missing).await?.into_iter();
 
         tokens
             .iter()
             .zip(records)
-            .map(|(token, record)| open_record(token, record, &keys, now))
+            .map(|(token, record)| match record {
+                None if erased.next().unwrap_or(false) => Ok(Detokenized {
+                    status: TokenStatus::Erased,
+                    value: None,
+                    format: None,
+                }),
+                record => open_record(token, record, &keys, now),
+            })
             .collect()
     }
 

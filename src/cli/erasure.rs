@@ -1,0 +1,270 @@
+//! Erasure and data-lifecycle commands: `forget` and `export` (clients of
+//! the gRPC API, like `tokenize`), and the operator commands `backup
+//! create|restore`, `receipt verify` and `retention purge`, which talk to
+//! the running server's admin socket or, with no server running, open the
+//! vault in this process.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use super::client::{call_error, connect};
+use super::keys::{connect_admin, VaultArgs};
+use super::ClientArgs;
+use crate::erasure::{Receipt, SignedReceipt};
+use crate::pb;
+use crate::pb::admin::{CreateBackupRequest, PurgeRequest, VerifyReceiptRequest};
+use crate::store::rocks::RocksStore;
+use crate::vault::erasure::RESTORE_MARKER;
+use crate::vault::Vault;
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The data subject to forget.
+    pub subject: String,
+    /// Why (a request or ticket reference; recorded in the audit log).
+    #[arg(long)]
+    pub reason: String,
+    /// Write the erasure receipt here (default: print it on stdout).
+    #[arg(long)]
+    pub receipt: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The data subject whose tokens to export.
+    pub subject: String,
+    /// Why the values are needed (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub purpose: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back the database up into DIR while the server runs (RocksDB
+    /// backup engine: incremental, consistent).
+    Create(BackupArgs),
+    /// Replace the database with the latest backup in DIR (the server
+    /// must be stopped), then replay the erasure ledger over it.
+    Restore(BackupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The backup directory.
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiptCommand {
+    /// Check an erasure receipt file against this vault's receipt key.
+    Verify(ReceiptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiptArgs {
+    /// The receipt file (as written by `tokenvault forget --receipt`).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Make expired and erased records physically gone now.
+    Purge(VaultArgs),
+}
+
+pub async fn forget(args: ForgetArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client).await?;
+    let response = client
+        .forget_subject(pb::ForgetSubjectRequest {
+            subject_id: args.subject,
+            reason: args.reason,
+        })
+        .await
+        .map_err(call_error)?
+        .into_inner();
+    let receipt = response
+        .receipt
+        .context("the server sent no erasure receipt")?;
+    let json = receipt_from_message(&receipt)?.to_json();
+    match &args.receipt {
+        Some(path) => std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => println!("{json}"),
+    }
+    eprintln!("forget: {} tokens erased", response.tokens_erased);
+    Ok(())
+}
+
+/// The receipt file form of the API's receipt message.
+pub fn receipt_from_message(message: &pb::ErasureReceipt) -> anyhow::Result<SignedReceipt> {
+    let hex32 = |text: &str| -> anyhow::Result<[u8; 32]> {
+        hex::decode(text)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .context("the server's receipt holds a malformed hash")
+    };
+    Ok(SignedReceipt {
+        receipt: Receipt {
+            subject_hash: hex32(&message.subject_hash)?,
+            erased_at_unix: message.erased_at_unix,
+            tokens_erased: message.tokens_erased,
+            audit_sequence: message.audit_sequence,
+        },
+        mac: hex32(&message.mac)?,
+    })
+}
+
+pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client).await?;
+    let mut stream = client
+        .export_subject(pb::ExportSubjectRequest {
+            subject_id: args.subject,
+            purpose: args.purpose,
+        })
+        .await
+        .map_err(call_error)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    let mut count = 0u64;
+    while let Some(item) = stream.message().await.map_err(call_error)? {
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}",
+            item.token, item.format, item.value, item.created_at_unix
+        )?;
+        count += 1;
+    }
+    eprintln!("export: {count} tokens");
+    Ok(())
+}
+
+pub async fn backup(command: BackupCommand) -> anyhow::Result<()> {
+    match command {
+        BackupCommand::Create(args) => create_backup(&args).await,
+        BackupCommand::Restore(args) => restore_backup(&args).await,
+    }
+}
+
+async fn create_backup(args: &BackupArgs) -> anyhow::Result<()> {
+    let config = args.vault.load()?;
+    let dir = absolute(&args.dir)?;
+    let (id, size) = match connect_admin(&config.data_dir).await? {
+        Some(mut admin) => {
+            eprintln!("backup: backing up through the running server");
+            let info = admin
+                .create_backup(CreateBackupRequest {
+                    dir: dir.to_string_lossy().into_owned(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            (info.backup_id, info.size_bytes)
+        }
+        None => {
+            let vault = open_offline(&config).await?;
+            let info = vault.create_backup(&dir).await?;
+            vault.shutdown();
+            (info.id, info.size_bytes)
+        }
+    };
+    println!("backup {id} created in {} ({size} bytes)", dir.display());
+    Ok(())
+}
+
+async fn restore_backup(args: &BackupArgs) -> anyhow::Result<()> {
+    let config = args.vault.load()?;
+    if connect_admin(&config.data_dir).await?.is_some() {
+        bail!("a server is running on this data directory; stop it before restoring");
+    }
+    let db_dir = config.rocksdb_dir();
+    std::fs::create_dir_all(&config.data_dir)?;
+    // The marker goes first: if this command dies half-way, the next start
+    // replays the ledger before it serves.
+    std::fs::write(config.data_dir.join(RESTORE_MARKER), b"")
+        .context("cannot write the restore marker in the data directory")?;
+    let info = RocksStore::restore_latest_backup(&absolute(&args.dir)?, &db_dir)
+        .context("restore failed")?;
+    eprintln!(
+        "backup: restored backup {} into {}; replaying the erasure ledger {}",
+        info.id,
+        db_dir.display(),
+        config.ledger_path().display()
+    );
+    // Opening the vault replays the ledger because the marker is there.
+    let vault = open_offline(&config).await?;
+    vault.shutdown();
+    println!("backup {} restored; erasure ledger replayed", info.id);
+    Ok(())
+}
+
+pub async fn receipt(command: ReceiptCommand) -> anyhow::Result<()> {
+    let ReceiptCommand::Verify(args) = command;
+    let config = args.vault.load()?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let (valid, reason) = match connect_admin(&config.data_dir).await? {
+        Some(mut admin) => {
+            let verdict = admin
+                .verify_receipt(VerifyReceiptRequest { receipt: text })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            (verdict.valid, verdict.reason)
+        }
+        None => {
+            let vault = open_offline(&config).await?;
+            let verdict =
+                SignedReceipt::parse(&text).and_then(|receipt| vault.verify_receipt(&receipt));
+            vault.shutdown();
+            (
+                verdict.is_ok(),
+                verdict.err().map(|e| e.to_string()).unwrap_or_default(),
+            )
+        }
+    };
+    if !valid {
+        bail!("receipt {} does not verify: {reason}", args.file.display());
+    }
+    println!("receipt {} verifies", args.file.display());
+    Ok(())
+}
+
+pub async fn retention(command: RetentionCommand) -> anyhow::Result<()> {
+    let RetentionCommand::Purge(args) = command;
+    let config = args.load()?;
+    match connect_admin(&config.data_dir).await? {
+        Some(mut admin) => {
+            admin.purge(PurgeRequest {}).await.map_err(call_error)?;
+        }
+        None => {
+            let vault = open_offline(&config).await?;
+            vault.purge().await?;
+            vault.shutdown();
+        }
+    }
+    println!("purge done: expired and erased records are off the disk");
+    Ok(())
+}
+
+async fn open_offline(config: &crate::config::Config) -> anyhow::Result<Vault> {
+    Vault::open(config, false)
+        .await
+        .context("no server is running and the vault could not be opened here")
+}
+
+/// The server resolves the backup path itself, so a relative one is made
+/// absolute against this command's directory.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(std::path::absolute(path)?)
+}

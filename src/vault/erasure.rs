@@ -1,0 +1,232 @@
+//! Forgetting and exporting a subject, retention purges and the replay of
+//! the erasure ledger after a restore.
+//!
+//! Forget order, and why: (1) the ledger line is synced, so a restore or a
+//! crash can only erase more, never less, than callers asked; (2) the store
+//! deletes the subject's key, records and index entries in one batch, under
+//! the subject's write lock so no Tokenize of the subject is between
+//! fetching its key and storing tokens sealed with it; (3) the cached DEK is
+//! dropped (and zeroized once unused); (4) the store purges its files. The
+//! call returns only after (4): then no file holds the wrapped DEK or a
+//! ciphertext of the subject.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use zeroize::Zeroizing;
+
+use super::{unix_now, Vault, VaultError};
+use crate::crypto::{self, token_aad, SubjectHash};
+use crate::erasure::{ErasureLedger, Receipt, ReceiptError, SignedReceipt};
+use crate::store::BackupInfo;
+
+/// Tokens read per store page while exporting.
+pub const EXPORT_PAGE: usize = 256;
+
+/// The marker a restore leaves in the data directory: until the erasure
+/// ledger has been replayed over the restored database, it must not serve.
+pub const RESTORE_MARKER: &str = "restore-pending";
+
+/// What a forget did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    pub subject: SubjectHash,
+    pub tokens_erased: u64,
+    pub erased_at_unix: i64,
+}
+
+/// One exported token with its value.
+pub struct Exported {
+    pub token: String,
+    pub format: String,
+    pub value: Zeroizing<String>,
+    pub created_at_unix: i64,
+}
+
+/// A page of an export, and where the next one starts.
+pub struct ExportPage {
+    pub tokens: Vec<Exported>,
+    pub next: Option<Vec<u8>>,
+}
+
+/// Striped per-subject locks: Tokenize holds a read lock from fetching the
+/// subject's key to storing its tokens; Forget holds the write lock while
+/// it erases. A subject's stripe is fixed by its hash.
+pub(crate) struct SubjectLocks {
+    stripes: Vec<RwLock<()>>,
+}
+
+const LOCK_STRIPES: usize = 64;
+
+impl SubjectLocks {
+    pub(crate) fn new() -> Self {
+        SubjectLocks {
+            stripes: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
+        }
+    }
+
+    fn stripe(&self, subject: &SubjectHash) -> &RwLock<()> {
+        &self.stripes[subject.0[0] as usize % LOCK_STRIPES]
+    }
+
+    pub(crate) async fn read(&self, subject: &SubjectHash) -> RwLockReadGuard<'_, ()> {
+        self.stripe(subject).read().await
+    }
+
+    async fn write(&self, subject: &SubjectHash) -> RwLockWriteGuard<'_, ()> {
+        self.stripe(subject).write().await
+    }
+}
+
+impl Vault {
+    /// Forgets a subject: see the module doc for the order. Idempotent: a
+    /// second call erases 0 tokens.
+    pub async fn forget(&self, subject_id: &str) -> Result<Forgotten, VaultError> {
+        self.check_subject(subject_id)?;
+        let subject = self.system.subject_hash(subject_id);
+        let erased_at_unix = unix_now();
+        if let Some(ledger) = &self.ledger {
+            ledger
+                .record(&subject, erased_at_unix)
+                .map_err(|e| VaultError::LedgerUnavailable(e.to_string()))?;
+        }
+        let tokens_erased = self.erase(subject, erased_at_unix).await?;
+        self.store.purge().await?;
+        Ok(Forgotten {
+            subject,
+            tokens_erased,
+            erased_at_unix,
+        })
+    }
+
+    /// The store erasure and cache eviction of a forget, without the
+    /// ledger line or the purge.
+    async fn erase(&self, subject: SubjectHash, now: i64) -> Result<u64, VaultError> {
+        let _exclusive = self.subject_locks.write(&subject).await;
+        let erased = self
+            .store
+            .forget_subject(subject, Arc::clone(&self.tombstone_hasher), now)
+            .await?;
+        self.cache.remove(&subject);
+        Ok(erased)
+    }
+
+    /// Signs a receipt for a forget, naming the audit record of it.
+    pub fn receipt(&self, forgotten: &Forgotten, audit_sequence: u64) -> SignedReceipt {
+        Receipt {
+            subject_hash: forgotten.subject.0,
+            erased_at_unix: forgotten.erased_at_unix,
+            tokens_erased: forgotten.tokens_erased,
+            audit_sequence,
+        }
+        .sign(self.system.receipt_mac_key())
+    }
+
+    /// Checks a receipt this vault issued.
+    pub fn verify_receipt(&self, receipt: &SignedReceipt) -> Result<(), ReceiptError> {
+        receipt.verify(self.system.receipt_mac_key())
+    }
+
+    /// One page of a subject's tokens with their values. A subject with no
+    /// key (never seen, or forgotten) has none.
+    pub async fn export_page(
+        &self,
+        subject_id: &str,
+        cursor: Option<Vec<u8>>,
+    ) -> Result<ExportPage, VaultError> {
+        self.check_subject(subject_id)?;
+        let subject = self.system.subject_hash(subject_id);
+        let page = self
+            .store
+            .subject_tokens(subject, cursor, EXPORT_PAGE)
+            .await?;
+        let now = unix_now();
+        let live: Vec<_> = page
+            .tokens
+            .into_iter()
+            .filter(|(_, record)| !record.is_expired(now))
+            .collect();
+        if live.is_empty() {
+            return Ok(ExportPage {
+                tokens: Vec::new(),
+                next: page.next,
+            });
+        }
+        let keys = self.keys_for_read(&[subject]).await?;
+        let Some(keys) = keys.get(&subject) else {
+            // Forgotten between the page read and the key read.
+            return Ok(ExportPage {
+                tokens: Vec::new(),
+                next: None,
+            });
+        };
+        let tokens = live
+            .into_iter()
+            .map(|(token, record)| {
+                let aad = token_aad(&token, &record.format, &record.subject);
+                let plain = Zeroizing::new(crypto::open(keys.seal_key(), &aad, &record.sealed)?);
+                let value = std::str::from_utf8(&plain)
+                    .map_err(|_| VaultError::Internal("a sealed value is not UTF-8".into()))?;
+                Ok(Exported {
+                    token,
+                    format: record.format,
+                    value: Zeroizing::new(value.to_string()),
+                    created_at_unix: record.created_at,
+                })
+            })
+            .collect::<Result<Vec<_>, VaultError>>()?;
+        Ok(ExportPage {
+            tokens,
+            next: page.next,
+        })
+    }
+
+    /// Which of the given (not found) tokens belonged to forgotten subjects.
+    pub(crate) async fn erased(&self, tokens: &[&str]) -> Result<Vec<bool>, VaultError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hashes: Vec<[u8; 32]> = tokens
+            .iter()
+            .map(|token| (self.tombstone_hasher)(token))
+            .collect();
+        Ok(self.store.tombstones(&hashes).await?)
+    }
+
+    /// Makes expired records physically gone now (the periodic purge and
+    /// `tokenvault retention purge`).
+    pub async fn purge(&self) -> Result<(), VaultError> {
+        Ok(self.store.purge().await?)
+    }
+
+    /// A consistent backup of the store into `dir` while serving.
+    pub async fn create_backup(&self, dir: &Path) -> Result<BackupInfo, VaultError> {
+        Ok(self.store.create_backup(dir).await?)
+    }
+
+    /// Forgets again every subject of the erasure ledger at `path` (after a
+    /// restore), then purges. Returns how many ledger subjects still had
+    /// data in the restored database.
+    pub async fn replay_ledger(&self, path: &Path) -> Result<usize, VaultError> {
+        let subjects =
+            ErasureLedger::read(path).map_err(|e| VaultError::LedgerUnavailable(e.to_string()))?;
+        let now = unix_now();
+        let mut revived = 0;
+        let mut seen = std::collections::HashSet::new();
+        for subject in subjects {
+            if seen.insert(subject) && self.erase_hash(subject, now).await? {
+                revived += 1;
+            }
+        }
+        self.store.purge().await?;
+        Ok(revived)
+    }
+
+    /// Erases a subject known only by its hash; true if anything was there.
+    async fn erase_hash(&self, subject: SubjectHash, now: i64) -> Result<bool, VaultError> {
+        let had_key = self.store.subject_keys(&[subject]).await?[0].is_some();
+        let erased = self.erase(subject, now).await?;
+        Ok(had_key || erased > 0)
+    }
+}
