@@ -1,0 +1,536 @@
+//! The right to be forgotten, end to end on the real binary: ForgetSubject
+//! erases one subject of many (its tokens answer ERASED, the others still
+//! detokenize), is idempotent, and returns only once no file under the data
+//! directory holds the subject's wrapped DEK or ciphertexts (checked from
+//! outside the process, with the local and the Vault KEK); ExportSubject
+//! returns exactly one subject's tokens; receipts verify and any changed
+//! byte fails; a backup restore cannot bring a forgotten subject back;
+//! tokens past their ttl answer EXPIRED and leave the disk at a purge.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::bao::Bao;
+use common::Server;
+use common::{admin_principal_toml, card, detokenize, files_under, item, random_item, tokenize};
+use tokenvault::cli::client::Client;
+use tokenvault::kek::WrappedKey;
+use tokenvault::pb;
+use tokenvault::store::TokenRecord;
+
+const SUBJECTS: usize = 6;
+const PER_SUBJECT: usize = 20;
+const TOKEN_ENV: &str = "TV_TEST_VAULT_TOKEN";
+
+fn subject(n: usize) -> String {
+    format!("erasure-subject-{n:02}@example.org")
+}
+
+/// Values of subject `n`: cards (deterministic) and emails (random mode).
+fn items(n: usize) -> Vec<pb::TokenizeItem> {
+    (0..PER_SUBJECT)
+        .map(|i| {
+            if i % 2 == 0 {
+                item(&card(n * 1000 + i), "card")
+            } else {
+                random_item(&format!("person{n:02}.{i:02}@mail.example"), "email")
+            }
+        })
+        .collect()
+}
+
+/// Tokenizes every subject; returns (subject, values, tokens) per subject.
+async fn tokenize_all(client: &mut Client) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    for n in 0..SUBJECTS {
+        let items = items(n);
+        let values = items.iter().map(|i| i.value.clone()).collect();
+        let tokens = tokenize(client, &subject(n), items).await;
+        out.push((subject(n), values, tokens));
+    }
+    out
+}
+
+async fn forget(client: &mut Client, subject: &str) -> pb::ForgetSubjectResponse {
+    client
+        .forget_subject(pb::ForgetSubjectRequest {
+            subject_id: subject.into(),
+            reason: "GDPR art. 17 request 4711".into(),
+        })
+        .await
+        .expect("forget")
+        .into_inner()
+}
+
+async fn export(client: &mut Client, subject: &str) -> Vec<pb::ExportSubjectResponse> {
+    let mut stream = client
+        .export_subject(pb::ExportSubjectRequest {
+            subject_id: subject.into(),
+            purpose: "art. 15 access request".into(),
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(item) = stream.message().await.expect("export stream") {
+        out.push(item);
+    }
+    out
+}
+
+fn statuses(results: &[pb::DetokenizeResult]) -> Vec<pb::TokenStatus> {
+    results
+        .iter()
+        .map(|r| pb::TokenStatus::try_from(r.status).expect("known status"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_one_subject_erases_only_it_and_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let mut client = server.client().await;
+    let subjects = tokenize_all(&mut client).await;
+    let (gone, _, gone_tokens) = &subjects[2];
+
+    let first = forget(&mut client, gone).await;
+    assert_eq!(first.tokens_erased, PER_SUBJECT as u64);
+    let receipt = first.receipt.expect("a receipt");
+    assert_eq!(receipt.tokens_erased, PER_SUBJECT as u64);
+    assert_eq!(receipt.subject_hash.len(), 64);
+    assert!(!receipt.subject_hash.contains("erasure-subject"));
+
+    let results = detokenize(&mut client, gone_tokens).await;
+    assert_eq!(
+        statuses(&results),
+        vec![pb::TokenStatus::Erased; PER_SUBJECT]
+    );
+    assert!(results.iter().all(|r| r.value.is_empty()));
+    for (n, (_, values, tokens)) in subjects.iter().enumerate() {
+        if n == 2 {
+            continue;
+        }
+        let results = detokenize(&mut client, tokens).await;
+        let got: Vec<&str> = results.iter().map(|r| r.value.as_str()).collect();
+        assert_eq!(got, values.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    let again = forget(&mut client, gone).await;
+    assert_eq!(
+        again.tokens_erased, 0,
+        "forgetting twice erases nothing more"
+    );
+    assert!(export(&mut client, gone).await.is_empty());
+
+    // Nothing of the subject id in any file (the ledger and tombstones
+    // hold keyed hashes only) or in the server's log.
+    let mut searched = files_under(&server.data_dir());
+    searched.push(server.log_path());
+    for path in searched {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !bytes.windows(gone.len()).any(|w| w == gone.as_bytes()),
+            "the subject id is in {}",
+            path.display()
+        );
+    }
+
+    // The subject can come back as a new one: a fresh key, fresh tokens.
+    let fresh = tokenize(&mut client, gone, vec![item(&card(2000), "card")]).await;
+    assert_eq!(detokenize(&mut client, &fresh).await[0].value, card(2000));
+    assert!(!gone_tokens.contains(&fresh[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_returns_exactly_the_subjects_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let mut client = server.client().await;
+    let subjects = tokenize_all(&mut client).await;
+    // Over one store page (256), so the stream continues across pages.
+    let many: Vec<pb::TokenizeItem> = (0..600)
+        .map(|i| random_item(&format!("bulk{i:04}@mail.example"), "email"))
+        .collect();
+    let many_values: Vec<String> = many.iter().map(|i| i.value.clone()).collect();
+    let many_tokens = tokenize(&mut client, "bulk-subject", many).await;
+
+    let (who, values, tokens) = &subjects[4];
+    let mut expected: Vec<(String, String)> =
+        tokens.iter().cloned().zip(values.iter().cloned()).collect();
+    let mut exported: Vec<(String, String)> = export(&mut client, who)
+        .await
+        .into_iter()
+        .map(|e| {
+            assert!(e.format == "card" || e.format == "email");
+            assert!(e.created_at_unix > 1_700_000_000);
+            (e.token, e.value)
+        })
+        .collect();
+    expected.sort();
+    exported.sort();
+    assert_eq!(exported, expected);
+
+    let mut bulk: Vec<(String, String)> = export(&mut client, "bulk-subject")
+        .await
+        .into_iter()
+        .map(|e| (e.token, e.value))
+        .collect();
+    let mut bulk_expected: Vec<(String, String)> =
+        many_tokens.into_iter().zip(many_values).collect();
+    bulk.sort();
+    bulk_expected.sort();
+    assert_eq!(bulk, bulk_expected);
+    assert!(export(&mut client, "never-seen").await.is_empty());
+}
+
+/// Files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|path| {
+            std::fs::read(path)
+                .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// What the store holds of a subject, read from its files by a read-only
+/// RocksDB instance in this (test) process, beside the running server.
+struct Stored {
+    /// The subject's wrapped DEK as stored: for the Vault KEK, the transit
+    /// ciphertext string (`vault:v1:...`); for the local KEK, the sealed
+    /// key bytes.
+    wrapped_dek: Vec<u8>,
+    /// The sealed values (ciphertext and tag) of the subject's tokens.
+    ciphertexts: Vec<Vec<u8>>,
+}
+
+fn read_stored(data_dir: &Path, tokens: &[String]) -> Stored {
+    let families = [
+        "default",
+        "meta",
+        "subjects",
+        "tokens",
+        "index",
+        "tombstones",
+    ];
+    let db = rocksdb::DB::open_cf_for_read_only(
+        &rocksdb::Options::default(),
+        data_dir.join("rocksdb"),
+        families,
+        false,
+    )
+    .expect("open the store read-only");
+    let records: Vec<TokenRecord> = tokens
+        .iter()
+        .map(|token| {
+            let bytes = db
+                .get_cf(db.cf_handle("tokens").expect("cf"), token.as_bytes())
+                .expect("read")
+                .expect("the token's record is stored");
+            TokenRecord::decode(&bytes).expect("record")
+        })
+        .collect();
+    let subject = records[0].subject;
+    let wrapped = db
+        .get_cf(db.cf_handle("subjects").expect("cf"), subject.as_bytes())
+        .expect("read")
+        .expect("the subject's key is stored");
+    let wrapped = WrappedKey::decode(&wrapped).expect("wrapped key");
+    Stored {
+        wrapped_dek: wrapped.ciphertext,
+        ciphertexts: records.into_iter().map(|r| r.sealed.ciphertext).collect(),
+    }
+}
+
+fn assert_on_disk(data_dir: &Path, stored: &Stored, what: &str) {
+    assert!(
+        !files_containing(data_dir, &stored.wrapped_dek).is_empty(),
+        "{what}: the wrapped DEK is not found in any file (the search would prove nothing)"
+    );
+    for ciphertext in &stored.ciphertexts {
+        assert!(
+            !files_containing(data_dir, ciphertext).is_empty(),
+            "{what}: a ciphertext is not found in any file"
+        );
+    }
+}
+
+fn assert_off_disk(data_dir: &Path, stored: &Stored, what: &str) {
+    let holders = files_containing(data_dir, &stored.wrapped_dek);
+    assert!(
+        holders.is_empty(),
+        "{what}: the wrapped DEK is still in {holders:?}"
+    );
+    for ciphertext in &stored.ciphertexts {
+        let holders = files_containing(data_dir, ciphertext);
+        assert!(
+            holders.is_empty(),
+            "{what}: a ciphertext is still in {holders:?}"
+        );
+    }
+}
+
+/// Tokenizes, finds the forgotten subject's data in the files, forgets
+/// it, and checks every file again while the server still runs.
+async fn forget_purges_files(server: &mut Server, vault_kek: bool) {
+    let mut client = server.client().await;
+    let subjects = tokenize_all(&mut client).await;
+    let data_dir = server.data_dir();
+    // Restarting moves part of the data from the WAL into table files, so
+    // both kinds of file are checked.
+    server.stop().await;
+    server.restart();
+    let mut client = server.client().await;
+    let more = tokenize(
+        &mut client,
+        &subjects[1].0,
+        vec![item(&card(77_777), "card")],
+    )
+    .await;
+    let mut gone_tokens = subjects[1].2.clone();
+    gone_tokens.extend(more);
+    let gone = read_stored(&data_dir, &gone_tokens);
+    let kept = read_stored(&data_dir, &subjects[3].2);
+    if vault_kek {
+        assert!(
+            gone.wrapped_dek.starts_with(b"vault:v"),
+            "a transit ciphertext"
+        );
+    }
+    assert_on_disk(&data_dir, &gone, "before the forget");
+
+    assert_eq!(
+        forget(&mut client, &subjects[1].0).await.tokens_erased,
+        PER_SUBJECT as u64 + 1
+    );
+    assert_off_disk(&data_dir, &gone, "after ForgetSubject returned");
+    assert_on_disk(&data_dir, &kept, "another subject");
+    let results = detokenize(&mut client, &subjects[3].2).await;
+    assert_eq!(
+        statuses(&results),
+        vec![pb::TokenStatus::Found; PER_SUBJECT]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_leaves_no_file_with_the_subjects_key_or_values_local_kek() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(dir.path());
+    forget_purges_files(&mut server, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_leaves_no_file_with_the_subjects_key_or_values_vault_kek() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bao = Bao::dev(&dir.path().join("bao"));
+    let config = format!(
+        "[kek]\nprovider = \"vault\"\naddress = \"{}\"\nkey_name = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n{}",
+        bao.addr(),
+        common::bao::KEY_NAME,
+        admin_principal_toml()
+    );
+    let mut server = Server::start_with_config_env(
+        &dir.path().join("tv"),
+        &config,
+        &[(TOKEN_ENV, bao.root_token.as_str())],
+    );
+    forget_purges_files(&mut server, true).await;
+}
+
+fn cli_ok(server: &Server, args: &[&str]) -> String {
+    let output = server.run_cli(args);
+    assert!(
+        output.status.success(),
+        "tokenvault {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_verifies_and_any_changed_byte_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let mut client = server.client().await;
+    tokenize(&mut client, "receipt-subject", vec![item(&card(5), "card")]).await;
+    let data_dir = server.data_dir();
+    let data_dir = data_dir.to_str().expect("utf-8 path");
+    let receipt = dir.path().join("receipt.json");
+    let receipt_path = receipt.to_str().expect("utf-8 path");
+    cli_ok(
+        &server,
+        &[
+            "forget",
+            "receipt-subject",
+            "--reason",
+            "ticket 1",
+            "--receipt",
+            receipt_path,
+            "--addr",
+            &server.addr,
+            "--data-dir",
+            data_dir,
+        ],
+    );
+    let verify = |path: &str| server.run_cli(&["receipt", "verify", path, "--data-dir", data_dir]);
+    assert!(verify(receipt_path).status.success());
+
+    let original = std::fs::read(&receipt).expect("read receipt");
+    assert!(std::str::from_utf8(&original)
+        .expect("utf-8")
+        .contains("\"tokens_erased\":1"));
+    let tampered = dir.path().join("tampered.json");
+    let tampered_path = tampered.to_str().expect("utf-8 path");
+    for i in 0..original.len() {
+        let mut bytes = original.clone();
+        bytes[i] = match bytes[i] {
+            b'0' => b'1',
+            b'0'..=b'9' | b'a'..=b'f' => b'0',
+            b'"' => b'\'',
+            b'x' => b'y',
+            _ => b'x',
+        };
+        assert_ne!(bytes[i], original[i]);
+        std::fs::write(&tampered, &bytes).expect("write");
+        let output = verify(tampered_path);
+        assert!(
+            !output.status.success(),
+            "byte {i} changed and the receipt still verifies"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("does not verify"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_cannot_bring_a_forgotten_subject_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(dir.path());
+    let mut client = server.client().await;
+    let subjects = tokenize_all(&mut client).await;
+    let data_dir = server.data_dir();
+    let data_dir_arg = data_dir.to_str().expect("utf-8 path").to_string();
+    let backups = dir.path().join("backups");
+    let backups_arg = backups.to_str().expect("utf-8 path").to_string();
+    let gone_stored = read_stored(&data_dir, &subjects[0].2);
+
+    cli_ok(
+        &server,
+        &[
+            "backup",
+            "create",
+            &backups_arg,
+            "--data-dir",
+            &data_dir_arg,
+        ],
+    );
+    assert!(
+        !files_containing(&backups, &gone_stored.wrapped_dek).is_empty(),
+        "the backup holds the subject's wrapped DEK"
+    );
+    forget(&mut client, &subjects[0].0).await;
+    let after_backup = tokenize(&mut client, "after-backup", vec![item(&card(9), "card")]).await;
+    drop(client);
+    server.stop().await;
+
+    let restored = server.run_cli(&[
+        "backup",
+        "restore",
+        &backups_arg,
+        "--data-dir",
+        &data_dir_arg,
+    ]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+
+    // Restored, the ledger replayed: the subject's key is gone again.
+    assert_off_disk(&data_dir, &gone_stored, "after the restore");
+    server.restart();
+    let mut client = server.client().await;
+    let results = detokenize(&mut client, &subjects[0].2).await;
+    assert_eq!(
+        statuses(&results),
+        vec![pb::TokenStatus::Erased; PER_SUBJECT]
+    );
+    for (_, values, tokens) in &subjects[1..] {
+        let results = detokenize(&mut client, tokens).await;
+        let got: Vec<String> = results.into_iter().map(|r| r.value).collect();
+        assert_eq!(&got, values);
+    }
+    // A backup is the state when it was taken: a later token is absent.
+    let results = detokenize(&mut client, &after_backup).await;
+    assert_eq!(statuses(&results), vec![pb::TokenStatus::NotFound]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_is_refused_while_the_server_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let data_dir = server.data_dir();
+    let data_dir = data_dir.to_str().expect("utf-8 path");
+    let backups = dir.path().join("backups");
+    let backups = backups.to_str().expect("utf-8 path");
+    cli_ok(
+        &server,
+        &["backup", "create", backups, "--data-dir", data_dir],
+    );
+    let output = server.run_cli(&["backup", "restore", backups, "--data-dir", data_dir]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("stop it before restoring"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_answer_expired_and_leave_the_disk_at_a_purge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let mut client = server.client().await;
+    let short: Vec<pb::TokenizeItem> = (0..10)
+        .map(|i| pb::TokenizeItem {
+            ttl_seconds: 1,
+            ..random_item(&format!("short-lived{i}@mail.example"), "email")
+        })
+        .collect();
+    let short_tokens = tokenize(&mut client, "ttl-subject", short).await;
+    let kept_tokens = tokenize(&mut client, "ttl-subject", vec![item(&card(11), "card")]).await;
+    let data_dir = server.data_dir();
+    let short_stored = read_stored(&data_dir, &short_tokens);
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let results = detokenize(&mut client, &short_tokens).await;
+    assert_eq!(statuses(&results), vec![pb::TokenStatus::Expired; 10]);
+    assert!(results.iter().all(|r| r.value.is_empty()));
+    for ciphertext in &short_stored.ciphertexts {
+        assert!(!files_containing(&data_dir, ciphertext).is_empty());
+    }
+
+    cli_ok(
+        &server,
+        &[
+            "retention",
+            "purge",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ],
+    );
+    for ciphertext in &short_stored.ciphertexts {
+        let holders = files_containing(&data_dir, ciphertext);
+        assert!(
+            holders.is_empty(),
+            "an expired ciphertext is still in {holders:?}"
+        );
+    }
+    // Purged records are gone: the tokens are no longer known at all.
+    let results = detokenize(&mut client, &short_tokens).await;
+    assert_eq!(statuses(&results), vec![pb::TokenStatus::NotFound; 10]);
+    assert_eq!(
+        detokenize(&mut client, &kept_tokens).await[0].value,
+        card(11)
+    );
+}
