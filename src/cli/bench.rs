@@ -81,6 +81,14 @@ pub struct BenchArgs {
     /// messages/s and MB/s.
     #[arg(long, conflicts_with = "kek_phase")]
     pub redact_corpus: Option<std::path::PathBuf>,
+    /// Instead of the matrix, measure erasure: forget latency for this many
+    /// subjects with --forget-tokens tokens each, then Tokenize p50/p99
+    /// alone and while 100 forgets run.
+    #[arg(long, conflicts_with_all = ["kek_phase", "redact_corpus"])]
+    pub forget_subjects: Option<usize>,
+    /// Tokens per forgotten subject in the latency measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub forget_tokens: usize,
     /// Name of the provider in the printed rows.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -141,7 +149,7 @@ fn digits(text: &str) -> Vec<u8> {
 
 pub(super) struct CardSource {
     next: AtomicU64,
-    run: u64,
+    pub(super) run: u64,
 }
 
 impl CardSource {
@@ -175,6 +183,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(phase) = args.kek_phase {
         return super::bench_kek::run(phase, &args).await;
+    }
+    if let Some(subjects) = args.forget_subjects {
+        return super::bench_forget::run(subjects.max(1), args.forget_tokens.max(1), &args).await;
     }
     if let Some(corpus) = &args.redact_corpus {
         return super::bench_redact::run(corpus, &args).await;

@@ -3,6 +3,7 @@
 //! Each command exits non-zero on failure with one clear line.
 
 pub mod bench;
+mod bench_forget;
 mod bench_kek;
 mod bench_redact;
 pub mod client;

@@ -4,7 +4,7 @@
 //!
 //! | cf         | key                                 | value               |
 //! |------------|-------------------------------------|---------------------|
-//! | `meta`     | `system_key`, `kek_rotation`        | wrapped key, u32 BE |
+//! | `meta`     | `system_key`, `kek_rotation`, `last_purge` | wrapped key, u32 BE, i64 BE |
 //! | `subjects` | subject hash (32)                   | wrapped subject DEK |
 //! | `tokens`   | token (UTF-8)                       | [`TokenRecord`]     |
 //! | `index`    | subject hash (32) ‖ 0x01 ‖ MAC (32) | [`IndexEntry`]      |
@@ -100,6 +100,8 @@ fn token_list_key(subject: &SubjectHash, token: &str) -> Vec<u8> {
 const SYSTEM_KEY: &[u8] = b"system_key";
 /// The KEK version a rotation in progress moves keys to (u32 BE).
 const KEK_ROTATION: &[u8] = b"kek_rotation";
+/// When the last purge started (i64 BE unix seconds).
+const LAST_PURGE: &[u8] = b"last_purge";
 
 /// Memtable size per column family (RocksDB's default is 64 MiB).
 const WRITE_BUFFER_BYTES: usize = 16 << 20;
@@ -566,6 +568,17 @@ impl Inner {
     }
 
     fn purge_now(&self) -> Result<(), StoreError> {
+        // A write to every purge, so that the flush below always switches to
+        // a new WAL and every earlier WAL becomes obsolete.
+        self.db
+            .put_cf_opt(
+                self.cf(CF_META)?,
+                LAST_PURGE,
+                crate::vault::unix_now().to_be_bytes(),
+                &self.write_options,
+            )
+            .map_err(engine)?;
+        let before = self.database_files()?;
         let families = COLUMN_FAMILIES
             .iter()
             .map(|name| self.cf(name))
@@ -574,6 +587,7 @@ impl Inner {
         flush.set_wait(true);
         // Every family, so that no live WAL file still holds the values.
         self.db.flush_cfs_opt(&families, &flush).map_err(engine)?;
+        let flushed = self.database_files()?;
         let mut compact = CompactOptions::default();
         compact.set_exclusive_manual_compaction(true);
         compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
@@ -581,22 +595,47 @@ impl Inner {
             self.db
                 .compact_range_cf_opt(self.cf(name)?, None::<&[u8]>, None::<&[u8]>, &compact);
         }
-        self.wait_for_obsolete_files()
+        let wals: HashSet<String> = before.into_iter().filter(|f| f.ends_with(".log")).collect();
+        let tables: HashSet<String> = flushed
+            .into_iter()
+            .filter(|f| f.ends_with(".sst"))
+            .collect();
+        self.wait_until_gone(&wals, &tables)
     }
 
-    /// Waits until the directory holds only live table files and one WAL:
-    /// RocksDB deletes obsolete files after a compaction or flush, but an
-    /// open iterator can hold them a little longer.
-    fn wait_for_obsolete_files(&self) -> Result<(), StoreError> {
+    /// Waits until RocksDB has deleted the files that may hold purged data:
+    /// the WAL files from before the flush, and the table files of the
+    /// purged families from before the compaction (files written since
+    /// hold only later data). Deletion follows a flush or compaction, but
+    /// an open iterator can delay it a little.
+    fn wait_until_gone(
+        &self,
+        wals: &HashSet<String>,
+        tables: &HashSet<String>,
+    ) -> Result<(), StoreError> {
         let deadline = Instant::now() + OBSOLETE_FILES_DEADLINE;
         loop {
-            let obsolete = self.obsolete_files()?;
-            if obsolete == 0 {
+            let kept_live: HashSet<String> = self
+                .db
+                .live_files()
+                .map_err(engine)?
+                .into_iter()
+                .filter(|file| !PURGED_FAMILIES.contains(&file.column_family_name.as_str()))
+                .map(|file| file.name.trim_start_matches('/').to_string())
+                .collect();
+            let lingering = self
+                .database_files()?
+                .into_iter()
+                .filter(|name| {
+                    wals.contains(name) || (tables.contains(name) && !kept_live.contains(name))
+                })
+                .count();
+            if lingering == 0 {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(StoreError::Engine(format!(
-                    "{obsolete} obsolete files were not deleted within {}s",
+                    "{lingering} files that held purged data were not deleted within {}s",
                     OBSOLETE_FILES_DEADLINE.as_secs()
                 )));
             }
@@ -604,31 +643,23 @@ impl Inner {
         }
     }
 
-    /// Table files in the directory that are not live, plus WAL files
-    /// beyond the one being written.
-    fn obsolete_files(&self) -> Result<usize, StoreError> {
-        let live: HashSet<String> = self
-            .db
-            .live_files()
-            .map_err(engine)?
-            .into_iter()
-            .map(|file| file.name.trim_start_matches('/').to_string())
-            .collect();
-        let (mut tables, mut wals) = (0usize, 0usize);
-        let entries = std::fs::read_dir(&self.path)
-            .map_err(|e| StoreError::Engine(format!("cannot list the database directory: {e}")))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| {
-                StoreError::Engine(format!("cannot list the database directory: {e}"))
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".sst") && !live.contains(&name) {
-                tables += 1;
-            } else if name.ends_with(".log") {
-                wals += 1;
+    /// Names of the table (.sst) and WAL (.log) files in the directory.
+    fn database_files(&self) -> Result<HashSet<String>, StoreError> {
+        let list_error = |e: std::io::Error| {
+            StoreError::Engine(format!("cannot list the database directory: {e}"))
+        };
+        let mut names = HashSet::new();
+        for entry in std::fs::read_dir(&self.path).map_err(list_error)? {
+            let name = entry
+                .map_err(list_error)?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if name.ends_with(".sst") || name.ends_with(".log") {
+                names.insert(name);
             }
         }
-        Ok(tables + wals.saturating_sub(1))
+        Ok(names)
     }
 
     fn create_backup(&self, dir: &Path) -> Result<BackupInfo, StoreError> {
