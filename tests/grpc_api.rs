@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{detokenize, item, random_item, tokenize, Server};
+use common::{card, detokenize, item, random_item, tokenize, Server};
 use tokenvault::pb;
 use tokenvault::token::checks;
 use tonic::Code;
@@ -401,18 +401,33 @@ async fn calls_without_a_valid_key_are_unauthenticated() {
 }
 
 #[tokio::test]
-async fn later_rpcs_answer_unimplemented_not_unknown() {
+async fn bad_erasure_requests_are_invalid_argument_and_erase_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
     let mut client = server.client().await;
-    let status = client
-        .forget_subject(pb::ForgetSubjectRequest {
-            subject_id: "s".into(),
-            reason: "test".into(),
+    let tokens = tokenize(&mut client, "keep-me", vec![item(&card(3), "card")]).await;
+    for (subject, reason) in [("", "ticket 1"), ("keep-me", &"x".repeat(257)[..])] {
+        let status = client
+            .forget_subject(pb::ForgetSubjectRequest {
+                subject_id: subject.into(),
+                reason: reason.into(),
+            })
+            .await
+            .expect_err("bad forget");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    let status = match client
+        .export_subject(pb::ExportSubjectRequest {
+            subject_id: String::new(),
+            purpose: "p".into(),
         })
         .await
-        .expect_err("not built yet");
-    assert_eq!(status.code(), Code::Unimplemented);
+    {
+        Ok(_) => panic!("an empty subject is refused"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(detokenize(&mut client, &tokens).await[0].value, card(3));
 }
 
 #[tokio::test]

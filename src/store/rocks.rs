@@ -145,6 +145,7 @@ struct Inner {
 }
 
 type PurgeReply = oneshot::Sender<Result<(), StoreError>>;
+type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 /// A write for the writer thread, with where to send its outcome.
 enum WriteRequest {
@@ -536,7 +537,7 @@ impl Inner {
         subject: &SubjectHash,
         from: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StoreError> {
+    ) -> Result<Vec<KeyValue>, StoreError> {
         let (start, end) = subject_range(subject);
         let from = from
             .filter(|from| from.starts_with(subject.as_bytes()))
