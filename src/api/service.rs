@@ -7,18 +7,48 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::status::to_status;
+use super::status::{policy_status, to_status};
 use crate::pb;
-use crate::policy::{Principal, Rpc};
+use crate::policy::{PolicyError, Principal, RateLimiter, Reveal, Rpc};
 use crate::vault::{self, TokenMode, TokenStatus, Vault};
 
 pub struct TokenVaultService {
     vault: Arc<Vault>,
+    /// Detokenize rate limits, per principal and per actor.
+    rates: RateLimiter,
 }
 
 impl TokenVaultService {
     pub fn new(vault: Arc<Vault>) -> Self {
-        TokenVaultService { vault }
+        TokenVaultService {
+            vault,
+            rates: RateLimiter::new(),
+        }
+    }
+
+    /// Charges `values` revealed values to the caller's rate limits, or
+    /// RESOURCE_EXHAUSTED. Alerts are already logged and counted.
+    fn admit(&self, principal: &Principal, rpc: Rpc, values: usize) -> Result<(), Status> {
+        let values = u64::try_from(values).unwrap_or(u64::MAX);
+        match self.rates.admit(principal, rpc, values) {
+            Ok(_warnings) => {
+                // AUDIT: append each warning alert here once the audit log
+                // is merged.
+                Ok(())
+            }
+            Err(alert) => {
+                // AUDIT: append the refusal and its alert here once the
+                // audit log is merged; nothing was revealed.
+                Err(policy_status(&PolicyError::RateLimited(alert)))
+            }
+        }
+    }
+}
+
+fn pb_reveal(reveal: Reveal) -> pb::Reveal {
+    match reveal {
+        Reveal::Full => pb::Reveal::Full,
+        Reveal::Masked => pb::Reveal::Masked,
     }
 }
 
@@ -30,7 +60,9 @@ fn principal<T>(request: &Request<T>, rpc: Rpc) -> Result<Principal, Status> {
         .get::<Principal>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no authenticated principal"))?;
-    principal.require(rpc)?;
+    principal
+        .require(rpc)
+        .map_err(|error| policy_status(&error))?;
     Ok(principal)
 }
 
@@ -96,8 +128,14 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
-        principal(&request, Rpc::Detokenize)?;
+        let principal = principal(&request, Rpc::Detokenize)?;
         let request = request.into_inner();
+        principal
+            .check_reveal(Rpc::Detokenize, &request.purpose)
+            .map_err(|error| policy_status(&error))?;
+        // Every requested token counts, found or not, so probing for
+        // tokens is limited too; charged before anything is read.
+        self.admit(&principal, Rpc::Detokenize, request.tokens.len())?;
         let outcomes = self
             .vault
             .detokenize(&request.tokens)
@@ -108,19 +146,22 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .into_iter()
             .zip(outcomes)
             .map(|(token, outcome)| {
-                let found = outcome.status == TokenStatus::Found;
+                let format = outcome.format.unwrap_or_default();
+                let (reveal, value) = match outcome.value {
+                    Some(value) if outcome.status == TokenStatus::Found => {
+                        let (reveal, shown) = principal.reveal(&format, value);
+                        // Moved out of the zeroizing wrapper only here, into
+                        // the response the caller is entitled to.
+                        (pb_reveal(reveal), shown.to_string())
+                    }
+                    _ => (pb::Reveal::Unspecified, String::new()),
+                };
                 pb::DetokenizeResult {
                     token,
                     status: status_of(outcome.status) as i32,
-                    // Moved out of the zeroizing wrapper only here, into the
-                    // response the caller is entitled to.
-                    value: outcome.value.map(|v| v.to_string()).unwrap_or_default(),
-                    reveal: if found {
-                        pb::Reveal::Full as i32
-                    } else {
-                        pb::Reveal::Unspecified as i32
-                    },
-                    format: outcome.format.unwrap_or_default(),
+                    value,
+                    reveal: reveal as i32,
+                    format,
                 }
             })
             .collect();
@@ -160,15 +201,21 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::RestoreTextRequest>,
     ) -> Result<Response<pb::RestoreTextResponse>, Status> {
-        // Reveal is full for every allowed principal for now; the
-        // principal's per-format policy is passed down with masking.
-        principal(&request, Rpc::RestoreText)?;
+        let principal = principal(&request, Rpc::RestoreText)?;
         let request = request.into_inner();
+        principal
+            .check_reveal(Rpc::RestoreText, &request.purpose)
+            .map_err(|error| policy_status(&error))?;
         let mut restored = self
             .vault
-            .restore_text(&request.text)
+            .restore_text_with(&request.text, |format, value| {
+                principal.reveal(format, value).1
+            })
             .await
             .map_err(to_status)?;
+        // Restored tokens count; on a refusal the restored text is dropped
+        // (zeroized) unseen.
+        self.admit(&principal, Rpc::RestoreText, restored.restored)?;
         let restored_count = offset(restored.restored)?;
         Ok(Response::new(pb::RestoreTextResponse {
             // Moved out of the zeroizing wrapper only here, into the

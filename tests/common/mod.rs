@@ -37,11 +37,12 @@ pub struct Server {
 /// configures.
 pub const TEST_API_KEY: &str = "tvk_test_admin_0123456789";
 
-/// A `[[principals]]` block for [`TEST_API_KEY`] with every RPC allowed.
+/// A `[[principals]]` block for [`TEST_API_KEY`] with every RPC allowed and
+/// full reveal.
 pub fn admin_principal_toml() -> String {
     use sha2::Digest;
     format!(
-        "[[principals]]\nname = \"admin\"\napi_key_sha256 = \"{}\"\nallow = [\"tokenize\", \"detokenize\", \"redact_text\", \"restore_text\", \"forget_subject\", \"export_subject\"]\n",
+        "[[principals]]\nname = \"admin\"\napi_key_sha256 = \"{}\"\nallow = [\"tokenize\", \"detokenize\", \"redact_text\", \"restore_text\", \"forget_subject\", \"export_subject\"]\nreveal = {{ default = \"full\" }}\n",
         hex::encode(sha2::Sha256::digest(TEST_API_KEY.as_bytes()))
     )
 }
