@@ -265,6 +265,27 @@ impl Server {
         }
     }
 
+    /// SIGHUP: the server re-reads its principals from the config file.
+    pub fn sighup(&self) {
+        signal(self.child.as_ref().expect("server is running"), "HUP");
+    }
+
+    /// Waits until the server log has `needle` at least `count` times.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+            if log.matches(needle).count() >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} (x{count}) in the server log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: a crash, no shutdown code runs.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
