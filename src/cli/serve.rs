@@ -51,6 +51,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.data_dir = data_dir;
     }
 
+    // Actor keys are read before the vault opens: a bad key file stops
+    // start-up without touching the store or the key provider.
+    let actors = config
+        .actor_tokens
+        .as_ref()
+        .map(ActorVerifier::from_config)
+        .transpose()?;
     let vault = Arc::new(
         Vault::open(&config, args.dev)
             .await
@@ -66,11 +73,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if auth.is_empty() {
         bail!("no principals configured: add [[principals]] to the config, or run serve --dev");
     }
-    let actors = config
-        .actor_tokens
-        .as_ref()
-        .map(ActorVerifier::from_config)
-        .transpose()?;
     let reload = args
         .config
         .clone()
