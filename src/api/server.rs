@@ -96,7 +96,7 @@ pub async fn serve(
         request.extensions_mut().insert(principal);
         Ok(request)
     };
-    let reloader = reload.map(|reload| tokio::spawn(reload_on_sighup(access, reload)));
+    let reloader = tokio::spawn(reload_on_sighup(access, reload));
 
     let max_message = config.limits.max_message_bytes;
     let token_vault = TokenVaultServer::new(TokenVaultService::new(Arc::clone(&vault)))
@@ -161,9 +161,7 @@ pub async fn serve(
         .await;
     kek_probe.abort();
     admin_socket.abort();
-    if let Some(reloader) = reloader {
-        reloader.abort();
-    }
+    reloader.abort();
     let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
     vault.shutdown();
     log_key_use(&vault);
@@ -192,7 +190,9 @@ fn tls_config(config: &TlsConfig) -> Result<tonic::transport::ServerTlsConfig, S
 
 /// Re-reads the principals on every SIGHUP. A file that does not load or
 /// check is refused with its reason and the policies in force stay.
-async fn reload_on_sighup(access: Arc<Access>, reload: Reload) {
+/// Without a file (`--dev`) SIGHUP is logged and ignored, never the
+/// default action (which would end the process).
+async fn reload_on_sighup(access: Arc<Access>, reload: Option<Reload>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(stream) => stream,
@@ -202,6 +202,10 @@ async fn reload_on_sighup(access: Arc<Access>, reload: Reload) {
         }
     };
     while hangup.recv().await.is_some() {
+        let Some(reload) = &reload else {
+            tracing::warn!("SIGHUP ignored: no config file to reload (--dev)");
+            continue;
+        };
         match load_principals(&reload.config_path) {
             Ok((principals, count)) => {
                 access.replace(principals);
