@@ -134,8 +134,12 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .check_reveal(Rpc::Detokenize, &request.purpose)
             .map_err(|error| policy_status(&error))?;
         // Every requested token counts, found or not, so probing for
-        // tokens is limited too; charged before anything is read.
-        self.admit(&principal, Rpc::Detokenize, request.tokens.len())?;
+        // tokens is limited too; charged before anything is read. A batch
+        // the vault refuses as invalid costs nothing.
+        let batch = request.tokens.len();
+        if (1..=self.vault.limits().max_batch_items).contains(&batch) {
+            self.admit(&principal, Rpc::Detokenize, batch)?;
+        }
         let outcomes = self
             .vault
             .detokenize(&request.tokens)
