@@ -568,6 +568,23 @@ without_second_factor = "deny"
     assert_log_is_clean(&server, &secrets);
 }
 
+#[test]
+fn a_bad_actor_key_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_a_key = dir.path().join("not-a-key.pem");
+    std::fs::write(&not_a_key, "hello").expect("file");
+    let config = format!(
+        "{}{}[actor_tokens]\naudience = \"{AUDIENCE}\"\nkeys = [{{ kid = \"k1\", alg = \"ES256\", public_key_pem = \"{}\" }}]\n",
+        kek(dir.path()),
+        admin_principal_toml(),
+        not_a_key.display()
+    );
+    let mut server = Server::prepared_with_config(dir.path(), &config, &[]);
+    let (status, log) = server.run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("actor_tokens.keys[0] (k1)"), "{log}");
+}
+
 // ---- SIGHUP ----
 
 #[tokio::test]

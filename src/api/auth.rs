@@ -183,7 +183,13 @@ impl Access {
         };
         let principal = match by_certificate {
             Some(principal) => principal,
-            None => principals.authenticate(request.metadata())?,
+            None => principals
+                .authenticate(request.metadata())
+                .inspect_err(|status| {
+                    tracing::info!(reason = status.message(), "call refused: not authenticated");
+                    // AUDIT: append a denied-call record (no principal, reason)
+                    // here once the audit log is merged.
+                })?,
         };
         self.with_actor(principal, request.metadata())
     }

@@ -311,13 +311,15 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_call_charges_nothing() {
+    fn a_refused_call_charges_nothing_and_is_counted() {
         let limiter = RateLimiter::new();
         let billing = limited(Some(10), None);
         let now = Instant::now();
+        let before = ALERTS.rate_exceeded.load(Ordering::Relaxed);
         assert!(limiter
             .admit_at(&billing, Rpc::Detokenize, 11, now)
             .is_err());
+        assert!(ALERTS.rate_exceeded.load(Ordering::Relaxed) > before);
         assert!(limiter.admit_at(&billing, Rpc::Detokenize, 10, now).is_ok());
     }
 
