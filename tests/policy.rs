@@ -371,6 +371,16 @@ async fn the_101st_value_of_a_minute_is_resource_exhausted_and_alerted() {
         log.contains("tokenvault::alert"),
         "alerts on their own target"
     );
+    let mut admin_api = tokenvault::cli::keys::connect_admin(&server.data_dir())
+        .await
+        .expect("admin socket")
+        .expect("server is running");
+    let stats = admin_api
+        .stats(pb::admin::StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    assert!(stats.alerts_rate_warning >= 1 && stats.alerts_rate_exceeded >= 1);
     let cards: Vec<String> = (0..101).map(card).collect();
     let cards: Vec<&str> = cards.iter().map(String::as_str).collect();
     assert_log_is_clean(&server, &cards);
