@@ -36,13 +36,21 @@ impl TokenVaultService {
                 // is merged.
                 Ok(())
             }
-            Err(alert) => {
-                // AUDIT: append the refusal and its alert here once the
-                // audit log is merged; nothing was revealed.
-                Err(policy_status(&PolicyError::RateLimited(alert)))
-            }
+            // Nothing was revealed; the refusal carries its alert.
+            Err(alert) => Err(refused(principal, rpc, PolicyError::RateLimited(alert))),
         }
     }
+}
+
+/// A call refused by policy, as its status. The one place every policy
+/// refusal (denied RPC, purpose, actor, second factor, rate limit) passes.
+fn refused(principal: &Principal, rpc: Rpc, error: PolicyError) -> Status {
+    // AUDIT: append a denied-call record here once the audit log is merged:
+    // principal.name, principal.actor_name(), rpc.name(), error.reason(),
+    // and for RateLimited the Alert.
+    let _ = (principal, rpc);
+    // The denial is already logged by the policy (names only).
+    policy_status(&error)
 }
 
 fn pb_reveal(reveal: Reveal) -> pb::Reveal {
@@ -62,7 +70,7 @@ fn principal<T>(request: &Request<T>, rpc: Rpc) -> Result<Principal, Status> {
         .ok_or_else(|| Status::unauthenticated("no authenticated principal"))?;
     principal
         .require(rpc)
-        .map_err(|error| policy_status(&error))?;
+        .map_err(|error| refused(&principal, rpc, error))?;
     Ok(principal)
 }
 
@@ -132,7 +140,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         let request = request.into_inner();
         principal
             .check_reveal(Rpc::Detokenize, &request.purpose)
-            .map_err(|error| policy_status(&error))?;
+            .map_err(|error| refused(&principal, Rpc::Detokenize, error))?;
         // Every requested token counts, found or not, so probing for
         // tokens is limited too; charged before anything is read. A batch
         // the vault refuses as invalid costs nothing.
@@ -209,7 +217,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         let request = request.into_inner();
         principal
             .check_reveal(Rpc::RestoreText, &request.purpose)
-            .map_err(|error| policy_status(&error))?;
+            .map_err(|error| refused(&principal, Rpc::RestoreText, error))?;
         let mut restored = self
             .vault
             .restore_text_with(&request.text, |format, value| {

@@ -362,9 +362,8 @@ impl Principal {
             reason = error.reason(),
             "call denied by policy"
         );
-        // AUDIT: append a denied-call record (principal, actor, rpc,
-        // reason) here once the audit log is merged; fail closed if it
-        // cannot be written.
+        // The audit record is appended by the caller (api::service's
+        // `refused`), which holds the audit sink.
         error
     }
 }
