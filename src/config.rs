@@ -49,6 +49,10 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// Server TLS, and mTLS when `client_ca` is set.
+    pub tls: Option<TlsConfig>,
+    /// Verifying keys of the actor tokens privileged services send.
+    pub actor_tokens: Option<ActorTokensConfig>,
     #[serde(default)]
     pub principals: Vec<PrincipalConfig>,
     /// Operator-defined PII detectors for RedactText, beside the built-in
@@ -261,18 +265,118 @@ impl Default for Limits {
     }
 }
 
-/// A caller. Only the SHA-256 of its API key is kept.
+/// A caller and its policy. Only the SHA-256 of its API key is kept.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalConfig {
     pub name: String,
     /// Hex SHA-256 of the API key the principal sends as
     /// `authorization: Bearer <key>`.
-    pub api_key_sha256: String,
+    #[serde(default)]
+    pub api_key_sha256: Option<String>,
+    /// The name in its client certificate: a URI or DNS SAN, or `CN=...`
+    /// for the subject's common name (needs `[tls] client_ca`).
+    #[serde(default)]
+    pub mtls_subject: Option<String>,
     /// RPCs it may call, in snake_case (`tokenize`, `detokenize`, ...).
     pub allow: Vec<String>,
+    /// Format name (or `default`) → how Detokenize / RestoreText /
+    /// ExportSubject show its values. The default's default is masked.
+    #[serde(default)]
+    pub reveal: std::collections::BTreeMap<String, RevealConfig>,
+    /// Reveal calls must give a non-empty purpose.
+    #[serde(default)]
+    pub require_purpose: bool,
+    /// Revealed values a minute (token bucket), over all its actors.
+    #[serde(default)]
+    pub max_detokenize_per_minute: Option<u32>,
+    /// Revealed values a minute for each actor (`x-tokenvault-actor`).
+    #[serde(default)]
+    pub max_detokenize_per_minute_per_actor: Option<u32>,
+    /// Share of a limit (1-100) at which a warning alert is raised.
+    #[serde(default = "default_alert_at_percent")]
+    pub alert_at_percent: u8,
+    /// Reveal calls must carry an actor token.
+    #[serde(default)]
+    pub require_actor: bool,
+    /// A full reveal needs an actor token whose `amr` shows a second
+    /// factor.
+    #[serde(default)]
+    pub full_reveal_needs_second_factor: bool,
+    /// The `amr` values that count as a second factor.
+    #[serde(default)]
+    pub second_factor_amr: Option<Vec<String>>,
+    /// What happens to a full reveal without one.
+    #[serde(default)]
+    pub without_second_factor: SecondFactorFallback,
 }
 
+/// `reveal` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevealConfig {
+    Full,
+    Masked,
+}
+
+/// `without_second_factor` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecondFactorFallback {
+    /// Values the policy reveals in full are masked instead.
+    #[default]
+    Masked,
+    /// The call is refused (PERMISSION_DENIED).
+    Deny,
+}
+
+/// `[tls]`: PEM files. Read at start-up only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to; turns on mTLS (a
+    /// client certificate is then required).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[actor_tokens]`: how actor JWTs are verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorTokensConfig {
+    /// The `aud` a token must carry.
+    pub audience: String,
+    /// The `iss` a token must carry, if set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp` / `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    pub keys: Vec<ActorKeyConfig>,
+}
+
+/// One verifying key of `[actor_tokens]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorKeyConfig {
+    /// The JWT header's `kid` that selects this key.
+    pub kid: String,
+    /// `ES256`, `ES384`, `EdDSA` or `RS256`.
+    pub alg: String,
+    /// Path of the PEM public key (SPKI `PUBLIC KEY`; `RSA PUBLIC KEY` too
+    /// for RS256).
+    pub public_key_pem: PathBuf,
+}
+
+fn default_alert_at_percent() -> u8 {
+    80
+}
+fn default_leeway() -> u64 {
+    30
+}
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("constant address parses")
 }
@@ -377,8 +481,23 @@ impl Config {
                 "cache.max_subjects must be above 0".into(),
             ));
         }
+        let mtls = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let mut names = std::collections::HashSet::new();
         for (i, principal) in self.principals.iter().enumerate() {
-            check_principal(i, principal)?;
+            check_principal(i, principal, mtls)?;
+            if !names.insert(principal.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "principals[{i}] ({}): the name is used twice",
+                    principal.name
+                )));
+            }
+        }
+        if let Some(actor_tokens) = &self.actor_tokens {
+            if actor_tokens.audience.is_empty() || actor_tokens.keys.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "actor_tokens: give an audience and at least one key".into(),
+                ));
+            }
         }
         self.scanner()?;
         Ok(())
@@ -413,28 +532,65 @@ impl Config {
     }
 }
 
-fn check_principal(i: usize, principal: &PrincipalConfig) -> Result<(), ConfigError> {
-    let digest_ok = principal.api_key_sha256.len() == 64
-        && principal
-            .api_key_sha256
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit());
-    if !digest_ok {
-        return Err(ConfigError::Invalid(format!(
-            "principals[{i}] ({}): api_key_sha256 must be 64 hex digits",
-            principal.name
-        )));
+fn check_principal(i: usize, principal: &PrincipalConfig, mtls: bool) -> Result<(), ConfigError> {
+    let invalid = |what: String| {
+        ConfigError::Invalid(format!("principals[{i}] ({}): {what}", principal.name))
+    };
+    match (&principal.api_key_sha256, &principal.mtls_subject) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(invalid(
+                "give exactly one of api_key_sha256 or mtls_subject".into(),
+            ))
+        }
+        (Some(digest), None) => {
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid("api_key_sha256 must be 64 hex digits".into()));
+            }
+        }
+        (None, Some(subject)) => {
+            if subject.is_empty() {
+                return Err(invalid("mtls_subject must not be empty".into()));
+            }
+            if !mtls {
+                return Err(invalid(
+                    "mtls_subject needs [tls] client_ca (mTLS is off)".into(),
+                ));
+            }
+        }
     }
     if let Some(unknown) = principal
         .allow
         .iter()
         .find(|rpc| Rpc::from_name(rpc).is_none())
     {
-        return Err(ConfigError::Invalid(format!(
-            "principals[{i}] ({}): unknown rpc {unknown:?} in allow (known: {})",
-            principal.name,
+        return Err(invalid(format!(
+            "unknown rpc {unknown:?} in allow (known: {})",
             Rpc::ALL.map(Rpc::name).join(", ")
         )));
+    }
+    if let Some(unknown) = principal.reveal.keys().find(|format| {
+        *format != "default" && crate::token::formats::Format::from_name(format).is_none()
+    }) {
+        return Err(invalid(format!(
+            "reveal: unknown format {unknown:?} (a format name or \"default\")"
+        )));
+    }
+    if !(1..=100).contains(&principal.alert_at_percent) {
+        return Err(invalid("alert_at_percent must be 1 to 100".into()));
+    }
+    if principal.max_detokenize_per_minute == Some(0)
+        || principal.max_detokenize_per_minute_per_actor == Some(0)
+    {
+        return Err(invalid(
+            "a max_detokenize_per_minute limit must be above 0 (leave it out for none)".into(),
+        ));
+    }
+    if principal
+        .second_factor_amr
+        .as_ref()
+        .is_some_and(|amr| amr.is_empty())
+    {
+        return Err(invalid("second_factor_amr must not be empty".into()));
     }
     Ok(())
 }
@@ -489,6 +645,8 @@ mod tests {
         assert!(!config.storage.sync_writes);
         assert_eq!(config.limits.max_batch_items, 10);
         assert_eq!(config.principals[0].allow, ["tokenize", "redact_text"]);
+        assert_eq!(config.principals[0].alert_at_percent, 80);
+        assert!(config.principals[0].reveal.is_empty());
     }
 
     #[test]
@@ -570,22 +728,71 @@ mod tests {
     #[test]
     fn bad_principals_are_named() {
         let mut config = Config::dev();
-        config.principals.push(PrincipalConfig {
-            name: "x".into(),
-            api_key_sha256: "abc".into(),
-            allow: vec![],
-        });
+        config.principals =
+            Config::parse("[[principals]]\nname = \"x\"\napi_key_sha256 = \"abc\"\nallow = []")
+                .expect("parses")
+                .principals;
         assert!(config
             .check()
             .unwrap_err()
             .to_string()
             .contains("principals[0]"));
-        config.principals[0].api_key_sha256 = "a".repeat(64);
+        config.principals[0].api_key_sha256 = Some("a".repeat(64));
         config.principals[0].allow = vec!["detokenise".into()];
         assert!(config
             .check()
             .unwrap_err()
             .to_string()
             .contains("detokenise"));
+    }
+
+    #[test]
+    fn policies_tls_and_actor_tokens_parse_and_bad_ones_are_named() {
+        let config = Config::parse(
+            r#"
+            [tls]
+            cert = "server.pem"
+            key = "server.key"
+            client_ca = "ca.pem"
+            [actor_tokens]
+            audience = "tokenvault"
+            issuer = "https://idp"
+            keys = [{ kid = "k1", alg = "ES256", public_key_pem = "k1.pem" }]
+            [[principals]]
+            name = "billing"
+            mtls_subject = "urn:tokenvault:principal:billing"
+            allow = ["detokenize", "restore_text"]
+            reveal = { default = "masked", email = "full" }
+            require_purpose = true
+            max_detokenize_per_minute = 100
+            max_detokenize_per_minute_per_actor = 10
+            full_reveal_needs_second_factor = true
+            without_second_factor = "deny"
+            "#,
+        )
+        .expect("parses");
+        config.check().expect("valid");
+        let billing = &config.principals[0];
+        assert_eq!(billing.reveal.get("email"), Some(&RevealConfig::Full));
+        assert_eq!(billing.without_second_factor, SecondFactorFallback::Deny);
+
+        let key = format!("api_key_sha256 = \"{}\"", "a".repeat(64));
+        for (principal, named) in [
+            (format!("{key}\nreveal = {{ cardd = \"full\" }}"), "cardd"),
+            (format!("{key}\nalert_at_percent = 0"), "alert_at_percent"),
+            (format!("{key}\nmax_detokenize_per_minute = 0"), "above 0"),
+            ("mtls_subject = \"CN=x\"".to_string(), "client_ca"),
+            ("".to_string(), "exactly one of"),
+        ] {
+            let text = format!("[[principals]]\nname = \"p\"\nallow = []\n{principal}");
+            let config = Config::parse(&text).expect(&text);
+            let error = config.check().expect_err(&text).to_string();
+            assert!(error.contains(named) && error.contains("(p)"), "{error}");
+        }
+        let err = Config::parse(
+            "[[principals]]\nname = \"p\"\nallow = []\nreveal = { card = \"partial\" }",
+        )
+        .expect_err("bad reveal");
+        assert!(err.contains("partial"), "{err}");
     }
 }

@@ -161,6 +161,8 @@ $kek_block
 name = "local-admin"
 api_key_sha256 = "$api_key_sha256"
 allow = ["tokenize", "detokenize", "redact_text", "restore_text", "forget_subject", "export_subject"]
+# an operator's key for the local stack: every format in full (the default is masked)
+reveal = { default = "full" }
 EOF
 )
 

@@ -106,6 +106,8 @@ impl admin::admin_server::Admin for AdminService {
             dek_cache_misses: cache.misses.load(Relaxed),
             dek_cache_evictions: cache.evictions.load(Relaxed),
             kek_remote_calls: self.vault.kek().remote_calls().unwrap_or(0),
+            alerts_rate_warning: crate::policy::ALERTS.rate_warning.load(Relaxed),
+            alerts_rate_exceeded: crate::policy::ALERTS.rate_exceeded.load(Relaxed),
         }))
     }
 

@@ -1,52 +1,65 @@
-//! Who is calling: API keys sent as `authorization: Bearer <key>`, looked
-//! up by their SHA-256 (the config never holds a key itself). Every call
-//! to `TokenVault` passes here; there is no anonymous principal.
+//! Who is calling: a client certificate verified by mTLS (its URI SAN, DNS
+//! SAN or subject CN names the principal), or an API key sent as
+//! `authorization: Bearer <key>`, looked up by its SHA-256 (the config never
+//! holds a key itself); then, if sent, the actor token naming the operator
+//! behind the service. Every call to `TokenVault` passes here; there is no
+//! anonymous principal.
+//!
+//! It owns the credential → policy maps and their replacement on reload;
+//! it never logs a key, a certificate or a token.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
-use tonic::Status;
+use tonic::transport::CertificateDer;
+use tonic::{Request, Status};
 
+use super::status::actor_status;
 use crate::config::PrincipalConfig;
-use crate::policy::{Principal, Rpc};
+use crate::policy::{ActorError, ActorVerifier, Policy, Principal, ACTOR_HEADER};
 
-/// Maps API-key digests to principals.
+/// Maps API-key digests and certificate names to principals' policies.
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
-    by_key_digest: HashMap<[u8; 32], Principal>,
+    by_key_digest: HashMap<[u8; 32], Arc<Policy>>,
+    by_mtls_subject: HashMap<String, Arc<Policy>>,
 }
 
 impl Authenticator {
     pub fn from_config(principals: &[PrincipalConfig]) -> Result<Self, String> {
         let mut auth = Authenticator::default();
         for config in principals {
-            let digest: [u8; 32] = hex::decode(&config.api_key_sha256)
-                .ok()
-                .and_then(|bytes| bytes.try_into().ok())
-                .ok_or_else(|| {
-                    format!(
-                        "principal {}: api_key_sha256 is not 64 hex digits",
+            let policy = Arc::new(Policy::from_config(config)?);
+            if let Some(digest) = &config.api_key_sha256 {
+                let digest: [u8; 32] = hex::decode(digest)
+                    .ok()
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "principal {}: api_key_sha256 is not 64 hex digits",
+                            config.name
+                        )
+                    })?;
+                if auth.by_key_digest.insert(digest, policy).is_some() {
+                    return Err(format!(
+                        "principal {}: its API key is used by another principal",
                         config.name
-                    )
-                })?;
-            let allow = config
-                .allow
-                .iter()
-                .map(|name| {
-                    Rpc::from_name(name)
-                        .ok_or_else(|| format!("principal {}: unknown rpc {name:?}", config.name))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if auth
-                .by_key_digest
-                .insert(digest, Principal::new(&config.name, allow))
-                .is_some()
-            {
-                return Err(format!(
-                    "principal {}: its API key is used by another principal",
-                    config.name
-                ));
+                    ));
+                }
+            } else if let Some(subject) = &config.mtls_subject {
+                if auth
+                    .by_mtls_subject
+                    .insert(subject.clone(), policy)
+                    .is_some()
+                {
+                    return Err(format!(
+                        "principal {}: its mtls_subject is used by another principal",
+                        config.name
+                    ));
+                }
             }
         }
         Ok(auth)
@@ -54,15 +67,17 @@ impl Authenticator {
 
     /// Adds a principal for a plain API key (the dev admin key).
     pub fn add_key(&mut self, api_key: &str, principal: Principal) {
-        self.by_key_digest.insert(key_digest(api_key), principal);
+        let policy = Arc::new(principal.policy().clone());
+        self.by_key_digest.insert(key_digest(api_key), policy);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_key_digest.is_empty()
+        self.by_key_digest.is_empty() && self.by_mtls_subject.is_empty()
     }
 
-    /// The caller of a request, or UNAUTHENTICATED. The map is keyed by
-    /// SHA-256 digests, so lookup timing tells nothing about the key.
+    /// The caller of a request from its API key, or UNAUTHENTICATED. The
+    /// map is keyed by SHA-256 digests, so lookup timing tells nothing
+    /// about the key.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
         let header = metadata
             .get("authorization")
@@ -73,8 +88,134 @@ impl Authenticator {
             })?;
         self.by_key_digest
             .get(&key_digest(key))
-            .cloned()
+            .map(|policy| Principal::with_policy(Arc::clone(policy)))
             .ok_or_else(|| Status::unauthenticated("unknown API key"))
+    }
+
+    /// The principal a verified client certificate names, if any; two
+    /// principals named by one certificate is an error, not a choice.
+    pub fn authenticate_certificate(
+        &self,
+        leaf: &CertificateDer<'_>,
+    ) -> Result<Option<Principal>, Status> {
+        if self.by_mtls_subject.is_empty() {
+            return Ok(None);
+        }
+        let names = certificate_names(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let mut found: Option<&Arc<Policy>> = None;
+        for policy in names.iter().filter_map(|n| self.by_mtls_subject.get(n)) {
+            match found {
+                Some(other) if !Arc::ptr_eq(other, policy) => {
+                    return Err(Status::unauthenticated(
+                        "client certificate names more than one principal",
+                    ))
+                }
+                _ => found = Some(policy),
+            }
+        }
+        Ok(found.map(|policy| Principal::with_policy(Arc::clone(policy))))
+    }
+}
+
+/// A client certificate that passed the TLS handshake but does not parse
+/// here.
+#[derive(Debug, thiserror::Error)]
+#[error("client certificate does not parse")]
+pub struct CertificateUnreadable;
+
+/// The names a certificate can be matched by: its URI and DNS SANs, and
+/// `CN=<common name>` for each common name of its subject.
+pub fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, CertificateUnreadable> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|_| CertificateUnreadable)?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(uri) => names.push(uri.to_string()),
+                GeneralName::DNSName(dns) => names.push(dns.to_string()),
+                _ => {}
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(cn) = cn.as_str() {
+            names.push(format!("CN={cn}"));
+        }
+    }
+    Ok(names)
+}
+
+/// The gate of every `TokenVault` call: the current principals (replaced
+/// whole on a policy reload) and the actor token verifier.
+#[derive(Debug)]
+pub struct Access {
+    principals: RwLock<Arc<Authenticator>>,
+    actors: Option<ActorVerifier>,
+}
+
+impl Access {
+    pub fn new(principals: Authenticator, actors: Option<ActorVerifier>) -> Self {
+        Access {
+            principals: RwLock::new(Arc::new(principals)),
+            actors,
+        }
+    }
+
+    /// Puts new principals in force; calls already admitted keep the
+    /// policy they started with.
+    pub fn replace(&self, principals: Authenticator) {
+        *self.principals.write() = Arc::new(principals);
+    }
+
+    /// The principal of a request, with its actor: a client certificate
+    /// that names a principal wins, then the API key. A bad actor token
+    /// is UNAUTHENTICATED even when the principal is known.
+    pub fn check<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let principals = Arc::clone(&self.principals.read());
+        let by_certificate = match request.peer_certs() {
+            Some(chain) => match chain.first() {
+                Some(leaf) => principals.authenticate_certificate(leaf)?,
+                None => None,
+            },
+            None => None,
+        };
+        let principal = match by_certificate {
+            Some(principal) => principal,
+            None => principals
+                .authenticate(request.metadata())
+                .inspect_err(|status| {
+                    tracing::info!(reason = status.message(), "call refused: not authenticated");
+                    // AUDIT: append a denied-call record (no principal, reason)
+                    // here once the audit log is merged.
+                })?,
+        };
+        self.with_actor(principal, request.metadata())
+    }
+
+    fn with_actor(
+        &self,
+        principal: Principal,
+        metadata: &MetadataMap,
+    ) -> Result<Principal, Status> {
+        let Some(header) = metadata.get(ACTOR_HEADER) else {
+            return Ok(principal);
+        };
+        let verified = match (&self.actors, header.to_str()) {
+            (None, _) => Err(ActorError::NotConfigured),
+            (Some(_), Err(_)) => Err(ActorError::Malformed),
+            (Some(verifier), Ok(token)) => verifier.verify(token.trim()),
+        };
+        match verified {
+            Ok(actor) => Ok(principal.with_actor(actor)),
+            Err(error) => {
+                tracing::warn!(principal = %principal.name, reason = %error, "actor token refused");
+                // AUDIT: append a denied-call record (principal, reason:
+                // actor token refused) here once the audit log is merged.
+                Err(actor_status(&error))
+            }
+        }
     }
 }
 
@@ -91,6 +232,7 @@ pub fn key_digest(api_key: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Rpc;
     use tonic::Code;
 
     fn metadata(value: &str) -> MetadataMap {
@@ -100,12 +242,12 @@ mod tests {
     }
 
     fn authenticator() -> Authenticator {
-        Authenticator::from_config(&[PrincipalConfig {
-            name: "chat".into(),
-            api_key_sha256: hex::encode(key_digest("chat-key")),
-            allow: vec!["tokenize".into()],
-        }])
-        .expect("valid")
+        let config = crate::config::Config::parse(&format!(
+            "[[principals]]\nname = \"chat\"\napi_key_sha256 = \"{}\"\nallow = [\"tokenize\"]",
+            hex::encode(key_digest("chat-key"))
+        ))
+        .expect("parses");
+        Authenticator::from_config(&config.principals).expect("valid")
     }
 
     #[test]
@@ -115,10 +257,7 @@ mod tests {
             .expect("known");
         assert_eq!(&*principal.name, "chat");
         assert!(principal.may_call(Rpc::Tokenize));
-        assert_eq!(
-            principal.require(Rpc::Detokenize).unwrap_err().code(),
-            Code::PermissionDenied
-        );
+        assert!(principal.require(Rpc::Detokenize).is_err());
     }
 
     #[test]
@@ -136,5 +275,29 @@ mod tests {
                 "the key must not echo back"
             );
         }
+    }
+
+    #[test]
+    fn an_actor_token_without_a_verifier_is_unauthenticated() {
+        let access = Access::new(authenticator(), None);
+        let mut request = Request::new(());
+        *request.metadata_mut() = metadata("Bearer chat-key");
+        request
+            .metadata_mut()
+            .insert(ACTOR_HEADER, "a.b.c".parse().expect("ascii"));
+        assert_eq!(
+            access.check(&request).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn replace_puts_new_principals_in_force() {
+        let access = Access::new(Authenticator::default(), None);
+        let mut request = Request::new(());
+        *request.metadata_mut() = metadata("Bearer chat-key");
+        assert!(access.check(&request).is_err());
+        access.replace(authenticator());
+        assert_eq!(&*access.check(&request).expect("known").name, "chat");
     }
 }

@@ -1,6 +1,11 @@
-//! The gRPC server: `TokenVault` behind API-key authentication, plus
+//! The gRPC server: `TokenVault` behind mTLS / API-key authentication, plus
 //! `grpc.health.v1.Health` and server reflection, with graceful shutdown
-//! on SIGTERM or SIGINT.
+//! on SIGTERM or SIGINT and a reload of the principals' policies on SIGHUP.
+//!
+//! TLS (`[tls]`) is rustls on the ring provider; with `client_ca` a client
+//! certificate chaining to it is required at the handshake (an expired or
+//! foreign one never reaches a handler), so with mTLS on, health checks
+//! need a client certificate too.
 //!
 //! Health answers without credentials (load balancers and Kubernetes
 //! probes send none, and it reveals nothing); reflection and `TokenVault`
@@ -24,9 +29,9 @@ use tonic::transport::Server;
 use tonic::{Request, Status};
 
 use super::admin::{self, AdminService};
-use super::auth::Authenticator;
+use super::auth::{Access, Authenticator};
 use super::service::TokenVaultService;
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::pb;
 use crate::pb::admin::admin_server::AdminServer;
 use crate::pb::token_vault_server::TokenVaultServer;
@@ -51,17 +56,29 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How the principals are re-read on SIGHUP: the config file, and the
+/// principals added outside it (none but the dev key, which has no file).
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub config_path: std::path::PathBuf,
+}
+
 /// Serves until SIGTERM or SIGINT, then stops accepting, lets calls in
-/// flight finish and zeroizes cached keys.
+/// flight finish and zeroizes cached keys. With `reload`, SIGHUP re-reads
+/// the principals from the config file.
 pub async fn serve(
     config: &Config,
     vault: Arc<Vault>,
-    auth: Authenticator,
+    access: Arc<Access>,
+    reload: Option<Reload>,
 ) -> Result<(), ServeError> {
+    let tls = config.tls.as_ref().map(tls_config).transpose()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -73,12 +90,13 @@ pub async fn serve(
         source,
     })?;
 
-    let auth = Arc::new(auth);
+    let gate = Arc::clone(&access);
     let interceptor = move |mut request: Request<()>| -> Result<Request<()>, Status> {
-        let principal = auth.authenticate(request.metadata())?;
+        let principal = gate.check(&request)?;
         request.extensions_mut().insert(principal);
         Ok(request)
     };
+    let reloader = tokio::spawn(reload_on_sighup(access, reload));
 
     let max_message = config.limits.max_message_bytes;
     let token_vault = TokenVaultServer::new(TokenVaultService::new(Arc::clone(&vault)))
@@ -115,7 +133,11 @@ pub async fn serve(
     // delayed ACK (about 40 ms) under Nagle's algorithm.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let serving = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let serving = builder
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_invalid_argument,
         ))
@@ -148,11 +170,73 @@ pub async fn serve(
     if let Some(purges) = purges {
         purges.abort();
     }
+    reloader.abort();
     let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
     vault.shutdown();
     log_key_use(&vault);
     tracing::info!("stopped; cached keys zeroized");
     Ok(())
+}
+
+/// The rustls server config of `[tls]`: the certificate chain and key, and
+/// with `client_ca` a required client certificate chaining to it.
+fn tls_config(config: &TlsConfig) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ServeError::Tls(format!("cannot read {what} {}: {e}", path.display())))
+    };
+    let identity = Identity::from_pem(read("cert", &config.cert)?, read("key", &config.key)?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read("client_ca", ca)?))
+            .client_auth_optional(false);
+        tracing::info!("mTLS on: client certificates must chain to tls.client_ca");
+    }
+    Ok(tls)
+}
+
+/// Re-reads the principals on every SIGHUP. A file that does not load or
+/// check is refused with its reason and the policies in force stay.
+/// Without a file (`--dev`) SIGHUP is logged and ignored, never the
+/// default action (which would end the process).
+async fn reload_on_sighup(access: Arc<Access>, reload: Option<Reload>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGHUP; policies reload only on restart");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        let Some(reload) = &reload else {
+            tracing::warn!("SIGHUP ignored: no config file to reload (--dev)");
+            continue;
+        };
+        match load_principals(&reload.config_path) {
+            Ok((principals, count)) => {
+                access.replace(principals);
+                tracing::info!(principals = count, path = %reload.config_path.display(), "SIGHUP: policies reloaded");
+            }
+            Err(error) => {
+                tracing::error!(%error, path = %reload.config_path.display(), "SIGHUP: config rejected, the policies in force stay");
+            }
+        }
+    }
+}
+
+/// The principals of the config file, checked as at start-up. Only
+/// `[[principals]]` take effect on a reload; TLS, actor keys and the rest
+/// need a restart.
+fn load_principals(path: &std::path::Path) -> Result<(Authenticator, usize), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    if config.principals.is_empty() {
+        return Err("no [[principals]] in the file".into());
+    }
+    let principals = Authenticator::from_config(&config.principals)?;
+    Ok((principals, config.principals.len()))
 }
 
 /// Serves the operator API on `<data_dir>/admin.sock`, mode 0600. A stale

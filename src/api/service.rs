@@ -7,19 +7,68 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::status::to_status;
+use super::status::{policy_status, to_status};
 use crate::erasure::SignedReceipt;
 use crate::pb;
-use crate::policy::{Principal, Rpc};
+use crate::policy::{PolicyError, Principal, RateLimiter, Reveal, Rpc};
 use crate::vault::{self, TokenMode, TokenStatus, Vault};
 
 pub struct TokenVaultService {
     vault: Arc<Vault>,
+    /// Detokenize rate limits, per principal and per actor.
+    rates: Arc<RateLimiter>,
 }
 
 impl TokenVaultService {
     pub fn new(vault: Arc<Vault>) -> Self {
-        TokenVaultService { vault }
+        TokenVaultService {
+            vault,
+            rates: Arc::new(RateLimiter::new()),
+        }
+    }
+
+    /// Charges `values` revealed values to the caller's rate limits, or
+    /// RESOURCE_EXHAUSTED. Alerts are already logged and counted.
+    fn admit(&self, principal: &Principal, rpc: Rpc, values: usize) -> Result<(), Status> {
+        admit(&self.rates, principal, rpc, values)
+    }
+}
+
+/// [`TokenVaultService::admit`], for work that outlives the call handler
+/// (the export stream).
+fn admit(
+    rates: &RateLimiter,
+    principal: &Principal,
+    rpc: Rpc,
+    values: usize,
+) -> Result<(), Status> {
+    let values = u64::try_from(values).unwrap_or(u64::MAX);
+    match rates.admit(principal, rpc, values) {
+        Ok(_warnings) => {
+            // AUDIT: append each warning alert here once the audit log
+            // is merged.
+            Ok(())
+        }
+        // Nothing was revealed; the refusal carries its alert.
+        Err(alert) => Err(refused(principal, rpc, PolicyError::RateLimited(alert))),
+    }
+}
+
+/// A call refused by policy, as its status. The one place every policy
+/// refusal (denied RPC, purpose, actor, second factor, rate limit) passes.
+fn refused(principal: &Principal, rpc: Rpc, error: PolicyError) -> Status {
+    // AUDIT: append a denied-call record here once the audit log is merged:
+    // principal.name, principal.actor_name(), rpc.name(), error.reason(),
+    // and for RateLimited the Alert.
+    let _ = (principal, rpc);
+    // The denial is already logged by the policy (names only).
+    policy_status(&error)
+}
+
+fn pb_reveal(reveal: Reveal) -> pb::Reveal {
+    match reveal {
+        Reveal::Full => pb::Reveal::Full,
+        Reveal::Masked => pb::Reveal::Masked,
     }
 }
 
@@ -31,7 +80,9 @@ fn principal<T>(request: &Request<T>, rpc: Rpc) -> Result<Principal, Status> {
         .get::<Principal>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no authenticated principal"))?;
-    principal.require(rpc)?;
+    principal
+        .require(rpc)
+        .map_err(|error| refused(&principal, rpc, error))?;
     Ok(principal)
 }
 
@@ -97,8 +148,18 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
-        principal(&request, Rpc::Detokenize)?;
+        let principal = principal(&request, Rpc::Detokenize)?;
         let request = request.into_inner();
+        principal
+            .check_reveal(Rpc::Detokenize, &request.purpose)
+            .map_err(|error| refused(&principal, Rpc::Detokenize, error))?;
+        // Every requested token counts, found or not, so probing for
+        // tokens is limited too; charged before anything is read. A batch
+        // the vault refuses as invalid costs nothing.
+        let batch = request.tokens.len();
+        if (1..=self.vault.limits().max_batch_items).contains(&batch) {
+            self.admit(&principal, Rpc::Detokenize, batch)?;
+        }
         let outcomes = self
             .vault
             .detokenize(&request.tokens)
@@ -109,19 +170,22 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .into_iter()
             .zip(outcomes)
             .map(|(token, outcome)| {
-                let found = outcome.status == TokenStatus::Found;
+                let format = outcome.format.unwrap_or_default();
+                let (reveal, value) = match outcome.value {
+                    Some(value) if outcome.status == TokenStatus::Found => {
+                        let (reveal, shown) = principal.reveal(&format, value);
+                        // Moved out of the zeroizing wrapper only here, into
+                        // the response the caller is entitled to.
+                        (pb_reveal(reveal), shown.to_string())
+                    }
+                    _ => (pb::Reveal::Unspecified, String::new()),
+                };
                 pb::DetokenizeResult {
                     token,
                     status: status_of(outcome.status) as i32,
-                    // Moved out of the zeroizing wrapper only here, into the
-                    // response the caller is entitled to.
-                    value: outcome.value.map(|v| v.to_string()).unwrap_or_default(),
-                    reveal: if found {
-                        pb::Reveal::Full as i32
-                    } else {
-                        pb::Reveal::Unspecified as i32
-                    },
-                    format: outcome.format.unwrap_or_default(),
+                    value,
+                    reveal: reveal as i32,
+                    format,
                 }
             })
             .collect();
@@ -161,15 +225,21 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::RestoreTextRequest>,
     ) -> Result<Response<pb::RestoreTextResponse>, Status> {
-        // Reveal is full for every allowed principal for now; the
-        // principal's per-format policy is passed down with masking.
-        principal(&request, Rpc::RestoreText)?;
+        let principal = principal(&request, Rpc::RestoreText)?;
         let request = request.into_inner();
+        principal
+            .check_reveal(Rpc::RestoreText, &request.purpose)
+            .map_err(|error| refused(&principal, Rpc::RestoreText, error))?;
         let mut restored = self
             .vault
-            .restore_text(&request.text)
+            .restore_text_with(&request.text, |format, value| {
+                principal.reveal(format, value).1
+            })
             .await
             .map_err(to_status)?;
+        // Restored tokens count; on a refusal the restored text is dropped
+        // (zeroized) unseen.
+        self.admit(&principal, Rpc::RestoreText, restored.restored)?;
         let restored_count = offset(restored.restored)?;
         Ok(Response::new(pb::RestoreTextResponse {
             // Moved out of the zeroizing wrapper only here, into the
@@ -205,18 +275,30 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
-        principal(&request, Rpc::ExportSubject)?;
+        let principal = principal(&request, Rpc::ExportSubject)?;
         let request = request.into_inner();
-        // The first page is read before the stream starts, so a bad subject
-        // or an unavailable key provider is the call's status.
+        principal
+            .check_reveal(Rpc::ExportSubject, &request.purpose)
+            .map_err(|error| refused(&principal, Rpc::ExportSubject, error))?;
+        // The first page is read before the stream starts, so a bad subject,
+        // an unavailable key provider or a spent rate limit is the call's
+        // status. Each page is charged to the rate limits before it is sent.
         let first = self
             .vault
             .export_page(&request.subject_id, None)
             .await
             .map_err(to_status)?;
+        if !first.tokens.is_empty() {
+            self.admit(&principal, Rpc::ExportSubject, first.tokens.len())?;
+        }
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
-        let vault = Arc::clone(&self.vault);
-        tokio::spawn(stream_export(vault, request.subject_id, first, sender));
+        let export = Export {
+            vault: Arc::clone(&self.vault),
+            rates: Arc::clone(&self.rates),
+            principal,
+            subject_id: request.subject_id,
+        };
+        tokio::spawn(export.stream(first, sender));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
@@ -246,38 +328,66 @@ pub fn receipt_message(receipt: &SignedReceipt) -> pb::ErasureReceipt {
     }
 }
 
-/// Sends the export page by page until the subject's tokens end or the
-/// caller goes away.
-async fn stream_export(
+/// An export in progress: what its stream task needs of the call.
+struct Export {
     vault: Arc<Vault>,
+    rates: Arc<RateLimiter>,
+    principal: Principal,
     subject_id: String,
-    first: vault::ExportPage,
-    sender: tokio::sync::mpsc::Sender<Result<pb::ExportSubjectResponse, Status>>,
-) {
-    let mut page = first;
-    loop {
-        for exported in page.tokens {
-            let message = pb::ExportSubjectResponse {
-                token: exported.token,
-                format: exported.format,
-                // Moved out of the zeroizing wrapper only here, into the
-                // response the caller is entitled to.
-                value: exported.value.to_string(),
-                created_at_unix: exported.created_at_unix,
+}
+
+impl Export {
+    /// Sends the export page by page (each shown per the caller's reveal
+    /// policy) until the subject's tokens end, the caller goes away, or a
+    /// page would go over the caller's rate limit.
+    async fn stream(
+        self,
+        first: vault::ExportPage,
+        sender: tokio::sync::mpsc::Sender<Result<pb::ExportSubjectResponse, Status>>,
+    ) {
+        let mut page = first;
+        loop {
+            for exported in page.tokens {
+                let (_, shown) = self.principal.reveal(&exported.format, exported.value);
+                let message = pb::ExportSubjectResponse {
+                    token: exported.token,
+                    format: exported.format,
+                    // Moved out of the zeroizing wrapper only here, into the
+                    // response the caller is entitled to.
+                    value: shown.to_string(),
+                    created_at_unix: exported.created_at_unix,
+                };
+                if sender.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            let Some(cursor) = page.next else {
+                return;
             };
-            if sender.send(Ok(message)).await.is_err() {
-                return;
-            }
+            page = match self.next_page(cursor).await {
+                Ok(next) => next,
+                Err(status) => {
+                    let _ = sender.send(Err(status)).await;
+                    return;
+                }
+            };
         }
-        let Some(cursor) = page.next else {
-            return;
-        };
-        page = match vault.export_page(&subject_id, Some(cursor)).await {
-            Ok(next) => next,
-            Err(error) => {
-                let _ = sender.send(Err(to_status(error))).await;
-                return;
-            }
-        };
+    }
+
+    async fn next_page(&self, cursor: Vec<u8>) -> Result<vault::ExportPage, Status> {
+        let page = self
+            .vault
+            .export_page(&self.subject_id, Some(cursor))
+            .await
+            .map_err(to_status)?;
+        if !page.tokens.is_empty() {
+            admit(
+                &self.rates,
+                &self.principal,
+                Rpc::ExportSubject,
+                page.tokens.len(),
+            )?;
+        }
+        Ok(page)
     }
 }

@@ -4,7 +4,25 @@
 
 use tonic::Status;
 
+use crate::policy::{ActorError, PolicyError};
 use crate::vault::VaultError;
+
+/// A policy refusal: PERMISSION_DENIED, or RESOURCE_EXHAUSTED for a rate
+/// limit; purpose checks are PERMISSION_DENIED too (the policy, not the
+/// request's shape, refuses), except a purpose over the length limit,
+/// which is INVALID_ARGUMENT like every other input over a limit.
+pub fn policy_status(error: &PolicyError) -> Status {
+    match error {
+        PolicyError::RateLimited(_) => Status::resource_exhausted(error.to_string()),
+        PolicyError::PurposeTooLong => Status::invalid_argument(error.to_string()),
+        _ => Status::permission_denied(error.to_string()),
+    }
+}
+
+/// Every refused actor token is UNAUTHENTICATED: the credential is bad.
+pub fn actor_status(error: &ActorError) -> Status {
+    Status::unauthenticated(error.to_string())
+}
 
 pub fn to_status(error: VaultError) -> Status {
     match &error {
@@ -74,6 +92,39 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(to_status(error).code(), code);
         }
+    }
+
+    #[test]
+    fn policy_and_actor_refusals_have_their_codes() {
+        use crate::policy::{Alert, AlertKind, Rpc, Scope};
+        let alert = Alert {
+            kind: AlertKind::RateExceeded,
+            scope: Scope::Principal,
+            principal: "billing".into(),
+            actor: None,
+            rpc: Rpc::Detokenize,
+            values: 1,
+            limit: 100,
+        };
+        let cases = [
+            (PolicyError::RateLimited(alert), Code::ResourceExhausted),
+            (PolicyError::SecondFactorRequired, Code::PermissionDenied),
+            (PolicyError::PurposeTooLong, Code::InvalidArgument),
+            (
+                PolicyError::PurposeRequired {
+                    principal: "kyc".into(),
+                    rpc: "detokenize",
+                },
+                Code::PermissionDenied,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(policy_status(&error).code(), code, "{error}");
+        }
+        assert_eq!(
+            actor_status(&ActorError::Expired).code(),
+            Code::Unauthenticated
+        );
     }
 
     #[test]

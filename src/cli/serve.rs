@@ -11,8 +11,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use crate::api::auth::Access;
 use crate::api::{server, Authenticator, Principal, Rpc};
 use crate::config::Config;
+use crate::policy::ActorVerifier;
 use crate::vault::Vault;
 
 /// The dev admin key's file name inside the data directory.
@@ -49,6 +51,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.data_dir = data_dir;
     }
 
+    // Actor keys are read before the vault opens: a bad key file stops
+    // start-up without touching the store or the key provider.
+    let actors = config
+        .actor_tokens
+        .as_ref()
+        .map(ActorVerifier::from_config)
+        .transpose()?;
     let vault = Arc::new(
         Vault::open(&config, args.dev)
             .await
@@ -64,7 +73,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if auth.is_empty() {
         bail!("no principals configured: add [[principals]] to the config, or run serve --dev");
     }
-    server::serve(&config, vault, auth).await?;
+    let reload = args
+        .config
+        .clone()
+        .map(|config_path| server::Reload { config_path });
+    server::serve(&config, vault, Arc::new(Access::new(auth, actors)), reload).await?;
     Ok(())
 }
 

@@ -19,8 +19,8 @@
 //!
 //! Restoring finds candidate token strings (below), looks them all up in ONE
 //! store call, opens the found ones as Detokenize does and replaces only
-//! those; everything else is left byte for byte. Reveal is full for now;
-//! masking per the caller's policy slots into [`reveal`].
+//! those; everything else is left byte for byte. Each value is shown as the
+//! caller's `reveal` function says (full, or masked by its policy).
 //!
 //! Candidates: tokens fail their format's checksum, so the scanner does not
 //! find most of them. [`token_candidates`] lists, besides the scanner's
@@ -182,6 +182,16 @@ impl Vault {
     /// Replaces the tokens in `text` that are live tokens of this vault by
     /// their values; everything else is kept as is.
     pub async fn restore_text(&self, text: &str) -> Result<Restored, VaultError> {
+        self.restore_text_with(text, |_, value| value).await
+    }
+
+    /// As [`Vault::restore_text`], with each value shown as `reveal(format,
+    /// value)` says (the caller's policy: full or masked).
+    pub async fn restore_text_with(
+        &self,
+        text: &str,
+        reveal: impl Fn(&str, Zeroizing<String>) -> Zeroizing<String>,
+    ) -> Result<Restored, VaultError> {
         self.check_text(text)?;
         let scanned: Vec<(usize, usize)> = self
             .scanner
@@ -328,12 +338,6 @@ impl Vault {
             })
             .collect())
     }
-}
-
-/// How a restored value is shown. Full for every caller for now; the
-/// caller's per-format reveal policy (full or masked) goes here.
-fn reveal(_format: &str, value: Zeroizing<String>) -> Zeroizing<String> {
-    value
 }
 
 /// The formats named by `kinds`; an unknown name, or one without a

@@ -37,11 +37,12 @@ pub struct Server {
 /// configures.
 pub const TEST_API_KEY: &str = "tvk_test_admin_0123456789";
 
-/// A `[[principals]]` block for [`TEST_API_KEY`] with every RPC allowed.
+/// A `[[principals]]` block for [`TEST_API_KEY`] with every RPC allowed and
+/// full reveal.
 pub fn admin_principal_toml() -> String {
     use sha2::Digest;
     format!(
-        "[[principals]]\nname = \"admin\"\napi_key_sha256 = \"{}\"\nallow = [\"tokenize\", \"detokenize\", \"redact_text\", \"restore_text\", \"forget_subject\", \"export_subject\"]\n",
+        "[[principals]]\nname = \"admin\"\napi_key_sha256 = \"{}\"\nallow = [\"tokenize\", \"detokenize\", \"redact_text\", \"restore_text\", \"forget_subject\", \"export_subject\"]\nreveal = {{ default = \"full\" }}\n",
         hex::encode(sha2::Sha256::digest(TEST_API_KEY.as_bytes()))
     )
 }
@@ -261,6 +262,27 @@ impl Server {
                 status.success(),
                 "tokenvault exited with {status} on SIGTERM"
             );
+        }
+    }
+
+    /// SIGHUP: the server re-reads its principals from the config file.
+    pub fn sighup(&self) {
+        signal(self.child.as_ref().expect("server is running"), "HUP");
+    }
+
+    /// Waits until the server log has `needle` at least `count` times.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+            if log.matches(needle).count() >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} (x{count}) in the server log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

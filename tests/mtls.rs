@@ -1,0 +1,193 @@
+//! mTLS against the real binary: a client certificate from `[tls]
+//! client_ca` is accepted and mapped to its principal by `mtls_subject`;
+//! one from another CA, an expired one, or none at all is refused. Uses
+//! the certificates of `keys/dev-certs.sh`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{admin_principal_toml, item, Server};
+use tokenvault::pb;
+use tokenvault::pb::token_vault_client::TokenVaultClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::Code;
+
+const SUBJECT: &str = "subject-mtls-51d2aa";
+
+/// Runs `keys/dev-certs.sh` into `out` for `principals`.
+fn dev_certs(out: &Path, principals: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/dev-certs.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .arg("--out")
+        .arg(out)
+        .args(principals)
+        .output()
+        .expect("run dev-certs.sh");
+    assert!(
+        output.status.success(),
+        "dev-certs.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn start(root: &Path, certs: &Path) -> Server {
+    std::fs::create_dir_all(root).expect("root");
+    let kek = root.join("kek.key");
+    std::fs::write(&kek, [5u8; 32]).expect("kek");
+    let config = format!(
+        r#"
+[kek]
+provider = "local"
+path = "{kek}"
+
+[tls]
+cert = "{certs}/server-chain.pem"
+key = "{certs}/server.key"
+client_ca = "{certs}/ca.pem"
+
+[[principals]]
+name = "billing"
+mtls_subject = "urn:tokenvault:principal:billing"
+allow = ["tokenize", "detokenize"]
+reveal = {{ default = "full" }}
+
+[[principals]]
+name = "chat-backend"
+mtls_subject = "CN=chat-backend"
+allow = ["tokenize"]
+{admin}"#,
+        kek = kek.display(),
+        certs = certs.display(),
+        admin = admin_principal_toml(),
+    );
+    Server::start_with_config(root, &config)
+}
+
+/// An https channel to the server with `client` (a `client-NAME` file
+/// stem) as the client certificate, or none.
+async fn connect(
+    server: &Server,
+    certs: &Path,
+    client: Option<&str>,
+) -> Result<Channel, tonic::transport::Error> {
+    let read = |name: String| std::fs::read(certs.join(name)).expect("cert file");
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+        .domain_name("localhost");
+    if let Some(client) = client {
+        tls = tls.identity(Identity::from_pem(
+            read(format!("{client}.pem")),
+            read(format!("{client}.key")),
+        ));
+    }
+    Channel::from_shared(server.addr.replace("http://", "https://"))
+        .expect("address")
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+async fn tokenize_over(channel: Channel) -> Result<Vec<String>, tonic::Status> {
+    TokenVaultClient::new(channel)
+        .tokenize(pb::TokenizeRequest {
+            subject_id: SUBJECT.into(),
+            items: vec![item("4111 1111 1111 1111", "card")],
+        })
+        .await
+        .map(|r| r.into_inner().tokens)
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_the_ca_names_its_principal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    dev_certs(&certs, &["billing", "chat-backend", "stranger"]);
+    let server = start(&dir.path().join("server"), &certs);
+
+    // billing by its URI SAN: tokenize and detokenize, nothing else.
+    let channel = connect(&server, &certs, Some("client-billing"))
+        .await
+        .expect("connect");
+    let tokens = tokenize_over(channel.clone())
+        .await
+        .expect("billing tokenizes");
+    let mut billing = TokenVaultClient::new(channel);
+    let results = billing
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens.clone(),
+            purpose: String::new(),
+        })
+        .await
+        .expect("billing detokenizes")
+        .into_inner()
+        .results;
+    assert_eq!(results[0].value, "4111 1111 1111 1111");
+    let denied = billing
+        .redact_text(pb::RedactTextRequest {
+            subject_id: SUBJECT.into(),
+            text: "x".into(),
+            kinds: vec![],
+        })
+        .await
+        .expect_err("not allowed");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // chat-backend by its subject CN: tokenize only.
+    let channel = connect(&server, &certs, Some("client-chat-backend"))
+        .await
+        .expect("connect");
+    tokenize_over(channel.clone())
+        .await
+        .expect("chat tokenizes");
+    let denied = TokenVaultClient::new(channel)
+        .detokenize(pb::DetokenizeRequest {
+            tokens,
+            purpose: String::new(),
+        })
+        .await
+        .expect_err("chat may not detokenize");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // A good certificate that names no principal, and no API key.
+    let channel = connect(&server, &certs, Some("client-stranger"))
+        .await
+        .expect("connect");
+    let status = tokenize_over(channel).await.expect_err("no principal");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let log = std::fs::read_to_string(server.log_path()).expect("log");
+    assert!(log.contains("mTLS on"));
+    assert!(
+        log.contains("principal=billing"),
+        "denial names the principal"
+    );
+    assert!(!log.contains(SUBJECT) && !log.contains("4111 1111 1111 1111"));
+}
+
+#[tokio::test]
+async fn foreign_expired_and_missing_client_certificates_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs: PathBuf = dir.path().join("certs");
+    // The expired and untrusted certificates carry the first name.
+    dev_certs(&certs, &["billing"]);
+    let server = start(&dir.path().join("server"), &certs);
+
+    for client in [Some("client-untrusted"), Some("client-expired"), None] {
+        // TLS 1.3: the server checks the client certificate after the
+        // client's side of the handshake, so the refusal may come at
+        // connect or at the first call.
+        let refused = match connect(&server, &certs, client).await {
+            Err(_) => true,
+            Ok(channel) => tokenize_over(channel).await.is_err(),
+        };
+        assert!(refused, "{client:?} must be refused");
+    }
+    // The good one still works on the same server.
+    let channel = connect(&server, &certs, Some("client-billing"))
+        .await
+        .expect("connect");
+    tokenize_over(channel).await.expect("billing tokenizes");
+}

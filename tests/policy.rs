@@ -1,0 +1,707 @@
+//! Who may see what, against the real binary with API keys: the RPC matrix
+//! of four principals, masked reveal in Detokenize and RestoreText,
+//! required purposes, rate limits with alerts (per principal and per
+//! actor), actor tokens, SIGHUP reload, and a server log free of values
+//! and subject ids.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{admin_principal_toml, card, item, tokenize, Server};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sha2::{Digest, Sha256};
+use tokenvault::pb;
+use tokenvault::pb::token_vault_client::TokenVaultClient;
+use tokenvault::policy::mask;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+const CHAT_KEY: &str = "tvk_chat_backend_key_0001";
+const BILLING_KEY: &str = "tvk_billing_service_key_0002";
+const KYC_KEY: &str = "tvk_kyc_service_key_0003";
+const ERASURE_KEY: &str = "tvk_erasure_workflow_key_0004";
+const SUBJECT: &str = "subject-policy-9c41e7";
+
+fn digest(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn kek(root: &Path) -> String {
+    std::fs::create_dir_all(root).expect("root");
+    let path = root.join("kek.key");
+    std::fs::write(&path, [9u8; 32]).expect("kek");
+    format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n",
+        path.display()
+    )
+}
+
+/// The four callers of the spec, plus the admin that tokenizes for tests.
+fn four_principals() -> String {
+    format!(
+        r#"
+[[principals]]
+name = "chat-backend"
+api_key_sha256 = "{chat}"
+allow = ["tokenize", "redact_text"]
+
+[[principals]]
+name = "billing"
+api_key_sha256 = "{billing}"
+allow = ["detokenize", "restore_text"]
+reveal = {{ card = "masked", email = "full" }}
+
+[[principals]]
+name = "kyc"
+api_key_sha256 = "{kyc}"
+allow = ["detokenize", "restore_text"]
+reveal = {{ default = "full" }}
+require_purpose = true
+
+[[principals]]
+name = "erasure"
+api_key_sha256 = "{erasure}"
+allow = ["forget_subject", "export_subject"]
+"#,
+        chat = digest(CHAT_KEY),
+        billing = digest(BILLING_KEY),
+        kyc = digest(KYC_KEY),
+        erasure = digest(ERASURE_KEY),
+    )
+}
+
+fn start(root: &Path, principals: &str) -> Server {
+    let config = format!("{}{}{}", kek(root), admin_principal_toml(), principals);
+    Server::start_with_config(root, &config)
+}
+
+/// One call of `rpc` that the policy alone decides (valid input).
+async fn call(
+    client: &mut tokenvault::cli::client::Client,
+    rpc: &str,
+    token: &str,
+) -> Result<(), Status> {
+    match rpc {
+        "tokenize" => client
+            .tokenize(pb::TokenizeRequest {
+                subject_id: SUBJECT.into(),
+                items: vec![item("4111 1111 1111 1111", "card")],
+            })
+            .await
+            .map(drop),
+        "detokenize" => client
+            .detokenize(pb::DetokenizeRequest {
+                tokens: vec![token.into()],
+                purpose: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "redact_text" => client
+            .redact_text(pb::RedactTextRequest {
+                subject_id: SUBJECT.into(),
+                text: "card 4111 1111 1111 1111".into(),
+                kinds: vec![],
+            })
+            .await
+            .map(drop),
+        "restore_text" => client
+            .restore_text(pb::RestoreTextRequest {
+                text: format!("card {token}"),
+                purpose: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        // Another subject, so an implemented ForgetSubject leaves the
+        // matrix's tokens alone.
+        "forget_subject" => client
+            .forget_subject(pb::ForgetSubjectRequest {
+                subject_id: "subject-policy-forget".into(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "export_subject" => client
+            .export_subject(pb::ExportSubjectRequest {
+                subject_id: SUBJECT.into(),
+                purpose: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        other => panic!("unknown rpc {other}"),
+    }
+}
+
+#[tokio::test]
+async fn each_principal_may_call_exactly_its_rpcs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &four_principals());
+    let mut admin = server.client().await;
+    let token = tokenize(
+        &mut admin,
+        SUBJECT,
+        vec![item("4111 1111 1111 1111", "card")],
+    )
+    .await
+    .remove(0);
+
+    let rpcs = [
+        "tokenize",
+        "detokenize",
+        "redact_text",
+        "restore_text",
+        "forget_subject",
+        "export_subject",
+    ];
+    let matrix: [(&str, &str, &[&str]); 4] = [
+        ("chat-backend", CHAT_KEY, &["tokenize", "redact_text"]),
+        ("billing", BILLING_KEY, &["detokenize", "restore_text"]),
+        ("kyc", KYC_KEY, &["detokenize", "restore_text"]),
+        (
+            "erasure",
+            ERASURE_KEY,
+            &["forget_subject", "export_subject"],
+        ),
+    ];
+    for (name, key, allowed) in matrix {
+        let mut client = server.client_with_key(key).await;
+        for rpc in rpcs {
+            let outcome = call(&mut client, rpc, &token).await;
+            let code = outcome.as_ref().err().map(Status::code);
+            if allowed.contains(&rpc) {
+                assert_ne!(
+                    code,
+                    Some(Code::PermissionDenied),
+                    "{name} may call {rpc}: {outcome:?}"
+                );
+                assert!(outcome.is_ok(), "{name} {rpc}: {outcome:?}");
+            } else {
+                assert_eq!(
+                    code,
+                    Some(Code::PermissionDenied),
+                    "{name} may not call {rpc}: {outcome:?}"
+                );
+            }
+        }
+    }
+    assert_log_is_clean(&server, &["4111 1111 1111 1111", "4111111111111111"]);
+}
+
+#[tokio::test]
+async fn export_reveals_per_policy_and_counts_against_the_rate_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exporter = format!(
+        "[[principals]]\nname = \"exporter\"\napi_key_sha256 = \"{}\"\nallow = [\"export_subject\"]\nreveal = {{ card = \"masked\", email = \"full\" }}\nrequire_purpose = true\nmax_detokenize_per_minute = 5\n",
+        digest(ERASURE_KEY)
+    );
+    let server = start(dir.path(), &exporter);
+    let mut admin = server.client().await;
+    let cards = [card(1), card(2), card(3)];
+    let emails = ["anna@mail.example", "boris@mail.example"];
+    let mut items: Vec<pb::TokenizeItem> = cards.iter().map(|c| item(c, "card")).collect();
+    items.extend(emails.iter().map(|e| item(e, "email")));
+    tokenize(&mut admin, SUBJECT, items).await;
+
+    let mut client = server.client_with_key(ERASURE_KEY).await;
+    let export = |purpose: &str| pb::ExportSubjectRequest {
+        subject_id: SUBJECT.into(),
+        purpose: purpose.into(),
+    };
+    let denied = client.export_subject(export("")).await.map(drop);
+    assert_eq!(
+        denied.unwrap_err().code(),
+        Code::PermissionDenied,
+        "purpose required"
+    );
+
+    let mut stream = client
+        .export_subject(export("art. 15"))
+        .await
+        .expect("export")
+        .into_inner();
+    let mut shown = Vec::new();
+    while let Some(item) = stream.message().await.expect("stream") {
+        shown.push((item.format, item.value));
+    }
+    shown.sort();
+    let mut expected: Vec<(String, String)> = cards
+        .iter()
+        .map(|c| ("card".to_string(), mask("card", c)))
+        .chain(emails.iter().map(|e| ("email".to_string(), e.to_string())))
+        .collect();
+    expected.sort();
+    assert_eq!(shown, expected, "cards masked, emails in full");
+
+    // The five values spent the minute's budget: the next export is refused
+    // before anything is sent.
+    let refused = client.export_subject(export("art. 15")).await.map(drop);
+    assert_eq!(refused.unwrap_err().code(), Code::ResourceExhausted);
+    assert_log_is_clean(&server, &["anna@mail.example", &cards[0]]);
+}
+
+/// One value of every format.
+const SAMPLES: &[(&str, &str)] = &[
+    ("card", "4111 1111 1111 1111"),
+    ("phone", "+7 (916) 123-45-67"),
+    ("email", "ivan.petrov@mail.ru"),
+    ("iban", "GB82 WEST 1234 5698 7654 32"),
+    ("ru_passport", "4506 123456"),
+    ("ru_snils", "112-233-445 95"),
+    ("ru_inn", "7707083893"),
+    ("ru_ogrn", "1027700132195"),
+    ("ru_bank_account", "40817810099910004312"),
+    ("us_ssn", "123-45-6789"),
+    ("text", "Иван Petrov, 42 года"),
+    ("opaque", "any bytes at all"),
+];
+
+#[tokio::test]
+async fn masked_formats_are_shaped_as_documented_in_detokenize_and_restore_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &four_principals());
+    let mut admin = server.client().await;
+    let items = SAMPLES.iter().map(|(f, v)| item(v, f)).collect();
+    let tokens = tokenize(&mut admin, SUBJECT, items).await;
+
+    let mut billing = server.client_with_key(BILLING_KEY).await;
+    let results = billing
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens.clone(),
+            purpose: String::new(),
+        })
+        .await
+        .expect("billing detokenizes")
+        .into_inner()
+        .results;
+    for ((format, value), result) in SAMPLES.iter().zip(&results) {
+        assert_eq!(result.format, *format);
+        if *format == "email" {
+            assert_eq!(result.reveal, pb::Reveal::Full as i32);
+            assert_eq!(result.value, *value);
+        } else {
+            assert_eq!(result.reveal, pb::Reveal::Masked as i32, "{format}");
+            assert_eq!(result.value, mask(format, value), "{format}");
+            assert_ne!(result.value, *value, "{format}");
+        }
+    }
+    // The documented shapes, spelled out.
+    let shown: Vec<&str> = results.iter().map(|r| r.value.as_str()).collect();
+    assert_eq!(shown[0], "•••• •••• •••• 1111");
+    assert_eq!(shown[1], "+• (•••) •••-••-67");
+    assert_eq!(shown[3], "GB•• •••• •••• •••• ••54 32");
+    assert_eq!(shown[9], "•••-••-6789");
+    assert_eq!(shown[11], "••••••••");
+
+    // RestoreText: the card masked, the email in full.
+    let text = format!("pay with {} and mail {}", tokens[0], tokens[2]);
+    let restored = billing
+        .restore_text(pb::RestoreTextRequest {
+            text,
+            purpose: String::new(),
+        })
+        .await
+        .expect("billing restores")
+        .into_inner();
+    assert_eq!(restored.restored, 2);
+    assert_eq!(
+        restored.text,
+        "pay with •••• •••• •••• 1111 and mail ivan.petrov@mail.ru"
+    );
+
+    // KYC sees everything in full, with a purpose.
+    let mut kyc = server.client_with_key(KYC_KEY).await;
+    let results = kyc
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens.clone(),
+            purpose: "kyc-review".into(),
+        })
+        .await
+        .expect("kyc detokenizes")
+        .into_inner()
+        .results;
+    for ((_, value), result) in SAMPLES.iter().zip(&results) {
+        assert_eq!(
+            (result.value.as_str(), result.reveal),
+            (*value, pb::Reveal::Full as i32)
+        );
+    }
+    let values: Vec<&str> = SAMPLES.iter().map(|(_, v)| *v).collect();
+    assert_log_is_clean(&server, &values);
+}
+
+#[tokio::test]
+async fn a_missing_purpose_is_permission_denied_where_required() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &four_principals());
+    let mut admin = server.client().await;
+    let token = tokenize(&mut admin, SUBJECT, vec![item("ivan@mail.ru", "email")])
+        .await
+        .remove(0);
+    let mut kyc = server.client_with_key(KYC_KEY).await;
+    for purpose in ["", "   "] {
+        let status = kyc
+            .detokenize(pb::DetokenizeRequest {
+                tokens: vec![token.clone()],
+                purpose: purpose.into(),
+            })
+            .await
+            .expect_err("no purpose");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("purpose"), "{status:?}");
+        let status = kyc
+            .restore_text(pb::RestoreTextRequest {
+                text: token.clone(),
+                purpose: purpose.into(),
+            })
+            .await
+            .expect_err("no purpose");
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
+    server.wait_for_log("reason=\"purpose_required\"", 4).await;
+    assert_log_is_clean(&server, &["ivan@mail.ru"]);
+}
+
+#[tokio::test]
+async fn the_101st_value_of_a_minute_is_resource_exhausted_and_alerted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limited = format!(
+        "[[principals]]\nname = \"limited\"\napi_key_sha256 = \"{}\"\nallow = [\"detokenize\", \"restore_text\"]\nreveal = {{ default = \"full\" }}\nmax_detokenize_per_minute = 100\n",
+        digest(BILLING_KEY)
+    );
+    let server = start(dir.path(), &limited);
+    let mut admin = server.client().await;
+    let items = (0..101).map(|n| item(&card(n), "card")).collect();
+    let tokens = tokenize(&mut admin, SUBJECT, items).await;
+
+    let mut client = server.client_with_key(BILLING_KEY).await;
+    let start = std::time::Instant::now();
+    let first = client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens[..100].to_vec(),
+            purpose: String::new(),
+        })
+        .await
+        .expect("100 values are within the limit");
+    assert_eq!(first.into_inner().results.len(), 100);
+    let second = client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens[100..].to_vec(),
+            purpose: String::new(),
+        })
+        .await;
+    match second {
+        Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        // The bucket refills 100 a minute: one value is back after 0.6 s,
+        // which only a very slow run reaches.
+        Ok(_) => assert!(
+            start.elapsed() >= std::time::Duration::from_millis(600),
+            "the 101st value was served {:?} after the first 100",
+            start.elapsed()
+        ),
+    }
+    // Restored tokens count too: 10 of them do not fit for 6 s.
+    let text: Vec<&str> = tokens[..10].iter().map(String::as_str).collect();
+    let status = client
+        .restore_text(pb::RestoreTextRequest {
+            text: text.join(" and "),
+            purpose: String::new(),
+        })
+        .await
+        .expect_err("restored tokens count too");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+
+    server.wait_for_log("alert=\"rate_warning\"", 1).await;
+    server.wait_for_log("alert=\"rate_exceeded\"", 1).await;
+    let log = std::fs::read_to_string(server.log_path()).expect("log");
+    assert!(
+        log.contains("tokenvault::alert"),
+        "alerts on their own target"
+    );
+    let mut admin_api = tokenvault::cli::keys::connect_admin(&server.data_dir())
+        .await
+        .expect("admin socket")
+        .expect("server is running");
+    let stats = admin_api
+        .stats(pb::admin::StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    assert!(stats.alerts_rate_warning >= 1 && stats.alerts_rate_exceeded >= 1);
+    let cards: Vec<String> = (0..101).map(card).collect();
+    let cards: Vec<&str> = cards.iter().map(String::as_str).collect();
+    assert_log_is_clean(&server, &cards);
+}
+
+// ---- actor tokens ----
+
+const AUDIENCE: &str = "tokenvault-test";
+const ISSUER: &str = "test-idp";
+
+/// An ES256 key pair made by openssl: (PKCS#8 private PEM, public PEM path).
+fn es256_key(dir: &Path, name: &str) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&private)
+        .status()
+        .expect("openssl")
+        .success()
+        && Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .expect("openssl")
+            .success();
+    assert!(ok, "openssl made the key");
+    (std::fs::read(&private).expect("key"), public)
+}
+
+fn jwt(private_pem: &[u8], claims: serde_json::Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let key = EncodingKey::from_ec_pem(private_pem).expect("pkcs8 ec key");
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}
+
+fn unix_now() -> i64 {
+    tokenvault::vault::unix_now()
+}
+
+fn claims(sub: &str, amr: &[&str]) -> serde_json::Value {
+    serde_json::json!({"sub": sub, "aud": AUDIENCE, "iss": ISSUER, "exp": unix_now() + 600, "amr": amr})
+}
+
+/// Sends an API key and, optionally, an actor token.
+#[derive(Clone)]
+struct ActorAuth {
+    bearer: MetadataValue<Ascii>,
+    actor: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for ActorAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let metadata = request.metadata_mut();
+        metadata.insert("authorization", self.bearer.clone());
+        if let Some(actor) = &self.actor {
+            metadata.insert("x-tokenvault-actor", actor.clone());
+        }
+        Ok(request)
+    }
+}
+
+type ActorClient = TokenVaultClient<InterceptedService<Channel, ActorAuth>>;
+
+async fn actor_client(server: &Server, key: &str, token: Option<&str>) -> ActorClient {
+    let auth = ActorAuth {
+        bearer: format!("Bearer {key}").parse().expect("ascii"),
+        actor: token.map(|t| t.parse().expect("ascii")),
+    };
+    TokenVaultClient::with_interceptor(server.channel().await, auth)
+}
+
+async fn detokenize_as(
+    client: &mut ActorClient,
+    tokens: &[String],
+) -> Result<Vec<pb::DetokenizeResult>, Status> {
+    client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens.to_vec(),
+            purpose: "support-case".into(),
+        })
+        .await
+        .map(|r| r.into_inner().results)
+}
+
+#[tokio::test]
+async fn actors_behind_one_service_have_their_own_limits_and_second_factor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (signing, public) = es256_key(dir.path(), "idp");
+    let (impostor, _) = es256_key(dir.path(), "impostor");
+    let config = format!(
+        r#"
+[actor_tokens]
+audience = "{AUDIENCE}"
+issuer = "{ISSUER}"
+keys = [{{ kid = "k1", alg = "ES256", public_key_pem = "{public}" }}]
+
+[[principals]]
+name = "shared-billing"
+api_key_sha256 = "{billing}"
+allow = ["detokenize"]
+reveal = {{ default = "full" }}
+max_detokenize_per_minute = 1000
+max_detokenize_per_minute_per_actor = 5
+full_reveal_needs_second_factor = true
+
+[[principals]]
+name = "strict"
+api_key_sha256 = "{kyc}"
+allow = ["detokenize"]
+reveal = {{ default = "full" }}
+full_reveal_needs_second_factor = true
+without_second_factor = "deny"
+"#,
+        public = public.display(),
+        billing = digest(BILLING_KEY),
+        kyc = digest(KYC_KEY),
+    );
+    let server = start(dir.path(), &config);
+    let mut admin = server.client().await;
+    let items = (0..8).map(|n| item(&card(n), "card")).collect();
+    let tokens = tokenize(&mut admin, SUBJECT, items).await;
+
+    // alice signed in with a one-time password: full reveal, 5 a minute.
+    let alice_jwt = jwt(&signing, claims("alice@example.com", &["pwd", "otp"]));
+    let mut alice = actor_client(&server, BILLING_KEY, Some(&alice_jwt)).await;
+    let results = detokenize_as(&mut alice, &tokens[..5])
+        .await
+        .expect("alice reads 5");
+    assert_eq!(results[0].value, card(0));
+    assert_eq!(results[0].reveal, pb::Reveal::Full as i32);
+    let status = detokenize_as(&mut alice, &tokens[5..6])
+        .await
+        .expect_err("alice's 6th");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // bob, same service, still reads; with a password only, masked.
+    let bob_jwt = jwt(&signing, claims("bob@example.com", &["pwd"]));
+    let mut bob = actor_client(&server, BILLING_KEY, Some(&bob_jwt)).await;
+    let results = detokenize_as(&mut bob, &tokens[5..6])
+        .await
+        .expect("bob reads");
+    assert_eq!(results[0].reveal, pb::Reveal::Masked as i32);
+    assert_eq!(results[0].value, mask("card", &card(5)));
+
+    // A policy that refuses instead of masking.
+    let mut strict_bob = actor_client(&server, KYC_KEY, Some(&bob_jwt)).await;
+    let status = detokenize_as(&mut strict_bob, &tokens[..1])
+        .await
+        .expect_err("no 2nd factor");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let mut strict_alice = actor_client(&server, KYC_KEY, Some(&alice_jwt)).await;
+    assert!(detokenize_as(&mut strict_alice, &tokens[..1]).await.is_ok());
+
+    // Bad signature, expired, wrong audience: UNAUTHENTICATED.
+    let bad = [
+        jwt(&impostor, claims("mallory", &["otp"])),
+        jwt(
+            &signing,
+            serde_json::json!({"sub": "alice@example.com", "aud": AUDIENCE, "iss": ISSUER, "exp": unix_now() - 120, "amr": ["otp"]}),
+        ),
+        jwt(
+            &signing,
+            serde_json::json!({"sub": "alice@example.com", "aud": "other-service", "iss": ISSUER, "exp": unix_now() + 600, "amr": ["otp"]}),
+        ),
+        "not-a-jwt".to_string(),
+    ];
+    for token in &bad {
+        let mut client = actor_client(&server, BILLING_KEY, Some(token)).await;
+        let status = detokenize_as(&mut client, &tokens[7..8])
+            .await
+            .expect_err("bad actor token");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+
+    server.wait_for_log("scope=\"actor\"", 1).await;
+    let log = std::fs::read_to_string(server.log_path()).expect("log");
+    assert!(
+        log.contains("actor=\"alice@example.com\""),
+        "the alert names the actor"
+    );
+    let cards: Vec<String> = (0..8).map(card).collect();
+    let mut secrets: Vec<&str> = cards.iter().map(String::as_str).collect();
+    secrets.extend([alice_jwt.as_str(), bob_jwt.as_str()]);
+    assert_log_is_clean(&server, &secrets);
+}
+
+#[test]
+fn a_bad_actor_key_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_a_key = dir.path().join("not-a-key.pem");
+    std::fs::write(&not_a_key, "hello").expect("file");
+    let config = format!(
+        "{}{}[actor_tokens]\naudience = \"{AUDIENCE}\"\nkeys = [{{ kid = \"k1\", alg = \"ES256\", public_key_pem = \"{}\" }}]\n",
+        kek(dir.path()),
+        admin_principal_toml(),
+        not_a_key.display()
+    );
+    let mut server = Server::prepared_with_config(dir.path(), &config, &[]);
+    let (status, log) = server.run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("actor_tokens.keys[0] (k1)"), "{log}");
+}
+
+// ---- SIGHUP ----
+
+#[tokio::test]
+async fn sighup_reloads_policies_and_keeps_them_when_the_file_is_broken() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chat = |allow: &str| {
+        format!(
+            "[[principals]]\nname = \"chat-backend\"\napi_key_sha256 = \"{}\"\nallow = [{allow}]\n",
+            digest(CHAT_KEY)
+        )
+    };
+    let base = format!("{}{}", kek(dir.path()), admin_principal_toml());
+    let server = start(dir.path(), &chat("\"tokenize\""));
+    let mut client = server.client_with_key(CHAT_KEY).await;
+    let token = tokenize(&mut client, SUBJECT, vec![item("ivan@mail.ru", "email")])
+        .await
+        .remove(0);
+    let denied = call(&mut client, "detokenize", &token)
+        .await
+        .expect_err("not yet");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    std::fs::write(
+        server.config_path(),
+        format!("{base}{}", chat("\"tokenize\", \"detokenize\"")),
+    )
+    .expect("new config");
+    server.sighup();
+    server.wait_for_log("SIGHUP: policies reloaded", 1).await;
+    call(&mut client, "detokenize", &token)
+        .await
+        .expect("allowed after reload");
+
+    // A broken file: an unknown rpc. Rejected, the policy in force stays.
+    std::fs::write(
+        server.config_path(),
+        format!("{base}{}", chat("\"detokenise\"")),
+    )
+    .expect("broken config");
+    server.sighup();
+    server.wait_for_log("SIGHUP: config rejected", 1).await;
+    call(&mut client, "detokenize", &token)
+        .await
+        .expect("old policy stays");
+    let log = std::fs::read_to_string(server.log_path()).expect("log");
+    assert!(log.contains("detokenise"), "the log line names the problem");
+    assert_log_is_clean(&server, &["ivan@mail.ru"]);
+}
+
+/// No value, subject id or API key in the server log.
+fn assert_log_is_clean(server: &Server, values: &[&str]) {
+    let log = std::fs::read_to_string(server.log_path()).expect("server log");
+    for secret in
+        values
+            .iter()
+            .copied()
+            .chain([SUBJECT, CHAT_KEY, BILLING_KEY, KYC_KEY, ERASURE_KEY])
+    {
+        assert!(!log.contains(secret), "the server log holds {secret:?}");
+    }
+}
