@@ -55,7 +55,21 @@ pub struct Config {
     /// ones.
     #[serde(default)]
     pub detectors: Vec<DetectorConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
+
+/// `[audit]`: where the JSON-lines copy of the audit log goes (the copy a
+/// SIEM ships; the other copy is in the store).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Default: `<data_dir>/audit.jsonl`.
+    pub file: Option<PathBuf>,
+}
+
+/// The audit file's name in the data directory when `[audit] file` is not set.
+pub const DEFAULT_AUDIT_FILE: &str = "audit.jsonl";
 
 /// `[[detectors]]`: a regex, an optional check, context words and the
 /// format its matches are tokenized with.
@@ -282,6 +296,15 @@ fn default_max_text_bytes() -> usize {
 }
 
 impl Config {
+    /// The JSON-lines audit file: `[audit] file`, or `<data_dir>/audit.jsonl`
+    /// (after a `--data-dir` override).
+    pub fn audit_file(&self) -> PathBuf {
+        self.audit
+            .file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(DEFAULT_AUDIT_FILE))
+    }
+
     /// The embedded default of `serve --dev`.
     pub fn dev() -> Self {
         toml::from_str("").expect("an empty config takes every default")
@@ -406,6 +429,7 @@ mod tests {
             ("[storage]\nsync_write = false", "sync_write"),
             ("[kek]\nprovider = \"local\"\npth = \"k\"", "pth"),
             ("[limits]\nmax_items = 3", "max_items"),
+            ("[audit]\npath = \"a.jsonl\"", "path"),
         ] {
             let err = Config::parse(text).expect_err(text);
             assert!(err.contains(key), "{err} should name {key}");
@@ -437,6 +461,21 @@ mod tests {
         assert!(!config.storage.sync_writes);
         assert_eq!(config.limits.max_batch_items, 10);
         assert_eq!(config.principals[0].allow, ["tokenize", "redact_text"]);
+    }
+
+    #[test]
+    fn audit_file_defaults_to_the_data_dir() {
+        let mut config = Config::dev();
+        config.data_dir = PathBuf::from("/var/lib/tv");
+        assert_eq!(
+            config.audit_file(),
+            PathBuf::from("/var/lib/tv/audit.jsonl")
+        );
+        let config = Config::parse("[audit]\nfile = \"/var/log/tv/audit.jsonl\"").expect("parses");
+        assert_eq!(
+            config.audit_file(),
+            PathBuf::from("/var/log/tv/audit.jsonl")
+        );
     }
 
     #[test]
