@@ -26,6 +26,7 @@ use tonic::{Request, Status};
 use super::admin::{self, AdminService};
 use super::auth::Authenticator;
 use super::service::TokenVaultService;
+use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
 use crate::pb;
 use crate::pb::admin::admin_server::AdminServer;
@@ -53,6 +54,8 @@ pub enum ServeError {
     },
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Audit(#[from] AuditError),
 }
 
 /// Serves until SIGTERM or SIGINT, then stops accepting, lets calls in
@@ -62,6 +65,15 @@ pub async fn serve(
     vault: Arc<Vault>,
     auth: Authenticator,
 ) -> Result<(), ServeError> {
+    // Before listening: no call is served without a working audit log.
+    let audit = Arc::new(
+        AuditLog::open(
+            vault.store(),
+            vault.audit_hash_key().clone(),
+            &config.audit_file(),
+        )
+        .await?,
+    );
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -81,7 +93,7 @@ pub async fn serve(
     };
 
     let max_message = config.limits.max_message_bytes;
-    let token_vault = TokenVaultServer::new(TokenVaultService::new(Arc::clone(&vault)))
+    let token_vault = TokenVaultServer::new(TokenVaultService::new(Arc::clone(&vault), audit))
         .max_decoding_message_size(max_message);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

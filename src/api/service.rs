@@ -1,5 +1,9 @@
 //! `TokenVault` over the vault: converts messages, checks the caller's
 //! policy, maps errors. RPCs that later work builds answer UNIMPLEMENTED.
+//!
+//! Audit: a denied call and every call that reveals data append a record
+//! to the audit log; a reveal waits for its record and returns nothing if
+//! it cannot be written (UNAVAILABLE).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,31 +11,73 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::status::to_status;
+use super::status::{audit_status, to_status};
+use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::crypto::SubjectHash;
 use crate::pb;
 use crate::policy::{Principal, Rpc};
 use crate::vault::{self, TokenMode, TokenStatus, Vault};
 
 pub struct TokenVaultService {
     vault: Arc<Vault>,
+    audit: Arc<AuditLog>,
 }
 
 impl TokenVaultService {
-    pub fn new(vault: Arc<Vault>) -> Self {
-        TokenVaultService { vault }
+    pub fn new(vault: Arc<Vault>, audit: Arc<AuditLog>) -> Self {
+        TokenVaultService { vault, audit }
+    }
+
+    /// The caller if its policy allows `rpc`. A denial is audited; if even
+    /// that record cannot be written the call is still denied (it reveals
+    /// nothing) and the failure is logged.
+    async fn authorize<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Principal, Status> {
+        let principal = principal(request)?;
+        if let Err(denied) = principal.require(rpc) {
+            let event = AuditEvent {
+                principal: principal.name.to_string(),
+                rpc: rpc.name(),
+                outcome: Outcome::Denied {
+                    code: "permission_denied",
+                    reason: denied.message().to_string(),
+                },
+                ..AuditEvent::default()
+            };
+            if let Err(error) = self.audit.append(event).await {
+                tracing::error!(%error, rpc = rpc.name(), "denied call not audited");
+            }
+            return Err(denied);
+        }
+        Ok(principal)
+    }
+
+    /// Appends the record of a reveal; UNAVAILABLE if it cannot be written,
+    /// and then the caller must return no value.
+    async fn audit_reveal(&self, event: AuditEvent) -> Result<(), Status> {
+        self.audit
+            .append(event)
+            .await
+            .map(drop)
+            .map_err(audit_status)
     }
 }
 
 /// The principal the auth interceptor put on the request. Its absence is a
 /// wiring bug, and then nothing is served.
-fn principal<T>(request: &Request<T>, rpc: Rpc) -> Result<Principal, Status> {
-    let principal = request
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
         .extensions()
         .get::<Principal>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no authenticated principal"))?;
-    principal.require(rpc)?;
-    Ok(principal)
+        .ok_or_else(|| Status::unauthenticated("no authenticated principal"))
+}
+
+/// Each subject once, in a stable order.
+fn distinct_subjects(subjects: impl Iterator<Item = SubjectHash>) -> Vec<SubjectHash> {
+    let mut subjects: Vec<SubjectHash> = subjects.collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    subjects
 }
 
 fn token_mode(raw: i32, index: usize) -> Result<TokenMode, Status> {
@@ -69,7 +115,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
-        principal(&request, Rpc::Tokenize)?;
+        self.authorize(&request, Rpc::Tokenize).await?;
         let request = request.into_inner();
         let items = request
             .items
@@ -96,13 +142,27 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
-        principal(&request, Rpc::Detokenize)?;
+        let caller = self.authorize(&request, Rpc::Detokenize).await?;
         let request = request.into_inner();
         let outcomes = self
             .vault
             .detokenize(&request.tokens)
             .await
             .map_err(to_status)?;
+        let found = outcomes
+            .iter()
+            .filter(|o| o.status == TokenStatus::Found)
+            .count();
+        self.audit_reveal(AuditEvent {
+            principal: caller.name.to_string(),
+            rpc: Rpc::Detokenize.name(),
+            purpose: request.purpose.clone(),
+            subjects: distinct_subjects(outcomes.iter().filter_map(|o| o.subject)),
+            tokens: request.tokens.clone(),
+            count: found as u64,
+            ..AuditEvent::default()
+        })
+        .await?;
         let results = request
             .tokens
             .into_iter()
@@ -131,7 +191,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::RedactTextRequest>,
     ) -> Result<Response<pb::RedactTextResponse>, Status> {
-        principal(&request, Rpc::RedactText)?;
+        self.authorize(&request, Rpc::RedactText).await?;
         let request = request.into_inner();
         let redacted = self
             .vault
@@ -162,7 +222,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
     ) -> Result<Response<pb::RestoreTextResponse>, Status> {
         // Reveal is full for every allowed principal for now; the
         // principal's per-format policy is passed down with masking.
-        principal(&request, Rpc::RestoreText)?;
+        let caller = self.authorize(&request, Rpc::RestoreText).await?;
         let request = request.into_inner();
         let mut restored = self
             .vault
@@ -170,6 +230,14 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .await
             .map_err(to_status)?;
         let restored_count = offset(restored.restored)?;
+        self.audit_reveal(AuditEvent {
+            principal: caller.name.to_string(),
+            rpc: Rpc::RestoreText.name(),
+            purpose: request.purpose.clone(),
+            count: u64::from(restored_count),
+            ..AuditEvent::default()
+        })
+        .await?;
         Ok(Response::new(pb::RestoreTextResponse {
             // Moved out of the zeroizing wrapper only here, into the
             // response the caller is entitled to.
@@ -182,7 +250,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::ForgetSubjectRequest>,
     ) -> Result<Response<pb::ForgetSubjectResponse>, Status> {
-        principal(&request, Rpc::ForgetSubject)?;
+        self.authorize(&request, Rpc::ForgetSubject).await?;
         Err(Status::unimplemented(
             "ForgetSubject is not implemented yet",
         ))
@@ -194,7 +262,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
-        principal(&request, Rpc::ExportSubject)?;
+        self.authorize(&request, Rpc::ExportSubject).await?;
         Err(Status::unimplemented(
             "ExportSubject is not implemented yet",
         ))

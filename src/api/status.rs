@@ -4,7 +4,15 @@
 
 use tonic::Status;
 
+use crate::audit::AuditError;
 use crate::vault::VaultError;
+
+/// The status of a call whose audit record could not be written: nothing
+/// was revealed, and the caller may retry later.
+pub fn audit_status(error: AuditError) -> Status {
+    tracing::error!(%error, "audit record not written; call refused");
+    Status::unavailable("audit log unavailable; nothing was revealed")
+}
 
 pub fn to_status(error: VaultError) -> Status {
     match &error {
@@ -66,6 +74,15 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(to_status(error).code(), code);
         }
+    }
+
+    #[test]
+    fn an_audit_failure_is_unavailable_and_names_no_detail() {
+        let status = audit_status(AuditError::Unavailable(
+            "/var/lib/tv/audit.jsonl: Is a directory".into(),
+        ));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("audit.jsonl"));
     }
 
     #[test]

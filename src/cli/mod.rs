@@ -1,7 +1,9 @@
 //! The command line: `serve` runs the server; `tokenize`, `detokenize`,
-//! `redact` and `restore` make the same binary a client; `bench` is the end-to-end load tool.
+//! `redact` and `restore` make the same binary a client; `bench` is the end-to-end load tool;
+//! `keys` and `audit` are operator commands on a vault's data directory.
 //! Each command exits non-zero on failure with one clear line.
 
+pub mod audit;
 pub mod bench;
 mod bench_kek;
 mod bench_redact;
@@ -43,6 +45,9 @@ pub enum Command {
     /// Key management: KEK rotation and status.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// The audit log: verify its hash chain, or follow new records.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// Where the client finds the server and its credential.
@@ -141,6 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Restore(args) => client::restore(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(command) => keys::run(command).await,
+            Command::Audit(command) => audit::run(command).await,
         }
     })
 }

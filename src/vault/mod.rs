@@ -79,6 +79,8 @@ pub struct Detokenized {
     pub value: Option<Zeroizing<String>>,
     /// Set when the token's record exists (found or expired).
     pub format: Option<String>,
+    /// The token's subject when its record exists, for the audit record.
+    pub subject: Option<SubjectHash>,
 }
 
 /// Counters of key-provider use, for metrics and the load tool: calls,
@@ -165,6 +167,17 @@ impl Vault {
 
     pub fn cache(&self) -> &DekCache {
         &self.cache
+    }
+
+    /// The store, for the audit log (which keeps its records beside the
+    /// vault's).
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// The key the audit log hashes subjects and tokens with.
+    pub fn audit_hash_key(&self) -> &SecretKey {
+        self.system.audit_hash_key()
     }
 
     /// The KEK provider, for the health probe.
@@ -618,6 +631,7 @@ fn open_record(
             status: TokenStatus::NotFound,
             value: None,
             format: None,
+            subject: None,
         });
     };
     if record.is_expired(now) {
@@ -625,6 +639,7 @@ fn open_record(
             status: TokenStatus::Expired,
             value: None,
             format: Some(record.format),
+            subject: Some(record.subject),
         });
     }
     let subject_keys = keys
@@ -638,6 +653,7 @@ fn open_record(
         status: TokenStatus::Found,
         value: Some(Zeroizing::new(value)),
         format: Some(record.format),
+        subject: Some(record.subject),
     })
 }
 
