@@ -12,10 +12,13 @@
 //! HMAC-SHA256 under the system's audit-hash key, so the shipped file
 //! cannot be joined with the store's keys or a token list without that key.
 //!
-//! Group commit: concurrent appends queue for the writer task, which
+//! Group commit: concurrent appends queue for the writer thread, which
 //! takes every request waiting, seals them in sequence order and writes
 //! the group to both sinks at once (one RocksDB synced write, one file
-//! `fsync`). A group that fails in one sink stays queued for it and is
+//! `fsync`, overlapping). It is an OS thread of its own, like the store's
+//! writer: its turnaround is what every reveal waits for, so it does not
+//! queue behind gRPC handlers for a runtime worker, and the file's write
+//! and `fsync` block only it. A group that fails in one sink stays queued for it and is
 //! written again before the next group, so the two copies never diverge
 //! for long and the chain never has a hole; its callers get
 //! [`AuditError::Unavailable`] meanwhile.
@@ -160,14 +163,18 @@ impl AuditLog {
         let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
             store,
-            file: Some(sink),
+            file: sink,
             next_seq: head.0 + 1,
             prev: head.1,
             unwritten: VecDeque::new(),
             in_store: head.0,
             in_file: head.0,
         };
-        tokio::spawn(writer.run(requests));
+        // The thread ends when the last sender (this log) is dropped.
+        std::thread::Builder::new()
+            .name("tokenvault-audit".into())
+            .spawn(move || writer.run(requests))
+            .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
         Ok(AuditLog { hash_key, queue })
     }
 
@@ -327,12 +334,11 @@ async fn store_catch_up(
     Ok(())
 }
 
-/// The writer task's state: the chain's head and what is not yet in both
-/// sinks.
+/// The writer thread's state: the chain's head and what is not yet in
+/// both sinks.
 struct Writer {
     store: Arc<dyn Store>,
-    /// None only while a blocking write holds it (or if that task died).
-    file: Option<FileSink>,
+    file: FileSink,
     next_seq: u64,
     prev: String,
     /// Sealed records not yet durable in both sinks, in sequence order.
@@ -343,8 +349,17 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut requests: mpsc::Receiver<Append>) {
-        while let Some(first) = requests.recv().await {
+    fn run(mut self, mut requests: mpsc::Receiver<Append>) {
+        // A runtime of this thread's own, to await the store's answer.
+        let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                // Every append then fails: its reply is dropped.
+                tracing::error!(%error, "cannot start the audit writer's runtime");
+                return;
+            }
+        };
+        while let Some(first) = requests.blocking_recv() {
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match requests.try_recv() {
@@ -352,7 +367,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(group).await;
+            runtime.block_on(self.commit(group));
         }
     }
 
@@ -425,7 +440,16 @@ impl Writer {
                 store.append_audit(for_store).await
             }
         };
-        let file_write = self.write_file(for_file);
+        // The store's write is queued when first polled, then the file is
+        // written on this thread while the store syncs: the two syncs overlap.
+        let file = &mut self.file;
+        let file_write = async move {
+            if for_file.is_empty() {
+                return Ok(());
+            }
+            file.append(&for_file)
+                .map_err(|e| AuditError::Unavailable(format!("audit file: {e}")))
+        };
         let (stored, filed) = tokio::join!(store_write, file_write);
         if stored.is_ok() {
             self.in_store = last.max(self.in_store);
@@ -449,28 +473,6 @@ impl Writer {
         }
         stored.map_err(AuditError::from)?;
         filed
-    }
-
-    /// Appends to the file on the blocking pool (write and fsync block).
-    async fn write_file(&mut self, lines: Vec<u8>) -> Result<(), AuditError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        let Some(mut sink) = self.file.take() else {
-            return Err(AuditError::Unavailable("audit file lost".into()));
-        };
-        match tokio::task::spawn_blocking(move || {
-            let written = sink.append(&lines);
-            (sink, written)
-        })
-        .await
-        {
-            Ok((sink, written)) => {
-                self.file = Some(sink);
-                written.map_err(|e| AuditError::Unavailable(format!("audit file: {e}")))
-            }
-            Err(_) => Err(AuditError::Unavailable("audit file writer panicked".into())),
-        }
     }
 }
 
