@@ -303,6 +303,17 @@ async fn denied_calls_are_audited_and_no_value_or_subject_id_is_in_any_log() {
         .await
         .expect_err("chat may not detokenize");
     assert_eq!(denied.code(), Code::PermissionDenied);
+    let mut stranger = server.client_with_key("tvk_unknown_key_000").await;
+    let unknown = stranger
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens.clone(),
+            purpose: String::new(),
+        })
+        .await
+        .expect_err("unknown key");
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    // The interceptor audits in the background; give it a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     server.stop().await;
 
     let audit = std::fs::read_to_string(audit_file(&server)).expect("audit file");
@@ -324,6 +335,7 @@ async fn denied_calls_are_audited_and_no_value_or_subject_id_is_in_any_log() {
         [
             ("detokenize", "ok"),
             ("restore_text", "ok"),
+            ("detokenize", "denied"),
             ("detokenize", "denied")
         ]
     );
@@ -336,6 +348,8 @@ async fn denied_calls_are_audited_and_no_value_or_subject_id_is_in_any_log() {
     assert_eq!(records[0]["purpose"], "support-case-1");
     assert_eq!(records[2]["principal"], "chat");
     assert_eq!(records[2]["outcome"]["code"], "permission_denied");
+    assert_eq!(records[3]["principal"], "");
+    assert_eq!(records[3]["outcome"]["code"], "unauthenticated");
     let (ok, output) = verify(&server);
     assert!(ok, "{output}");
 
