@@ -393,12 +393,19 @@ async fn denied_calls_are_audited_and_no_value_or_subject_id_is_in_any_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_prints_records_and_follows_new_ones() {
+async fn verify_runs_beside_a_live_server_and_tail_follows_new_records() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start(dir.path());
     let mut client = server.client().await;
     let tokens = tokenize(&mut client, "cust-tail", vec![item(&card(3), "card")]).await;
     detokenize_many(&server, &tokens[0], 2).await;
+
+    // verify runs beside the live server (RocksDB read-only takes no lock).
+    let (ok, output) = verify(&server);
+    assert!(
+        ok && output.contains("2 records") && output.contains("server running"),
+        "{output}"
+    );
 
     let data_dir = server.data_dir().display().to_string();
     let output = server.run_cli(&["audit", "tail", "--data-dir", &data_dir]);

@@ -189,3 +189,20 @@ fn long_purposes_are_cut_at_a_character_boundary() {
     assert_eq!(truncated("ééé".into(), 3), "é");
     assert_eq!(truncated("abc".into(), 3), "abc");
 }
+
+#[tokio::test]
+async fn a_lost_file_is_rebuilt_from_the_database() {
+    let f = fixture();
+    let store = open_store(&f.db);
+    {
+        let log = open_log(&store, &f.file).await;
+        for i in 0..3 {
+            log.append(reveal(&format!("t{i}"))).await.expect("append");
+        }
+    }
+    // What an operator does with a damaged file: move it aside.
+    std::fs::rename(&f.file, f.file.with_extension("damaged")).expect("move");
+    let log = open_log(&store, &f.file).await;
+    assert_eq!(verify(&store, &f.file).await, Ok(3));
+    assert_eq!(log.append(reveal("t3")).await.expect("append"), 4);
+}
