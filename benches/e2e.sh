@@ -2,7 +2,9 @@
 # End-to-end load test: a release tokenvault (serve --dev, synced writes) and
 # the peer baseline, OpenBao transit (`bao server -dev`), both on loopback,
 # measured by `tokenvault bench` in one run. Bounded: each cell runs
-# SECONDS seconds (default 5). Prints a markdown table.
+# SECONDS seconds (default 5). Prints a markdown table, then the audit log's
+# cost per cell: audited Detokenize next to Tokenize of known values (the same
+# lookups and key work, no audit record).
 #
 #   bash benches/e2e.sh                 # full matrix
 #   SECONDS_PER_CELL=2 bash benches/e2e.sh --concurrency 16 --batch 100

@@ -63,6 +63,8 @@ pub struct Config {
     pub erasure: ErasureConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// `[erasure]`: where forgetting is recorded so that it outlives a restore.
@@ -98,6 +100,18 @@ impl Default for RetentionConfig {
 fn default_purge_interval() -> u64 {
     3600
 }
+
+/// `[audit]`: where the JSON-lines copy of the audit log goes (the copy a
+/// SIEM ships; the other copy is in the store).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Default: `<data_dir>/audit.jsonl`.
+    pub file: Option<PathBuf>,
+}
+
+/// The audit file's name in the data directory when `[audit] file` is not set.
+pub const DEFAULT_AUDIT_FILE: &str = "audit.jsonl";
 
 /// `[[detectors]]`: a regex, an optional check, context words and the
 /// format its matches are tokenized with.
@@ -424,6 +438,15 @@ fn default_max_text_bytes() -> usize {
 }
 
 impl Config {
+    /// The JSON-lines audit file: `[audit] file`, or `<data_dir>/audit.jsonl`
+    /// (after a `--data-dir` override).
+    pub fn audit_file(&self) -> PathBuf {
+        self.audit
+            .file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(DEFAULT_AUDIT_FILE))
+    }
+
     /// The embedded default of `serve --dev`.
     pub fn dev() -> Self {
         toml::from_str("").expect("an empty config takes every default")
@@ -614,6 +637,7 @@ mod tests {
             ("[storage]\nsync_write = false", "sync_write"),
             ("[kek]\nprovider = \"local\"\npth = \"k\"", "pth"),
             ("[limits]\nmax_items = 3", "max_items"),
+            ("[audit]\npath = \"a.jsonl\"", "path"),
         ] {
             let err = Config::parse(text).expect_err(text);
             assert!(err.contains(key), "{err} should name {key}");
@@ -647,6 +671,21 @@ mod tests {
         assert_eq!(config.principals[0].allow, ["tokenize", "redact_text"]);
         assert_eq!(config.principals[0].alert_at_percent, 80);
         assert!(config.principals[0].reveal.is_empty());
+    }
+
+    #[test]
+    fn audit_file_defaults_to_the_data_dir() {
+        let mut config = Config::dev();
+        config.data_dir = PathBuf::from("/var/lib/tv");
+        assert_eq!(
+            config.audit_file(),
+            PathBuf::from("/var/lib/tv/audit.jsonl")
+        );
+        let config = Config::parse("[audit]\nfile = \"/var/log/tv/audit.jsonl\"").expect("parses");
+        assert_eq!(
+            config.audit_file(),
+            PathBuf::from("/var/log/tv/audit.jsonl")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `kek` (key-encryption-key providers) and `store` (persistence).
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crypto;

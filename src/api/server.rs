@@ -31,10 +31,12 @@ use tonic::{Request, Status};
 use super::admin::{self, AdminService};
 use super::auth::{Access, Authenticator};
 use super::service::TokenVaultService;
+use crate::audit::{AuditError, AuditEvent, AuditLog, Outcome};
 use crate::config::{Config, TlsConfig};
 use crate::pb;
 use crate::pb::admin::admin_server::AdminServer;
 use crate::pb::token_vault_server::TokenVaultServer;
+use crate::policy::Rpc;
 use crate::vault::Vault;
 
 /// The health name of the key provider dependency.
@@ -60,6 +62,8 @@ pub enum ServeError {
     Tls(String),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Audit(#[from] AuditError),
 }
 
 /// How the principals are re-read on SIGHUP: the config file, and the
@@ -79,6 +83,15 @@ pub async fn serve(
     reload: Option<Reload>,
 ) -> Result<(), ServeError> {
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
+    // Before listening: no call is served without a working audit log.
+    let audit = Arc::new(
+        AuditLog::open(
+            vault.store(),
+            vault.audit_hash_key().clone(),
+            &config.audit_file(),
+        )
+        .await?,
+    );
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -91,15 +104,18 @@ pub async fn serve(
     })?;
 
     let gate = Arc::clone(&access);
+    let denial_audit = Arc::clone(&audit);
     let interceptor = move |mut request: Request<()>| -> Result<Request<()>, Status> {
-        let principal = gate.check(&request)?;
+        let principal = gate
+            .check(&request)
+            .inspect_err(|denied| audit_unauthenticated(&denial_audit, &request, denied))?;
         request.extensions_mut().insert(principal);
         Ok(request)
     };
     let reloader = tokio::spawn(reload_on_sighup(access, reload));
 
     let max_message = config.limits.max_message_bytes;
-    let token_vault = TokenVaultServer::new(TokenVaultService::new(Arc::clone(&vault)))
+    let token_vault = TokenVaultServer::new(TokenVaultService::new(Arc::clone(&vault), audit))
         .max_decoding_message_size(max_message);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -141,6 +157,7 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_invalid_argument,
         ))
+        .layer(tower::util::MapRequestLayer::new(tag_rpc))
         .add_service(health)
         .add_service(InterceptedService::new(reflection, interceptor.clone()))
         .add_service(InterceptedService::new(
@@ -327,6 +344,52 @@ fn log_key_use(vault: &Vault) {
         dek_cache_evictions = cache.evictions.load(Relaxed),
         "key provider calls since start"
     );
+}
+
+/// The RPC a request is for, by its snake_case name, put on the request
+/// by [`tag_rpc`] for the auth interceptor (which does not see the path).
+#[derive(Debug, Clone, Copy)]
+struct CalledRpc(&'static str);
+
+fn tag_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+    let rpc = match method {
+        "Tokenize" => Rpc::Tokenize.name(),
+        "Detokenize" => Rpc::Detokenize.name(),
+        "RedactText" => Rpc::RedactText.name(),
+        "RestoreText" => Rpc::RestoreText.name(),
+        "ForgetSubject" => Rpc::ForgetSubject.name(),
+        "ExportSubject" => Rpc::ExportSubject.name(),
+        "ServerReflectionInfo" => "server_reflection_info",
+        _ => "other",
+    };
+    request.extensions_mut().insert(CalledRpc(rpc));
+    request
+}
+
+/// Audits a call refused for its credentials. The interceptor cannot wait,
+/// so the record is appended in the background: the call reveals nothing
+/// either way, and a failure is logged.
+fn audit_unauthenticated(audit: &Arc<AuditLog>, request: &Request<()>, denied: &Status) {
+    let rpc = request
+        .extensions()
+        .get::<CalledRpc>()
+        .map_or("other", |called| called.0);
+    let event = AuditEvent {
+        principal: String::new(),
+        rpc,
+        outcome: Outcome::Denied {
+            code: "unauthenticated",
+            reason: denied.message().to_string(),
+        },
+        ..AuditEvent::default()
+    };
+    let audit = Arc::clone(audit);
+    tokio::spawn(async move {
+        if let Err(error) = audit.append(event).await {
+            tracing::error!(%error, rpc, "unauthenticated call not audited");
+        }
+    });
 }
 
 /// The gRPC decoder refuses a message over `limits.max_message_bytes` with

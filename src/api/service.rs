@@ -1,5 +1,11 @@
 //! `TokenVault` over the vault: converts messages, checks the caller's
 //! policy, maps errors.
+//!
+//! Audit: every refused call (policy, purpose, actor, rate limit), every
+//! rate alert and every call that reveals or destroys data appends a
+//! record to the audit log. A reveal waits for its record and returns
+//! nothing if it cannot be written (UNAVAILABLE); a forget names its
+//! record's sequence number in the receipt.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,62 +13,157 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::status::{policy_status, to_status};
+use super::status::{audit_status, policy_status, to_status};
+use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::crypto::SubjectHash;
 use crate::erasure::SignedReceipt;
 use crate::pb;
-use crate::policy::{PolicyError, Principal, RateLimiter, Reveal, Rpc};
+use crate::policy::{Alert, PolicyError, Principal, RateLimiter, Reveal, Rpc};
 use crate::vault::{self, TokenMode, TokenStatus, Vault};
 
 pub struct TokenVaultService {
     vault: Arc<Vault>,
     /// Detokenize rate limits, per principal and per actor.
     rates: Arc<RateLimiter>,
+    audit: Arc<AuditLog>,
 }
 
 impl TokenVaultService {
-    pub fn new(vault: Arc<Vault>) -> Self {
+    pub fn new(vault: Arc<Vault>, audit: Arc<AuditLog>) -> Self {
         TokenVaultService {
             vault,
             rates: Arc::new(RateLimiter::new()),
+            audit,
+        }
+    }
+
+    /// The caller if its policy allows `rpc`; a refusal is audited.
+    async fn authorize<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Principal, Status> {
+        let principal = principal(request)?;
+        if let Err(error) = principal.require(rpc) {
+            return Err(refused(&self.audit, &principal, rpc, error).await);
+        }
+        Ok(principal)
+    }
+
+    /// [`Principal::check_reveal`] (purpose, actor, second factor), with a
+    /// refusal audited.
+    async fn check_reveal(
+        &self,
+        principal: &Principal,
+        rpc: Rpc,
+        purpose: &str,
+    ) -> Result<(), Status> {
+        match principal.check_reveal(rpc, purpose) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(refused(&self.audit, principal, rpc, error).await),
         }
     }
 
     /// Charges `values` revealed values to the caller's rate limits, or
-    /// RESOURCE_EXHAUSTED. Alerts are already logged and counted.
-    fn admit(&self, principal: &Principal, rpc: Rpc, values: usize) -> Result<(), Status> {
-        admit(&self.rates, principal, rpc, values)
+    /// RESOURCE_EXHAUSTED. Alerts are logged, counted and audited.
+    async fn admit(&self, principal: &Principal, rpc: Rpc, values: usize) -> Result<(), Status> {
+        admit(&self.rates, &self.audit, principal, rpc, values).await
+    }
+
+    /// Appends the record of a reveal or erasure; UNAVAILABLE if it cannot
+    /// be written, and then the caller must return no value.
+    async fn audit_done(&self, event: AuditEvent) -> Result<u64, Status> {
+        self.audit.append(event).await.map_err(audit_status)
     }
 }
 
 /// [`TokenVaultService::admit`], for work that outlives the call handler
 /// (the export stream).
-fn admit(
+async fn admit(
     rates: &RateLimiter,
+    audit: &AuditLog,
     principal: &Principal,
     rpc: Rpc,
     values: usize,
 ) -> Result<(), Status> {
     let values = u64::try_from(values).unwrap_or(u64::MAX);
     match rates.admit(principal, rpc, values) {
-        Ok(_warnings) => {
-            // AUDIT: append each warning alert here once the audit log
-            // is merged.
+        Ok(warnings) => {
+            for warning in warnings {
+                // A warning alert lets the call through: a failure to
+                // record it is logged, not the caller's problem.
+                if let Err(error) = audit.append(alert_event(principal, &warning)).await {
+                    tracing::error!(%error, "rate warning alert not audited");
+                }
+            }
             Ok(())
         }
         // Nothing was revealed; the refusal carries its alert.
-        Err(alert) => Err(refused(principal, rpc, PolicyError::RateLimited(alert))),
+        Err(alert) => Err(refused(audit, principal, rpc, PolicyError::RateLimited(alert)).await),
     }
 }
 
 /// A call refused by policy, as its status. The one place every policy
-/// refusal (denied RPC, purpose, actor, second factor, rate limit) passes.
-fn refused(principal: &Principal, rpc: Rpc, error: PolicyError) -> Status {
-    // AUDIT: append a denied-call record here once the audit log is merged:
-    // principal.name, principal.actor_name(), rpc.name(), error.reason(),
-    // and for RateLimited the Alert.
-    let _ = (principal, rpc);
+/// refusal (denied RPC, purpose, actor, second factor, rate limit) passes,
+/// and where it is audited: a rate refusal as its alert, others as a
+/// denial. The call is refused even if the record cannot be written (it
+/// reveals nothing); that failure is logged.
+async fn refused(audit: &AuditLog, principal: &Principal, rpc: Rpc, error: PolicyError) -> Status {
+    let status = policy_status(&error);
+    let event = match &error {
+        PolicyError::RateLimited(alert) => alert_event(principal, alert),
+        _ => AuditEvent {
+            outcome: Outcome::Denied {
+                code: code_name(status.code()),
+                reason: error.reason().to_string(),
+            },
+            ..caller_event(principal, rpc)
+        },
+    };
+    if let Err(audit_error) = audit.append(event).await {
+        tracing::error!(error = %audit_error, rpc = rpc.name(), "refused call not audited");
+    }
     // The denial is already logged by the policy (names only).
-    policy_status(&error)
+    status
+}
+
+/// The audit record of a rate alert.
+fn alert_event(principal: &Principal, alert: &Alert) -> AuditEvent {
+    AuditEvent {
+        count: alert.values,
+        outcome: Outcome::Alert {
+            kind: alert.kind.name().to_string(),
+            detail: format!(
+                "{} limit {} values/min, {} asked",
+                alert.scope.name(),
+                alert.limit,
+                alert.values
+            ),
+        },
+        ..caller_event(principal, alert.rpc)
+    }
+}
+
+/// An audit event naming the caller (principal and actor) and the RPC.
+fn caller_event(principal: &Principal, rpc: Rpc) -> AuditEvent {
+    AuditEvent {
+        principal: principal.name.to_string(),
+        actor: principal.actor_name().map(str::to_string),
+        rpc: rpc.name(),
+        ..AuditEvent::default()
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        tonic::Code::InvalidArgument => "invalid_argument",
+        _ => "permission_denied",
+    }
+}
+
+/// Each subject once, in a stable order.
+fn distinct_subjects(subjects: impl Iterator<Item = SubjectHash>) -> Vec<SubjectHash> {
+    let mut subjects: Vec<SubjectHash> = subjects.collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    subjects
 }
 
 fn pb_reveal(reveal: Reveal) -> pb::Reveal {
@@ -74,16 +175,12 @@ fn pb_reveal(reveal: Reveal) -> pb::Reveal {
 
 /// The principal the auth interceptor put on the request. Its absence is a
 /// wiring bug, and then nothing is served.
-fn principal<T>(request: &Request<T>, rpc: Rpc) -> Result<Principal, Status> {
-    let principal = request
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
         .extensions()
         .get::<Principal>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no authenticated principal"))?;
-    principal
-        .require(rpc)
-        .map_err(|error| refused(&principal, rpc, error))?;
-    Ok(principal)
+        .ok_or_else(|| Status::unauthenticated("no authenticated principal"))
 }
 
 fn token_mode(raw: i32, index: usize) -> Result<TokenMode, Status> {
@@ -121,7 +218,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
-        principal(&request, Rpc::Tokenize)?;
+        self.authorize(&request, Rpc::Tokenize).await?;
         let request = request.into_inner();
         let items = request
             .items
@@ -148,23 +245,34 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
-        let principal = principal(&request, Rpc::Detokenize)?;
+        let principal = self.authorize(&request, Rpc::Detokenize).await?;
         let request = request.into_inner();
-        principal
-            .check_reveal(Rpc::Detokenize, &request.purpose)
-            .map_err(|error| refused(&principal, Rpc::Detokenize, error))?;
+        self.check_reveal(&principal, Rpc::Detokenize, &request.purpose)
+            .await?;
         // Every requested token counts, found or not, so probing for
         // tokens is limited too; charged before anything is read. A batch
         // the vault refuses as invalid costs nothing.
         let batch = request.tokens.len();
         if (1..=self.vault.limits().max_batch_items).contains(&batch) {
-            self.admit(&principal, Rpc::Detokenize, batch)?;
+            self.admit(&principal, Rpc::Detokenize, batch).await?;
         }
         let outcomes = self
             .vault
             .detokenize(&request.tokens)
             .await
             .map_err(to_status)?;
+        let found = outcomes
+            .iter()
+            .filter(|o| o.status == TokenStatus::Found)
+            .count();
+        self.audit_done(AuditEvent {
+            purpose: request.purpose.clone(),
+            subjects: distinct_subjects(outcomes.iter().filter_map(|o| o.subject)),
+            tokens: request.tokens.clone(),
+            count: found as u64,
+            ..caller_event(&principal, Rpc::Detokenize)
+        })
+        .await?;
         let results = request
             .tokens
             .into_iter()
@@ -196,7 +304,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::RedactTextRequest>,
     ) -> Result<Response<pb::RedactTextResponse>, Status> {
-        principal(&request, Rpc::RedactText)?;
+        self.authorize(&request, Rpc::RedactText).await?;
         let request = request.into_inner();
         let redacted = self
             .vault
@@ -225,11 +333,10 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::RestoreTextRequest>,
     ) -> Result<Response<pb::RestoreTextResponse>, Status> {
-        let principal = principal(&request, Rpc::RestoreText)?;
+        let principal = self.authorize(&request, Rpc::RestoreText).await?;
         let request = request.into_inner();
-        principal
-            .check_reveal(Rpc::RestoreText, &request.purpose)
-            .map_err(|error| refused(&principal, Rpc::RestoreText, error))?;
+        self.check_reveal(&principal, Rpc::RestoreText, &request.purpose)
+            .await?;
         let mut restored = self
             .vault
             .restore_text_with(&request.text, |format, value| {
@@ -239,8 +346,15 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .map_err(to_status)?;
         // Restored tokens count; on a refusal the restored text is dropped
         // (zeroized) unseen.
-        self.admit(&principal, Rpc::RestoreText, restored.restored)?;
+        self.admit(&principal, Rpc::RestoreText, restored.restored)
+            .await?;
         let restored_count = offset(restored.restored)?;
+        self.audit_done(AuditEvent {
+            purpose: request.purpose.clone(),
+            count: u64::from(restored_count),
+            ..caller_event(&principal, Rpc::RestoreText)
+        })
+        .await?;
         Ok(Response::new(pb::RestoreTextResponse {
             // Moved out of the zeroizing wrapper only here, into the
             // response the caller is entitled to.
@@ -253,7 +367,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::ForgetSubjectRequest>,
     ) -> Result<Response<pb::ForgetSubjectResponse>, Status> {
-        principal(&request, Rpc::ForgetSubject)?;
+        let caller = self.authorize(&request, Rpc::ForgetSubject).await?;
         let request = request.into_inner();
         check_reason(&request.reason)?;
         let forgotten = self
@@ -261,8 +375,19 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .forget(&request.subject_id)
             .await
             .map_err(to_status)?;
+        // The erasure is done and cannot be undone; if its record cannot be
+        // written the caller gets UNAVAILABLE and, retrying, a receipt for
+        // 0 tokens with the record of the retry.
+        let sequence = self
+            .audit_done(AuditEvent {
+                purpose: request.reason.clone(),
+                subjects: vec![forgotten.subject],
+                count: forgotten.tokens_erased,
+                ..caller_event(&caller, Rpc::ForgetSubject)
+            })
+            .await?;
         // The audit sequence number joins the receipt with the audit log.
-        let receipt = self.vault.receipt(&forgotten, 0);
+        let receipt = self.vault.receipt(&forgotten, sequence);
         Ok(Response::new(pb::ForgetSubjectResponse {
             tokens_erased: forgotten.tokens_erased,
             receipt: Some(receipt_message(&receipt)),
@@ -275,11 +400,10 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
-        let principal = principal(&request, Rpc::ExportSubject)?;
+        let principal = self.authorize(&request, Rpc::ExportSubject).await?;
         let request = request.into_inner();
-        principal
-            .check_reveal(Rpc::ExportSubject, &request.purpose)
-            .map_err(|error| refused(&principal, Rpc::ExportSubject, error))?;
+        self.check_reveal(&principal, Rpc::ExportSubject, &request.purpose)
+            .await?;
         // The first page is read before the stream starts, so a bad subject,
         // an unavailable key provider or a spent rate limit is the call's
         // status. Each page is charged to the rate limits before it is sent.
@@ -289,14 +413,19 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .await
             .map_err(to_status)?;
         if !first.tokens.is_empty() {
-            self.admit(&principal, Rpc::ExportSubject, first.tokens.len())?;
+            self.admit(&principal, Rpc::ExportSubject, first.tokens.len())
+                .await?;
+            self.audit_done(export_event(&principal, &request.purpose, &first))
+                .await?;
         }
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         let export = Export {
             vault: Arc::clone(&self.vault),
             rates: Arc::clone(&self.rates),
+            audit: Arc::clone(&self.audit),
             principal,
             subject_id: request.subject_id,
+            purpose: request.purpose,
         };
         tokio::spawn(export.stream(first, sender));
         Ok(Response::new(Box::pin(
@@ -332,8 +461,21 @@ pub fn receipt_message(receipt: &SignedReceipt) -> pb::ErasureReceipt {
 struct Export {
     vault: Arc<Vault>,
     rates: Arc<RateLimiter>,
+    audit: Arc<AuditLog>,
     principal: Principal,
     subject_id: String,
+    purpose: String,
+}
+
+/// The audit record of one export page (every page is a reveal).
+fn export_event(principal: &Principal, purpose: &str, page: &vault::ExportPage) -> AuditEvent {
+    AuditEvent {
+        purpose: purpose.to_string(),
+        subjects: vec![page.subject],
+        tokens: page.tokens.iter().map(|e| e.token.clone()).collect(),
+        count: page.tokens.len() as u64,
+        ..caller_event(principal, Rpc::ExportSubject)
+    }
 }
 
 impl Export {
@@ -383,10 +525,16 @@ impl Export {
         if !page.tokens.is_empty() {
             admit(
                 &self.rates,
+                &self.audit,
                 &self.principal,
                 Rpc::ExportSubject,
                 page.tokens.len(),
-            )?;
+            )
+            .await?;
+            self.audit
+                .append(export_event(&self.principal, &self.purpose, &page))
+                .await
+                .map_err(audit_status)?;
         }
         Ok(page)
     }

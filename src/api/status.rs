@@ -4,6 +4,7 @@
 
 use tonic::Status;
 
+use crate::audit::AuditError;
 use crate::policy::{ActorError, PolicyError};
 use crate::vault::VaultError;
 
@@ -22,6 +23,13 @@ pub fn policy_status(error: &PolicyError) -> Status {
 /// Every refused actor token is UNAUTHENTICATED: the credential is bad.
 pub fn actor_status(error: &ActorError) -> Status {
     Status::unauthenticated(error.to_string())
+}
+
+/// The status of a call whose audit record could not be written: nothing
+/// was revealed, and the caller may retry later.
+pub fn audit_status(error: AuditError) -> Status {
+    tracing::error!(%error, "audit record not written; call refused");
+    Status::unavailable("audit log unavailable; nothing was revealed")
 }
 
 pub fn to_status(error: VaultError) -> Status {
@@ -125,6 +133,15 @@ mod tests {
             actor_status(&ActorError::Expired).code(),
             Code::Unauthenticated
         );
+    }
+
+    #[test]
+    fn an_audit_failure_is_unavailable_and_names_no_detail() {
+        let status = audit_status(AuditError::Unavailable(
+            "/var/lib/tv/audit.jsonl: Is a directory".into(),
+        ));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("audit.jsonl"));
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! Detokenize; single items and batches; several concurrencies) and, in
 //! the same run, the peer baseline: OpenBao/Vault transit `encrypt` of the
 //! same values over HTTP at the same concurrency and batch size. It prints
-//! one markdown table of values/s and per-call latency percentiles.
+//! one markdown table of values/s and per-call latency percentiles, then
+//! the cost of the audit log: every Detokenize waits for its synced audit
+//! record, Tokenize of known values does the same lookups and key work
+//! with no record, so their ratio per cell is what auditing costs.
 //!
 //! `--redact-corpus FILE` drives RedactText with a chat corpus instead
 //! (see `bench_redact`).
@@ -113,7 +116,7 @@ impl Scenario {
         match self {
             Scenario::TokenizeNew => "tokenize (new values)",
             Scenario::TokenizeKnown => "tokenize (known values)",
-            Scenario::Detokenize => "detokenize",
+            Scenario::Detokenize => "detokenize (audited)",
             Scenario::PeerEncrypt => "peer: transit encrypt",
         }
     }
@@ -199,6 +202,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     println!("| scenario | batch | concurrency | calls/s | values/s | p50 ms | p99 ms | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut audit_cost = Vec::new();
     for &batch in &args.batch {
         for &concurrency in &args.concurrency {
             let mut scenarios = vec![
@@ -228,10 +232,36 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     m.percentile_ms(0.99),
                     m.errors
                 );
+                if matches!(scenario, Scenario::TokenizeKnown | Scenario::Detokenize) {
+                    audit_cost.push((batch, concurrency, scenario, m.values_per_second()));
+                }
             }
         }
     }
+    print_audit_cost(&audit_cost);
     Ok(())
+}
+
+/// The audit log's cost per cell: audited Detokenize next to Tokenize of
+/// known values (same lookups and key work, no audit record).
+fn print_audit_cost(cells: &[(usize, usize, Scenario, f64)]) {
+    println!();
+    println!("| audit cost: batch | concurrency | tokenize (known, no audit) values/s | detokenize (audited) values/s | ratio |");
+    println!("|---:|---:|---:|---:|---:|");
+    for &(batch, concurrency, scenario, audited) in cells {
+        if scenario != Scenario::Detokenize {
+            continue;
+        }
+        let plain = cells
+            .iter()
+            .find(|(b, c, s, _)| (*b, *c, *s) == (batch, concurrency, Scenario::TokenizeKnown));
+        if let Some(&(_, _, _, plain)) = plain {
+            println!(
+                "| {batch} | {concurrency} | {plain:.0} | {audited:.0} | {:.2} |",
+                audited / plain
+            );
+        }
+    }
 }
 
 /// Connects, creates the subjects and the pool of known values.

@@ -1,7 +1,9 @@
 //! The command line: `serve` runs the server; `tokenize`, `detokenize`,
-//! `redact` and `restore` make the same binary a client; `bench` is the end-to-end load tool.
+//! `redact` and `restore` make the same binary a client; `bench` is the end-to-end load tool;
+//! `keys` and `audit` are operator commands on a vault's data directory.
 //! Each command exits non-zero on failure with one clear line.
 
+pub mod audit;
 pub mod bench;
 mod bench_forget;
 mod bench_kek;
@@ -60,6 +62,9 @@ pub enum Command {
     /// Retention of expired tokens.
     #[command(subcommand)]
     Retention(erasure::RetentionCommand),
+    /// The audit log: verify its hash chain, or follow new records.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// Where the client finds the server and its credential.
@@ -163,6 +168,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Backup(command) => erasure::backup(command).await,
             Command::Receipt(command) => erasure::receipt(command).await,
             Command::Retention(command) => erasure::retention(command).await,
+            Command::Audit(command) => audit::run(command).await,
         }
     })
 }

@@ -269,6 +269,32 @@ pub async fn rotation_marker_is_stored_and_cleared(store: &dyn Store) {
     assert_eq!(store.kek_rotation().await.expect("read"), None);
 }
 
+pub async fn audit_records_read_back_in_sequence_order(store: &dyn Store) {
+    assert_eq!(store.last_audit_record().await.expect("last"), None);
+    let record = |seq: u64| (seq, format!("{{\"seq\":{seq}}}").into_bytes());
+    // Sequence 256 sorts after 2 only with big-endian keys.
+    store
+        .append_audit(vec![record(1), record(2), record(256)])
+        .await
+        .expect("append");
+    store.append_audit(vec![record(3)]).await.expect("append");
+    assert_eq!(
+        store.last_audit_record().await.expect("last"),
+        Some(record(256))
+    );
+    assert_eq!(
+        store.audit_records(2, 2).await.expect("scan"),
+        vec![record(2), record(3)]
+    );
+    assert_eq!(
+        store.audit_records(4, 10).await.expect("scan"),
+        vec![record(256)]
+    );
+    // A retry stores the same bytes again without harm.
+    store.append_audit(vec![record(3)]).await.expect("retry");
+    assert_eq!(store.audit_records(0, 10).await.expect("scan").len(), 4);
+}
+
 /// Runs the whole suite against fresh stores from `make`.
 fn hasher() -> TombstoneHasher {
     Arc::new(|token: &str| {
@@ -422,4 +448,5 @@ where
     rotation_marker_is_stored_and_cleared(make().as_ref()).await;
     forget_erases_one_subject_and_leaves_tombstones(make().as_ref()).await;
     subject_tokens_come_in_pages(make().as_ref()).await;
+    audit_records_read_back_in_sequence_order(make().as_ref()).await;
 }

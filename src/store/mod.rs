@@ -188,6 +188,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// A consistent backup into `dir` while serving.
     async fn create_backup(&self, dir: &Path) -> Result<BackupInfo, StoreError>;
+
+    // --- audit log (src/audit): records are opaque bytes to the store ---
+
+    /// Stores audit records (sequence number, encoded record) atomically
+    /// and synced, whatever `sync_writes` says. The audit log is the only
+    /// writer; it may store a record again with the same bytes (a retry).
+    async fn append_audit(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError>;
+
+    /// Up to `limit` audit records from sequence number `from_seq` on, in
+    /// sequence order.
+    async fn audit_records(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// The audit record with the highest sequence number, if any.
+    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! | `index`    | subject hash (32) ‖ 0x01 ‖ MAC (32) | [`IndexEntry`]      |
 //! | `index`    | subject hash (32) ‖ 0x02 ‖ token    | [`IndexEntry`]      |
 //! | `tombstones` | keyed hash of an erased token (32) | erased_at i64 BE  |
+//! | `audit`    | sequence number (u64 BE)            | audit record (JSON) |
 //!
 //! A token costs two entries: its record, and one `index` entry under its
 //! subject: the deterministic-index entry (tag 0x01) for a deterministic
@@ -69,7 +70,17 @@ const CF_SUBJECTS: &str = "subjects";
 const CF_TOKENS: &str = "tokens";
 const CF_INDEX: &str = "index";
 const CF_TOMBSTONES: &str = "tombstones";
-const COLUMN_FAMILIES: [&str; 5] = [CF_META, CF_SUBJECTS, CF_TOKENS, CF_INDEX, CF_TOMBSTONES];
+/// Audit records by big-endian sequence number, so key order is
+/// sequence order (see `crate::audit`).
+const CF_AUDIT: &str = "audit";
+const COLUMN_FAMILIES: [&str; 6] = [
+    CF_META,
+    CF_SUBJECTS,
+    CF_TOKENS,
+    CF_INDEX,
+    CF_TOMBSTONES,
+    CF_AUDIT,
+];
 /// The families that hold data a purge must remove physically.
 const PURGED_FAMILIES: [&str; 3] = [CF_SUBJECTS, CF_TOKENS, CF_INDEX];
 /// A family of an earlier development layout (three entries per token).
@@ -142,6 +153,10 @@ struct Inner {
     db: DB,
     path: PathBuf,
     write_options: WriteOptions,
+    /// For groups that carry audit records: those are synced even when
+    /// `sync_writes` is off, since a reveal is acknowledged only after its
+    /// record is durable.
+    synced_write_options: WriteOptions,
 }
 
 type PurgeReply = oneshot::Sender<Result<(), StoreError>>;
@@ -178,6 +193,10 @@ enum WriteRequest {
         now: i64,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    Audit {
+        records: Vec<(u64, Vec<u8>)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 impl RocksStore {
@@ -204,10 +223,13 @@ impl RocksStore {
 
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.sync_writes);
+        let mut synced_write_options = WriteOptions::default();
+        synced_write_options.set_sync(true);
         let inner = Arc::new(Inner {
             db,
             path: path.to_path_buf(),
             write_options,
+            synced_write_options,
         });
         let (writer, queue) = mpsc::channel();
         let writer_inner = Arc::clone(&inner);
@@ -471,6 +493,18 @@ impl Inner {
                         let _ = reply.send(Err(error));
                     }
                 },
+                WriteRequest::Audit { records, reply } => match self.cf(CF_AUDIT) {
+                    Ok(cf) => {
+                        for (seq, record) in records {
+                            state.batch.put_cf(cf, seq.to_be_bytes(), record);
+                        }
+                        state.carries_audit = true;
+                        waiting.push(Answer::Done(reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
             }
         }
         self.commit(state, waiting);
@@ -481,9 +515,14 @@ impl Inner {
         if waiting.is_empty() {
             return;
         }
+        let write_options = if state.carries_audit {
+            &self.synced_write_options
+        } else {
+            &self.write_options
+        };
         let written = self.token_puts_in_key_order(&mut state).and_then(|()| {
             self.db
-                .write_opt(state.batch, &self.write_options)
+                .write_opt(state.batch, write_options)
                 .map_err(engine)
         });
         for answer in waiting {
@@ -883,6 +922,84 @@ impl Inner {
     }
 }
 
+impl Inner {
+    fn audit_records(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        audit_scan(&self.db, self.cf(CF_AUDIT)?, from_seq, limit)
+    }
+
+    fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let cf = self.cf(CF_AUDIT)?;
+        match self.db.iterator_cf(cf, rocksdb::IteratorMode::End).next() {
+            Some(entry) => {
+                let (key, value) = entry.map_err(engine)?;
+                Ok(Some((audit_seq(&key)?, value.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Up to `limit` audit records from `from_seq` on.
+fn audit_scan(
+    db: &DB,
+    cf: &ColumnFamily,
+    from_seq: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let start = from_seq.to_be_bytes();
+    let mode = rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward);
+    let mut page = Vec::with_capacity(limit.min(1024));
+    for entry in db.iterator_cf(cf, mode).take(limit) {
+        let (key, value) = entry.map_err(engine)?;
+        page.push((audit_seq(&key)?, value.to_vec()));
+    }
+    Ok(page)
+}
+
+fn audit_seq(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("audit key"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// The `audit` family of a store opened read-only, for `tokenvault audit
+/// verify`: RocksDB's read-only mode takes no lock, so it also works
+/// beside a running server (it then sees the records as of opening).
+pub struct AuditReader {
+    db: DB,
+}
+
+impl AuditReader {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = Options::default();
+        let families = DB::list_cf(&options, path).map_err(engine)?;
+        if !families.iter().any(|f| f == CF_AUDIT) {
+            return Err(StoreError::Engine(format!(
+                "{} has no audit records (no `{CF_AUDIT}` column family)",
+                path.display()
+            )));
+        }
+        let db = DB::open_cf_for_read_only(&options, path, [CF_AUDIT], false).map_err(engine)?;
+        Ok(AuditReader { db })
+    }
+
+    /// Up to `limit` records from `from_seq` on, in sequence order.
+    pub fn records(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let cf = self
+            .db
+            .cf_handle(CF_AUDIT)
+            .ok_or(StoreError::Engine(format!(
+                "column family {CF_AUDIT} missing"
+            )))?;
+        audit_scan(&self.db, cf, from_seq, limit)
+    }
+}
+
 /// What one write group has staged so far.
 #[derive(Default)]
 struct GroupState {
@@ -894,6 +1011,8 @@ struct GroupState {
     tokens: HashSet<String>,
     index: HashMap<IndexKey, IndexEntry>,
     keys: HashMap<(&'static str, Vec<u8>), WrappedKey>,
+    /// Audit records are synced whatever `sync_writes` says.
+    carries_audit: bool,
 }
 
 enum KeyStaged {
@@ -1141,6 +1260,23 @@ impl Store for RocksStore {
         tokio::task::spawn_blocking(move || inner.create_backup(&dir))
             .await
             .map_err(|_| StoreError::Engine("the backup task failed".into()))?
+    }
+
+    async fn append_audit(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        self.write(|reply| WriteRequest::Audit { records, reply })
+            .await
+    }
+
+    async fn audit_records(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.audit_records(from_seq, limit)
+    }
+
+    async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.inner.last_audit_record()
     }
 }
 

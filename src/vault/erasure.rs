@@ -46,6 +46,8 @@ pub struct Exported {
 
 /// A page of an export, and where the next one starts.
 pub struct ExportPage {
+    /// The subject's keyed hash (for the audit record).
+    pub subject: SubjectHash,
     pub tokens: Vec<Exported>,
     pub next: Option<Vec<u8>>,
 }
@@ -149,6 +151,7 @@ impl Vault {
             .collect();
         if live.is_empty() {
             return Ok(ExportPage {
+                subject,
                 tokens: Vec::new(),
                 next: page.next,
             });
@@ -157,6 +160,7 @@ impl Vault {
         let Some(keys) = keys.get(&subject) else {
             // Forgotten between the page read and the key read.
             return Ok(ExportPage {
+                subject,
                 tokens: Vec::new(),
                 next: None,
             });
@@ -177,6 +181,7 @@ impl Vault {
             })
             .collect::<Result<Vec<_>, VaultError>>()?;
         Ok(ExportPage {
+            subject,
             tokens,
             next: page.next,
         })

@@ -83,6 +83,8 @@ pub struct Detokenized {
     pub value: Option<Zeroizing<String>>,
     /// Set when the token's record exists (found or expired).
     pub format: Option<String>,
+    /// The token's subject when its record exists, for the audit record.
+    pub subject: Option<SubjectHash>,
 }
 
 /// Counters of key-provider use, for metrics and the load tool: calls,
@@ -204,6 +206,17 @@ impl Vault {
         &self.cache
     }
 
+    /// The store, for the audit log (which keeps its records beside the
+    /// vault's).
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// The key the audit log hashes subjects and tokens with.
+    pub fn audit_hash_key(&self) -> &SecretKey {
+        self.system.audit_hash_key()
+    }
+
     /// The KEK provider, for the health probe.
     pub fn kek(&self) -> &Arc<dyn KekProvider> {
         &self.kek
@@ -320,6 +333,7 @@ impl Vault {
                     status: TokenStatus::Erased,
                     value: None,
                     format: None,
+                    subject: None,
                 }),
                 record => open_record(token, record, &keys, now),
             })
@@ -672,6 +686,7 @@ fn open_record(
             status: TokenStatus::NotFound,
             value: None,
             format: None,
+            subject: None,
         });
     };
     if record.is_expired(now) {
@@ -679,6 +694,7 @@ fn open_record(
             status: TokenStatus::Expired,
             value: None,
             format: Some(record.format),
+            subject: Some(record.subject),
         });
     }
     let Some(subject_keys) = keys.get(&record.subject) else {
@@ -688,6 +704,7 @@ fn open_record(
             status: TokenStatus::Erased,
             value: None,
             format: None,
+            subject: None,
         });
     };
     let aad = token_aad(token, &record.format, &record.subject);
@@ -698,6 +715,7 @@ fn open_record(
         status: TokenStatus::Found,
         value: Some(Zeroizing::new(value)),
         format: Some(record.format),
+        subject: Some(record.subject),
     })
 }
 

@@ -1,0 +1,486 @@
+//! The tamper-evident audit log: one record for every reveal, erasure,
+//! export and denied call, hash-chained, written to the store (`audit`
+//! column family) and to a JSON-lines file a SIEM ships.
+//!
+//! It owns the record format ([`record`]), the chain checks ([`verify`])
+//! and the one writer task that numbers, chains and stores records. A call
+//! that reveals data waits for [`AuditLog::append`] and reveals nothing
+//! when it fails: the log is fail-closed, never best-effort.
+//!
+//! It must never see a value or a subject id. Subjects arrive as
+//! [`SubjectHash`]es and tokens as tokens; both are stored only as
+//! HMAC-SHA256 under the system's audit-hash key, so the shipped file
+//! cannot be joined with the store's keys or a token list without that key.
+//!
+//! Group commit: concurrent appends queue for the writer thread, which
+//! takes every request waiting, seals them in sequence order and writes
+//! the group to both sinks at once (one RocksDB synced write, one file
+//! `fsync`, overlapping). It is an OS thread of its own, like the store's
+//! writer: its turnaround is what every reveal waits for, so it does not
+//! queue behind gRPC handlers for a runtime worker, and the file's write
+//! and `fsync` block only it. A group that fails in one sink stays queued for it and is
+//! written again before the next group, so the two copies never diverge
+//! for long and the chain never has a hole; its callers get
+//! [`AuditError::Unavailable`] meanwhile.
+
+mod file;
+pub mod record;
+pub mod verify;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::crypto::{SecretKey, SubjectHash};
+use crate::store::{Store, StoreError};
+use file::FileSink;
+pub use record::{AuditRecord, RecordOutcome, GENESIS_PREV};
+pub use verify::{ChainError, ChainVerifier};
+
+/// Most records sealed and written as one group.
+const MAX_GROUP: usize = 1024;
+/// Appends waiting for the writer before callers wait to queue.
+const QUEUE_DEPTH: usize = 8192;
+/// Records sealed but not yet in both sinks (one sink down) before new
+/// appends are refused outright.
+const MAX_UNWRITTEN: usize = 100_000;
+/// Records per store read when the file catches up at start-up.
+const CATCH_UP_PAGE: usize = 1024;
+/// Longest purpose kept in a record: a purpose is a short reason, and
+/// the log must not grow by what a caller chooses to send.
+const MAX_PURPOSE_BYTES: usize = 256;
+
+/// Errors of the audit log. Messages carry no audited data.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// A record could not be made durable in both sinks (I/O, disk full,
+    /// the file replaced, the store failing, the writer stopped).
+    #[error("audit log unavailable: {0}")]
+    Unavailable(String),
+    /// At start-up: the stored log is broken or its two copies disagree.
+    #[error("audit log at start-up: {0}")]
+    Inconsistent(String),
+}
+
+impl From<StoreError> for AuditError {
+    fn from(error: StoreError) -> Self {
+        AuditError::Unavailable(error.to_string())
+    }
+}
+
+/// What an audited call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served (values revealed, data erased or exported).
+    #[default]
+    Ok,
+    /// Refused: `code` is the gRPC code in snake_case
+    /// (`permission_denied`, `unauthenticated`, `resource_exhausted`).
+    Denied { code: &'static str, reason: String },
+    /// Served or refused, and worth a human's attention (a rate limit hit,
+    /// a mass export).
+    Alert { kind: String, detail: String },
+}
+
+/// One audited call, as the service describes it. Subjects and tokens are
+/// hashed by the log before anything is written.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEvent {
+    pub principal: String,
+    /// The human behind the principal (actor token), if one was named.
+    pub actor: Option<String>,
+    /// The RPC in snake_case (`detokenize`, `forget_subject`, ...).
+    pub rpc: &'static str,
+    pub purpose: String,
+    pub subjects: Vec<SubjectHash>,
+    /// Raw tokens; the log stores their keyed hashes only.
+    pub tokens: Vec<String>,
+    /// Values revealed, tokens erased or exported.
+    pub count: u64,
+    pub outcome: Outcome,
+}
+
+/// The audit log of one vault: Arc-shared by everything that audits.
+pub struct AuditLog {
+    hash_key: SecretKey,
+    queue: mpsc::Sender<Append>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditLog(..)")
+    }
+}
+
+/// An append waiting for the writer.
+struct Append {
+    record: AuditRecord,
+    reply: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+impl AuditLog {
+    /// Opens the log: reads the chain's head from both sinks, brings the
+    /// one that is behind (a crash between the two writes) up to the other,
+    /// and starts the writer task. Fails if either copy's last record is
+    /// not valid or the two disagree: the server must not start on a log
+    /// it cannot extend honestly.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        hash_key: SecretKey,
+        file: &Path,
+    ) -> Result<AuditLog, AuditError> {
+        let unavailable =
+            |e: std::io::Error| AuditError::Unavailable(format!("{}: {e}", file.display()));
+        let opened = FileSink::open(file).map_err(unavailable)?;
+        if opened.torn_bytes > 0 {
+            tracing::warn!(path = %file.display(), bytes = opened.torn_bytes, "audit file ended in an unfinished line (a crash during a write); cut it off");
+        }
+        let mut sink = opened.sink;
+        let file_head = head_of("file", opened.last_line.as_deref())?;
+        let store_head = head_of(
+            "database",
+            store.last_audit_record().await?.map(|(_, r)| r).as_deref(),
+        )?;
+        let head = if file_head.0 < store_head.0 {
+            file_catch_up(store.as_ref(), &mut sink, &file_head, store_head.0).await?;
+            store_head
+        } else if store_head.0 < file_head.0 {
+            store_catch_up(store.as_ref(), file, &store_head).await?;
+            file_head
+        } else if file_head.1 != store_head.1 {
+            return Err(AuditError::Inconsistent(format!(
+                "record {}: database and file differ (run tokenvault audit verify)",
+                file_head.0
+            )));
+        } else {
+            file_head
+        };
+        tracing::info!(path = %file.display(), records = head.0, "audit log open");
+
+        let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            store,
+            file: sink,
+            next_seq: head.0 + 1,
+            prev: head.1,
+            unwritten: VecDeque::new(),
+            in_store: head.0,
+            in_file: head.0,
+        };
+        // The thread ends when the last sender (this log) is dropped.
+        std::thread::Builder::new()
+            .name("tokenvault-audit".into())
+            .spawn(move || writer.run(requests))
+            .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
+        Ok(AuditLog { hash_key, queue })
+    }
+
+    /// Appends a record; returns its sequence number once it is durable in
+    /// the store and the file. On error the caller must reveal nothing.
+    pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let record = self.draft(event);
+        let stopped = || AuditError::Unavailable("the audit writer has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Append { record, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The record of an event before the writer numbers and chains it.
+    fn draft(&self, event: AuditEvent) -> AuditRecord {
+        let hash = |label: &[u8], bytes: &[u8]| hex::encode(self.hash_key.mac(&[label, bytes]));
+        AuditRecord {
+            v: record::RECORD_VERSION,
+            seq: 0,
+            time_unix_ms: 0,
+            principal: event.principal,
+            actor: event.actor,
+            rpc: event.rpc.to_string(),
+            purpose: truncated(event.purpose, MAX_PURPOSE_BYTES),
+            subject_hashes: event
+                .subjects
+                .iter()
+                .map(|s| hash(b"subject", s.as_bytes()))
+                .collect(),
+            token_hashes: event
+                .tokens
+                .iter()
+                .map(|t| hash(b"token", t.as_bytes()))
+                .collect(),
+            count: event.count,
+            outcome: match event.outcome {
+                Outcome::Ok => RecordOutcome::Ok,
+                Outcome::Denied { code, reason } => RecordOutcome::Denied {
+                    code: code.to_string(),
+                    reason,
+                },
+                Outcome::Alert { kind, detail } => RecordOutcome::Alert { kind, detail },
+            },
+            prev: String::new(),
+            hash: None,
+        }
+    }
+}
+
+fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// (sequence number, hash) of a sink's last record; (0, genesis) if empty.
+fn head_of(sink: &str, last: Option<&[u8]>) -> Result<(u64, String), AuditError> {
+    match last {
+        None => Ok((0, GENESIS_PREV.to_string())),
+        Some(line) => {
+            let record = AuditRecord::open(line).map_err(|problem| {
+                AuditError::Inconsistent(format!(
+                    "the last record of the {sink} is not valid ({problem:?}); run tokenvault audit verify"
+                ))
+            })?;
+            let hash = record.hash().to_string();
+            Ok((record.seq, hash))
+        }
+    }
+}
+
+/// Appends the store's records after the file's last one to the file.
+async fn file_catch_up(
+    store: &dyn Store,
+    sink: &mut FileSink,
+    file_head: &(u64, String),
+    until: u64,
+) -> Result<(), AuditError> {
+    let mut next = file_head.0 + 1;
+    let mut prev = file_head.1.clone();
+    while next <= until {
+        let page = store.audit_records(next, CATCH_UP_PAGE).await?;
+        if page.is_empty() {
+            return Err(AuditError::Inconsistent(format!(
+                "missing record {next} in the database"
+            )));
+        }
+        let mut lines = Vec::new();
+        for (seq, line) in page.into_iter().take_while(|(seq, _)| *seq <= until) {
+            let record = AuditRecord::open(&line)
+                .ok()
+                .filter(|r| r.seq == seq && seq == next && r.prev == prev)
+                .ok_or_else(|| {
+                    AuditError::Inconsistent(format!(
+                        "record {next}: the database's copy does not continue the file (run tokenvault audit verify)"
+                    ))
+                })?;
+            prev = record.hash().to_string();
+            lines.extend_from_slice(&line);
+            lines.push(b'\n');
+            next += 1;
+        }
+        sink.append(&lines)
+            .map_err(|e| AuditError::Unavailable(format!("audit file: {e}")))?;
+    }
+    tracing::warn!(
+        from = file_head.0 + 1,
+        to = until,
+        "audit file was behind the database (a crash between the two writes); copied the missing records"
+    );
+    Ok(())
+}
+
+/// Stores the file's records after the store's last one (a crash after the
+/// file write and before the store's). Reads the whole file: this happens
+/// only after such a crash.
+async fn store_catch_up(
+    store: &dyn Store,
+    path: &Path,
+    store_head: &(u64, String),
+) -> Result<(), AuditError> {
+    let text = std::fs::read(path)
+        .map_err(|e| AuditError::Unavailable(format!("{}: {e}", path.display())))?;
+    let mut verifier_prev = store_head.1.clone();
+    let mut missing = Vec::new();
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(record) = AuditRecord::open(line) else {
+            continue;
+        };
+        if record.seq <= store_head.0 {
+            continue;
+        }
+        if record.seq != store_head.0 + 1 + missing.len() as u64 || record.prev != verifier_prev {
+            return Err(AuditError::Inconsistent(format!(
+                "record {}: the file's copy does not continue the database (run tokenvault audit verify)",
+                record.seq
+            )));
+        }
+        verifier_prev = record.hash().to_string();
+        missing.push((record.seq, line.to_vec()));
+    }
+    tracing::warn!(
+        records = missing.len(),
+        "audit database was behind the file (a crash between the two writes); stored the missing records"
+    );
+    for page in missing.chunks(CATCH_UP_PAGE) {
+        store.append_audit(page.to_vec()).await?;
+    }
+    Ok(())
+}
+
+/// The writer thread's state: the chain's head and what is not yet in
+/// both sinks.
+struct Writer {
+    store: Arc<dyn Store>,
+    file: FileSink,
+    next_seq: u64,
+    prev: String,
+    /// Sealed records not yet durable in both sinks, in sequence order.
+    unwritten: VecDeque<(u64, Vec<u8>)>,
+    /// Highest sequence number durable in each sink.
+    in_store: u64,
+    in_file: u64,
+}
+
+impl Writer {
+    fn run(mut self, mut requests: mpsc::Receiver<Append>) {
+        // A runtime of this thread's own, to await the store's answer.
+        let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                // Every append then fails: its reply is dropped.
+                tracing::error!(%error, "cannot start the audit writer's runtime");
+                return;
+            }
+        };
+        while let Some(first) = requests.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match requests.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            runtime.block_on(self.commit(group));
+        }
+    }
+
+    async fn commit(&mut self, group: Vec<Append>) {
+        if self.unwritten.len() + group.len() > MAX_UNWRITTEN {
+            // A sink has been failing for a while: retry the backlog, and
+            // refuse rather than hold ever more records in memory.
+            if let Err(error) = self.flush().await {
+                for append in group {
+                    let _ = append.reply.send(Err(error.clone()));
+                }
+                return;
+            }
+        }
+        let mut waiting = Vec::with_capacity(group.len());
+        for append in group {
+            match self.seal(append.record) {
+                Ok(seq) => waiting.push((seq, append.reply)),
+                Err(error) => {
+                    let _ = append.reply.send(Err(error));
+                }
+            }
+        }
+        let flushed = self.flush().await;
+        let durable = self.in_store.min(self.in_file);
+        for (seq, reply) in waiting {
+            let answer = match &flushed {
+                Ok(()) if seq <= durable => Ok(seq),
+                Ok(()) => Err(AuditError::Unavailable("record not written".into())),
+                Err(error) => Err(error.clone()),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Numbers, timestamps and chains a record; queues it for both sinks.
+    fn seal(&mut self, mut record: AuditRecord) -> Result<u64, AuditError> {
+        let seq = self.next_seq;
+        record.seq = seq;
+        record.time_unix_ms = unix_millis();
+        record.prev = self.prev.clone();
+        let (line, hash) = record
+            .seal()
+            .map_err(|e| AuditError::Unavailable(format!("record encoding: {e}")))?;
+        self.next_seq += 1;
+        self.prev = hash;
+        self.unwritten.push_back((seq, line));
+        Ok(seq)
+    }
+
+    /// Writes what each sink lacks, to both at once.
+    async fn flush(&mut self) -> Result<(), AuditError> {
+        let for_store: Vec<(u64, Vec<u8>)> = self
+            .unwritten
+            .iter()
+            .filter(|(seq, _)| *seq > self.in_store)
+            .cloned()
+            .collect();
+        let mut for_file = Vec::new();
+        for (_, line) in self.unwritten.iter().filter(|(seq, _)| *seq > self.in_file) {
+            for_file.extend_from_slice(line);
+            for_file.push(b'\n');
+        }
+        let last = self.unwritten.back().map_or(0, |(seq, _)| *seq);
+        let store = Arc::clone(&self.store);
+        let store_write = async move {
+            if for_store.is_empty() {
+                Ok(())
+            } else {
+                store.append_audit(for_store).await
+            }
+        };
+        // The store's write is queued when first polled, then the file is
+        // written on this thread while the store syncs: the two syncs overlap.
+        let file = &mut self.file;
+        let file_write = async move {
+            if for_file.is_empty() {
+                return Ok(());
+            }
+            file.append(&for_file)
+                .map_err(|e| AuditError::Unavailable(format!("audit file: {e}")))
+        };
+        let (stored, filed) = tokio::join!(store_write, file_write);
+        if stored.is_ok() {
+            self.in_store = last.max(self.in_store);
+        }
+        if filed.is_ok() {
+            self.in_file = last.max(self.in_file);
+        }
+        let durable = self.in_store.min(self.in_file);
+        while self
+            .unwritten
+            .front()
+            .is_some_and(|(seq, _)| *seq <= durable)
+        {
+            self.unwritten.pop_front();
+        }
+        if let Err(error) = &stored {
+            tracing::error!(%error, "audit records not stored; reveals are refused until the store takes them");
+        }
+        if let Err(error) = &filed {
+            tracing::error!(%error, "audit records not written to the file; reveals are refused until it takes them");
+        }
+        stored.map_err(AuditError::from)?;
+        filed
+    }
+}
+
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! One audit record and its canonical encoding.
+//!
+//! A record is one line of JSON, the same bytes in the store and in the
+//! file. Fields in this order, no whitespace, UTF-8 unescaped (serde_json's
+//! compact output of [`AuditRecord`]):
+//!
+//! ```text
+//! {"v":1,"seq":7,"time_unix_ms":1764090000000,"principal":"billing",
+//!  "actor":null,"rpc":"detokenize","purpose":"refund",
+//!  "subject_hashes":[],"token_hashes":["<hex HMAC>",..],"count":2,
+//!  "outcome":{"result":"ok"},"prev":"<hex SHA-256>","hash":"<hex SHA-256>"}
+//! ```
+//!
+//! `hash` is SHA-256 over the canonical bytes of the record without its
+//! `hash` field (the same JSON, ending after `prev`), so it covers `prev`
+//! and the chain links every record to all before it. The first record's
+//! `prev` is 64 zeros. A stored line is accepted only if it re-encodes to
+//! exactly its own bytes, so no byte can change without changing the hash
+//! input.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The record format version.
+pub const RECORD_VERSION: u32 = 1;
+
+/// `prev` of the first record.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    pub v: u32,
+    pub seq: u64,
+    pub time_unix_ms: i64,
+    pub principal: String,
+    pub actor: Option<String>,
+    pub rpc: String,
+    pub purpose: String,
+    pub subject_hashes: Vec<String>,
+    pub token_hashes: Vec<String>,
+    pub count: u64,
+    pub outcome: RecordOutcome,
+    pub prev: String,
+    /// Absent only while the hash is computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// The outcome as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RecordOutcome {
+    Ok,
+    Denied { code: String, reason: String },
+    Alert { kind: String, detail: String },
+}
+
+/// Why a stored line is not a valid record (before chain checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineProblem {
+    /// Not JSON of a record.
+    Malformed,
+    /// A record, but not in its canonical encoding.
+    NotCanonical,
+    /// The hash field does not match the record's bytes.
+    HashMismatch,
+}
+
+impl AuditRecord {
+    /// Seals the record: computes `hash` and returns the line (without a
+    /// newline) and the hash.
+    pub fn seal(mut self) -> Result<(Vec<u8>, String), serde_json::Error> {
+        self.hash = None;
+        let hash = hex::encode(Sha256::digest(serde_json::to_vec(&self)?));
+        self.hash = Some(hash.clone());
+        Ok((serde_json::to_vec(&self)?, hash))
+    }
+
+    /// Parses a stored line and checks it is canonical and its hash is
+    /// right. Chain links (`seq`, `prev`) are the verifier's business.
+    pub fn open(line: &[u8]) -> Result<AuditRecord, LineProblem> {
+        let record: AuditRecord =
+            serde_json::from_slice(line).map_err(|_| LineProblem::Malformed)?;
+        let stated = record.hash.clone().ok_or(LineProblem::Malformed)?;
+        let canonical = serde_json::to_vec(&record).map_err(|_| LineProblem::Malformed)?;
+        if canonical != line {
+            return Err(LineProblem::NotCanonical);
+        }
+        let (_, hash) = record.clone().seal().map_err(|_| LineProblem::Malformed)?;
+        if hash != stated {
+            return Err(LineProblem::HashMismatch);
+        }
+        Ok(record)
+    }
+
+    /// The record's own hash (set on every opened or sealed record).
+    pub fn hash(&self) -> &str {
+        self.hash.as_deref().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(seq: u64, prev: &str) -> AuditRecord {
+        AuditRecord {
+            v: RECORD_VERSION,
+            seq,
+            time_unix_ms: 1_764_090_000_000,
+            principal: "billing".into(),
+            actor: None,
+            rpc: "detokenize".into(),
+            purpose: "refund".into(),
+            subject_hashes: vec![],
+            token_hashes: vec!["ab".repeat(32)],
+            count: 1,
+            outcome: RecordOutcome::Ok,
+            prev: prev.into(),
+            hash: None,
+        }
+    }
+
+    #[test]
+    fn sealed_line_opens_and_hash_covers_prev() {
+        let (line, hash) = sample(1, GENESIS_PREV).seal().expect("seal");
+        let opened = AuditRecord::open(&line).expect("open");
+        assert_eq!(opened.hash(), hash);
+        let (_, other) = sample(1, &"1".repeat(64)).seal().expect("seal");
+        assert_ne!(hash, other, "prev is part of the hash input");
+        let text = String::from_utf8(line).expect("utf-8");
+        assert!(text.starts_with("{\"v\":1,\"seq\":1,"), "{text}");
+        assert!(text.ends_with(&format!(",\"hash\":\"{hash}\"}}")), "{text}");
+    }
+
+    #[test]
+    fn every_single_byte_change_is_rejected() {
+        let (line, _) = sample(3, GENESIS_PREV).seal().expect("seal");
+        for i in 0..line.len() {
+            let mut changed = line.clone();
+            changed[i] ^= 0x01;
+            assert!(
+                AuditRecord::open(&changed).is_err(),
+                "byte {i} changed went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn denied_and_alert_outcomes_round_trip() {
+        for outcome in [
+            RecordOutcome::Denied {
+                code: "permission_denied".into(),
+                reason: "principal chat may not call detokenize".into(),
+            },
+            RecordOutcome::Alert {
+                kind: "rate".into(),
+                detail: "over 100/min".into(),
+            },
+        ] {
+            let mut record = sample(2, GENESIS_PREV);
+            record.outcome = outcome.clone();
+            let (line, _) = record.seal().expect("seal");
+            assert_eq!(AuditRecord::open(&line).expect("open").outcome, outcome);
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The log over a real RocksDB store and file: group commit, restarts,
+//! catching up after a crash, failing closed.
+
+use std::path::{Path, PathBuf};
+
+use super::verify::{walk_file, walk_store, VerifyError};
+use super::*;
+use crate::store::rocks::{RocksOptions, RocksStore};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    file: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Fixture {
+        db: dir.path().join("rocksdb"),
+        file: dir.path().join("audit.jsonl"),
+        _dir: dir,
+    }
+}
+
+fn open_store(path: &Path) -> Arc<dyn Store> {
+    let options = RocksOptions {
+        sync_writes: false,
+        block_cache_bytes: 1 << 20,
+    };
+    Arc::new(RocksStore::open(path, &options).expect("open store"))
+}
+
+fn hash_key() -> SecretKey {
+    SecretKey::from_slice(&[7; 32]).expect("32 bytes")
+}
+
+async fn open_log(store: &Arc<dyn Store>, file: &Path) -> AuditLog {
+    AuditLog::open(Arc::clone(store), hash_key(), file)
+        .await
+        .expect("open log")
+}
+
+fn reveal(token: &str) -> AuditEvent {
+    AuditEvent {
+        principal: "billing".into(),
+        rpc: "detokenize",
+        purpose: "refund".into(),
+        subjects: vec![SubjectHash([9; 32])],
+        tokens: vec![token.into()],
+        count: 1,
+        ..AuditEvent::default()
+    }
+}
+
+/// Verifies both copies and that they agree; the record count.
+async fn verify(store: &Arc<dyn Store>, file: &Path) -> Result<u64, VerifyError> {
+    let mut pages = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = store.audit_records(from, 100).await.expect("read");
+        let Some((last, _)) = page.last() else { break };
+        from = last + 1;
+        pages.push(page);
+    }
+    let mut pages = pages.into_iter();
+    let hashes = walk_store(|_| Ok(pages.next().unwrap_or_default()), &mut |_, _| {})?;
+    let reader = std::io::BufReader::new(std::fs::File::open(file).expect("file"));
+    walk_file(reader, Some(&hashes), false, &mut |_, _| {})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_get_distinct_numbers_and_one_sound_chain() {
+    let f = fixture();
+    let store = open_store(&f.db);
+    let log = Arc::new(open_log(&store, &f.file).await);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move { log.append(reveal(&format!("tok-{i}"))).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.push(task.await.expect("task").expect("append"));
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(verify(&store, &f.file).await, Ok(200));
+
+    let text = std::fs::read_to_string(&f.file).expect("read");
+    assert!(!text.contains("tok-1"), "tokens are stored hashed only");
+    assert!(
+        !text.contains(&hex::encode([9u8; 32])),
+        "subject hashes are hashed again under the audit key"
+    );
+}
+
+#[tokio::test]
+async fn the_chain_continues_across_restarts() {
+    let f = fixture();
+    let store = open_store(&f.db);
+    {
+        let log = open_log(&store, &f.file).await;
+        for i in 0..3 {
+            log.append(reveal(&format!("t{i}"))).await.expect("append");
+        }
+    }
+    let log = open_log(&store, &f.file).await;
+    assert_eq!(log.append(reveal("t3")).await.expect("append"), 4);
+    assert_eq!(verify(&store, &f.file).await, Ok(4));
+}
+
+#[tokio::test]
+async fn a_file_behind_the_database_catches_up_at_open() {
+    let f = fixture();
+    let store = open_store(&f.db);
+    {
+        let log = open_log(&store, &f.file).await;
+        for i in 0..5 {
+            log.append(reveal(&format!("t{i}"))).await.expect("append");
+        }
+    }
+    // A crash after the store's write and before the file's: the last two
+    // lines never reached the file.
+    let text = std::fs::read_to_string(&f.file).expect("read");
+    let kept: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&f.file, format!("{}\n", kept.join("\n"))).expect("write");
+
+    let log = open_log(&store, &f.file).await;
+    assert_eq!(verify(&store, &f.file).await, Ok(5));
+    assert_eq!(log.append(reveal("t5")).await.expect("append"), 6);
+}
+
+#[tokio::test]
+async fn a_database_behind_the_file_catches_up_at_open() {
+    let f = fixture();
+    {
+        let log = open_log(&open_store(&f.db), &f.file).await;
+        for i in 0..5 {
+            log.append(reveal(&format!("t{i}"))).await.expect("append");
+        }
+    }
+    // A store that lost its copy stands in for a crash before its write.
+    let fresh = open_store(&f.db.with_extension("fresh"));
+    let log = open_log(&fresh, &f.file).await;
+    assert_eq!(verify(&fresh, &f.file).await, Ok(5));
+    assert_eq!(log.append(reveal("t5")).await.expect("append"), 6);
+}
+
+#[tokio::test]
+async fn a_broken_last_record_stops_the_open() {
+    let f = fixture();
+    let store = open_store(&f.db);
+    {
+        let log = open_log(&store, &f.file).await;
+        log.append(reveal("t0")).await.expect("append");
+    }
+    let text = std::fs::read_to_string(&f.file).expect("read");
+    std::fs::write(&f.file, text.replace("refund", "refuse")).expect("write");
+    let error = AuditLog::open(Arc::clone(&store), hash_key(), &f.file)
+        .await
+        .expect_err("a tampered head must not be extended");
+    assert!(error.to_string().contains("audit verify"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_file_fails_the_append_and_the_chain_heals_after() {
+    let f = fixture();
+    let store = open_store(&f.db);
+    let log = open_log(&store, &f.file).await;
+    log.append(reveal("t0")).await.expect("append");
+
+    // Replacing the path with a directory defeats root too (unlike chmod).
+    std::fs::rename(&f.file, f.file.with_extension("old")).expect("move");
+    std::fs::create_dir(&f.file).expect("mkdir");
+    let error = log.append(reveal("t1")).await.expect_err("fail closed");
+    assert!(matches!(error, AuditError::Unavailable(_)), "{error}");
+
+    // Back in place: the record that failed is written first, the chain
+    // has no hole.
+    std::fs::remove_dir(&f.file).expect("rmdir");
+    std::fs::rename(f.file.with_extension("old"), &f.file).expect("move back");
+    assert_eq!(log.append(reveal("t2")).await.expect("append"), 3);
+    assert_eq!(verify(&store, &f.file).await, Ok(3));
+}
+
+#[test]
+fn long_purposes_are_cut_at_a_character_boundary() {
+    assert_eq!(truncated("ééé".into(), 3), "é");
+    assert_eq!(truncated("abc".into(), 3), "abc");
+}
+
+#[tokio::test]
+async fn a_lost_file_is_rebuilt_from_the_database() {
+    let f = fixture();
+    let store = open_store(&f.db);
+    {
+        let log = open_log(&store, &f.file).await;
+        for i in 0..3 {
+            log.append(reveal(&format!("t{i}"))).await.expect("append");
+        }
+    }
+    // What an operator does with a damaged file: move it aside.
+    std::fs::rename(&f.file, f.file.with_extension("damaged")).expect("move");
+    let log = open_log(&store, &f.file).await;
+    assert_eq!(verify(&store, &f.file).await, Ok(3));
+    assert_eq!(log.append(reveal("t3")).await.expect("append"), 4);
+}

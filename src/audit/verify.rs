@@ -1,0 +1,443 @@
+//! Chain verification: walks stored records in order and names the first
+//! one that is wrong. Shared by `tokenvault audit verify` (the database and
+//! the file) and the log's own start-up checks.
+
+use super::record::{AuditRecord, LineProblem, GENESIS_PREV};
+
+/// The first thing wrong with a chain, naming the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// The record does not parse as a record.
+    #[error("record {0}: malformed")]
+    Malformed(u64),
+    /// It parses, but is not the canonical encoding (bytes were changed).
+    #[error("record {0}: not in canonical form")]
+    NotCanonical(u64),
+    /// Its `hash` is not the hash of its bytes.
+    #[error("record {0}: hash mismatch")]
+    HashMismatch(u64),
+    /// Its `prev` is not the hash of the record before it.
+    #[error("record {0}: hash mismatch (prev is not the hash of the record before)")]
+    BrokenLink(u64),
+    /// The chain skips this sequence number.
+    #[error("missing record {0}")]
+    Missing(u64),
+    /// Two records stand in each other's place.
+    #[error("records {0} and {1}: out of order")]
+    Swapped(u64, u64),
+    /// A record where another was expected (moved or repeated).
+    #[error("record {expected}: out of order (found record {found})")]
+    OutOfOrder { expected: u64, found: u64 },
+}
+
+/// Checks records one at a time, in stored order.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    next_seq: u64,
+    prev: String,
+    /// A record ahead of `next_seq`, waiting to see whether the expected
+    /// one follows it (two swapped records) or never comes (a deletion).
+    ahead: Option<u64>,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        ChainVerifier {
+            next_seq: 1,
+            prev: GENESIS_PREV.to_string(),
+            ahead: None,
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// Records accepted so far.
+    pub fn count(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The hash of the last accepted record (the genesis `prev` if none).
+    pub fn head(&self) -> &str {
+        &self.prev
+    }
+
+    /// Checks a line of the file: sequence numbers are in the records only.
+    pub fn push_line(&mut self, line: &[u8]) -> Result<AuditRecord, ChainError> {
+        let record = self.open(line)?;
+        if let Some(ahead) = self.ahead.take() {
+            return Err(if record.seq == self.next_seq {
+                ChainError::Swapped(self.next_seq, ahead)
+            } else {
+                ChainError::Missing(self.next_seq)
+            });
+        }
+        if record.seq > self.next_seq {
+            self.ahead = Some(record.seq);
+            return Ok(record);
+        }
+        self.accept(record)
+    }
+
+    /// Checks a database entry: `key` is the sequence number it is stored
+    /// under, in key order.
+    pub fn push_keyed(&mut self, key: u64, value: &[u8]) -> Result<AuditRecord, ChainError> {
+        if key != self.next_seq {
+            return Err(ChainError::Missing(self.next_seq));
+        }
+        let record = self.open(value)?;
+        if record.seq != key {
+            return Err(ChainError::OutOfOrder {
+                expected: key,
+                found: record.seq,
+            });
+        }
+        self.accept(record)
+    }
+
+    /// Ends the walk; the number of records in a sound chain.
+    pub fn finish(self) -> Result<u64, ChainError> {
+        match self.ahead {
+            Some(_) => Err(ChainError::Missing(self.next_seq)),
+            None => Ok(self.count()),
+        }
+    }
+
+    fn open(&self, line: &[u8]) -> Result<AuditRecord, ChainError> {
+        AuditRecord::open(line).map_err(|problem| match problem {
+            LineProblem::Malformed => ChainError::Malformed(self.next_seq),
+            LineProblem::NotCanonical => ChainError::NotCanonical(self.next_seq),
+            LineProblem::HashMismatch => ChainError::HashMismatch(self.next_seq),
+        })
+    }
+
+    fn accept(&mut self, record: AuditRecord) -> Result<AuditRecord, ChainError> {
+        if record.seq < self.next_seq {
+            return Err(ChainError::OutOfOrder {
+                expected: self.next_seq,
+                found: record.seq,
+            });
+        }
+        if record.prev != self.prev {
+            return Err(ChainError::BrokenLink(record.seq));
+        }
+        self.prev = record.hash().to_string();
+        self.next_seq += 1;
+        Ok(record)
+    }
+}
+
+/// What `tokenvault audit verify` can find wrong, in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// One copy's chain is broken.
+    #[error("{sink}: {error}")]
+    Chain {
+        sink: &'static str,
+        error: ChainError,
+    },
+    /// Both chains are sound but hold different records.
+    #[error("record {0}: database and file differ")]
+    Differ(u64),
+    /// One copy ends before the other.
+    #[error("missing record {seq} in the {sink}")]
+    MissingIn { seq: u64, sink: &'static str },
+    /// A copy could not be read.
+    #[error("{0}")]
+    Read(String),
+}
+
+/// How often progress is reported, in records.
+pub const PROGRESS_EVERY: u64 = 100_000;
+
+/// Walks the store's records page by page (`page(from_seq)` returns the
+/// records from `from_seq` on, empty at the end) and returns each record's
+/// hash in order.
+pub fn walk_store(
+    mut page: impl FnMut(u64) -> Result<Vec<(u64, Vec<u8>)>, String>,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<Vec<[u8; 32]>, VerifyError> {
+    let chain = |error| VerifyError::Chain {
+        sink: "database",
+        error,
+    };
+    let mut verifier = ChainVerifier::default();
+    let mut hashes = Vec::new();
+    let mut from = 0;
+    loop {
+        let records = page(from).map_err(VerifyError::Read)?;
+        let Some((last, _)) = records.last() else {
+            break;
+        };
+        from = last + 1;
+        for (key, value) in records {
+            let record = verifier.push_keyed(key, &value).map_err(chain)?;
+            hashes.push(hash_bytes(record.hash()));
+            if key % PROGRESS_EVERY == 0 {
+                progress("database", key);
+            }
+        }
+    }
+    verifier.finish().map_err(chain)?;
+    Ok(hashes)
+}
+
+/// Walks the file's lines, and, given the store's hashes, checks that both
+/// copies hold the same records. `live`: a server may be appending, so an
+/// unfinished last line is being written, not torn, and either copy may
+/// end a group ahead of the other. Returns the file's record count.
+pub fn walk_file(
+    mut reader: impl std::io::BufRead,
+    store_hashes: Option<&[[u8; 32]]>,
+    live: bool,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<u64, VerifyError> {
+    let chain = |error| VerifyError::Chain {
+        sink: "file",
+        error,
+    };
+    let mut verifier = ChainVerifier::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| VerifyError::Read(format!("audit file: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            if live {
+                break;
+            }
+            return Err(chain(ChainError::Malformed(verifier.count() + 1)));
+        }
+        line.pop();
+        let record = verifier.push_line(&line).map_err(chain)?;
+        if let Some(hashes) = store_hashes {
+            match hashes.get(verifier.count().saturating_sub(1) as usize) {
+                Some(hash) if verifier.count() == record.seq => {
+                    if *hash != hash_bytes(record.hash()) {
+                        return Err(VerifyError::Differ(record.seq));
+                    }
+                }
+                Some(_) => {}
+                None if live => {}
+                None => {
+                    return Err(VerifyError::MissingIn {
+                        seq: record.seq,
+                        sink: "database",
+                    })
+                }
+            }
+        }
+        if record.seq % PROGRESS_EVERY == 0 {
+            progress("file", record.seq);
+        }
+    }
+    let count = verifier.finish().map_err(chain)?;
+    if let Some(hashes) = store_hashes {
+        // A live server writes both copies at once: the file may not have
+        // the group the database snapshot already holds.
+        if (hashes.len() as u64) > count && !live {
+            return Err(VerifyError::MissingIn {
+                seq: count + 1,
+                sink: "file",
+            });
+        }
+    }
+    Ok(count)
+}
+
+fn hash_bytes(hex_hash: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // Opened records carry 64 hex digits; anything else compares unequal.
+    let _ = hex::decode_to_slice(hex_hash, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::tests::sample;
+
+    /// A sound chain of `n` lines.
+    fn chain(n: u64) -> Vec<Vec<u8>> {
+        let mut prev = GENESIS_PREV.to_string();
+        (1..=n)
+            .map(|seq| {
+                let (line, hash) = sample(seq, &prev).seal().expect("seal");
+                prev = hash;
+                line
+            })
+            .collect()
+    }
+
+    fn verify_lines(lines: &[Vec<u8>]) -> Result<u64, ChainError> {
+        let mut verifier = ChainVerifier::default();
+        for line in lines {
+            verifier.push_line(line)?;
+        }
+        verifier.finish()
+    }
+
+    fn verify_keyed(entries: &[(u64, Vec<u8>)]) -> Result<u64, ChainError> {
+        let mut verifier = ChainVerifier::default();
+        for (key, value) in entries {
+            verifier.push_keyed(*key, value)?;
+        }
+        verifier.finish()
+    }
+
+    fn keyed(lines: Vec<Vec<u8>>) -> Vec<(u64, Vec<u8>)> {
+        (1..).zip(lines).collect()
+    }
+
+    #[test]
+    fn sound_chains_verify() {
+        assert_eq!(verify_lines(&chain(50)), Ok(50));
+        assert_eq!(verify_keyed(&keyed(chain(50))), Ok(50));
+        assert_eq!(verify_lines(&[]), Ok(0));
+    }
+
+    #[test]
+    fn one_changed_byte_is_named() {
+        let mut lines = chain(10);
+        let at = lines[6].len() / 2;
+        lines[6][at] ^= 0x04;
+        let error = verify_lines(&lines).unwrap_err();
+        assert!(error.to_string().starts_with("record 7: "), "{error}");
+        let mut entries = keyed(chain(10));
+        let at = entries[6].1.len() - 10;
+        entries[6].1[at] ^= 0x01;
+        assert_eq!(verify_keyed(&entries), Err(ChainError::HashMismatch(7)));
+    }
+
+    #[test]
+    fn a_deleted_record_is_named() {
+        let mut lines = chain(10);
+        lines.remove(3);
+        assert_eq!(verify_lines(&lines), Err(ChainError::Missing(4)));
+        let mut lines = chain(10);
+        lines.remove(8);
+        assert_eq!(
+            verify_lines(&lines),
+            Err(ChainError::Missing(9)),
+            "a deletion just before the last record"
+        );
+        // Cutting off the tail leaves a sound, shorter chain: only the other
+        // copy shows it (see `both_copies_agree_or_the_first_difference_is_named`).
+        assert_eq!(verify_lines(&chain(10)[..8]), Ok(8));
+        let mut entries = keyed(chain(10));
+        entries.remove(3);
+        assert_eq!(verify_keyed(&entries), Err(ChainError::Missing(4)));
+    }
+
+    #[test]
+    fn swapped_records_are_named() {
+        let mut lines = chain(10);
+        lines.swap(4, 5);
+        assert_eq!(verify_lines(&lines), Err(ChainError::Swapped(5, 6)));
+        // In the database the keys stay in order; the values move.
+        let mut entries = keyed(chain(10));
+        let (a, b) = (entries[4].1.clone(), entries[5].1.clone());
+        entries[4].1 = b;
+        entries[5].1 = a;
+        assert_eq!(
+            verify_keyed(&entries),
+            Err(ChainError::OutOfOrder {
+                expected: 5,
+                found: 6
+            })
+        );
+    }
+
+    #[test]
+    fn a_rebuilt_record_breaks_the_link_to_the_next() {
+        // Whoever rewrites a record with a fresh hash must rewrite every
+        // record after it too; the next one names the break.
+        let mut lines = chain(5);
+        let mut forged = sample(3, "x");
+        forged.prev = AuditRecord::open(&lines[1]).expect("open").hash().into();
+        forged.purpose = "other".into();
+        lines[2] = forged.seal().expect("seal").0;
+        assert_eq!(verify_lines(&lines), Err(ChainError::BrokenLink(4)));
+    }
+
+    fn file_of(lines: &[Vec<u8>]) -> Vec<u8> {
+        lines
+            .iter()
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect()
+    }
+
+    fn store_hashes(entries: Vec<(u64, Vec<u8>)>) -> Result<Vec<[u8; 32]>, VerifyError> {
+        let mut entries = Some(entries);
+        walk_store(|_| Ok(entries.take().unwrap_or_default()), &mut |_, _| {})
+    }
+
+    #[test]
+    fn both_copies_agree_or_the_first_difference_is_named() {
+        let lines = chain(20);
+        let hashes = store_hashes(keyed(lines.clone())).expect("sound");
+        let walk = |file: &[u8], live| walk_file(file, Some(&hashes), live, &mut |_, _| {});
+        assert_eq!(walk(&file_of(&lines), false), Ok(20));
+
+        // A file that is itself sound but another chain.
+        let mut other = chain(20);
+        for line in &mut other[..] {
+            let mut record = AuditRecord::open(line).expect("open");
+            record.purpose = "x".into();
+            *line = record.seal().expect("seal").0;
+        }
+        // Relink the forged chain so only the comparison can catch it.
+        let mut prev = GENESIS_PREV.to_string();
+        for line in &mut other[..] {
+            let mut record = AuditRecord::open(line).expect("open");
+            record.prev = prev;
+            let (sealed, hash) = record.seal().expect("seal");
+            *line = sealed;
+            prev = hash;
+        }
+        assert_eq!(walk(&file_of(&other), false), Err(VerifyError::Differ(1)));
+
+        assert_eq!(
+            walk(&file_of(&lines[..19]), false),
+            Err(VerifyError::MissingIn {
+                seq: 20,
+                sink: "file"
+            })
+        );
+        let mut longer = chain(21);
+        longer.truncate(21);
+        let short = store_hashes(keyed(chain(20))).expect("sound");
+        assert_eq!(
+            walk_file(&file_of(&longer)[..], Some(&short), false, &mut |_, _| {}),
+            Err(VerifyError::MissingIn {
+                seq: 21,
+                sink: "database"
+            })
+        );
+        assert_eq!(
+            walk_file(&file_of(&longer)[..], Some(&short), true, &mut |_, _| {}),
+            Ok(21),
+            "a running server may have written past the database snapshot"
+        );
+    }
+
+    #[test]
+    fn an_unfinished_last_line_is_an_error_unless_a_server_is_writing() {
+        let mut file = file_of(&chain(3));
+        file.extend_from_slice(b"{\"v\":1,");
+        let walk = |live| walk_file(&file[..], None, live, &mut |_, _| {});
+        assert_eq!(
+            walk(false),
+            Err(VerifyError::Chain {
+                sink: "file",
+                error: ChainError::Malformed(4)
+            })
+        );
+        assert_eq!(walk(true), Ok(3));
+    }
+}
