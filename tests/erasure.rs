@@ -99,6 +99,16 @@ async fn forgetting_one_subject_erases_only_it_and_is_idempotent() {
     assert_eq!(first.tokens_erased, PER_SUBJECT as u64);
     let receipt = first.receipt.expect("a receipt");
     assert_eq!(receipt.tokens_erased, PER_SUBJECT as u64);
+    // The receipt names the forget's audit record.
+    let audit = std::fs::read_to_string(server.data_dir().join("audit.jsonl")).expect("audit");
+    let record: serde_json::Value = audit
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("record"))
+        .find(|r| r["seq"] == receipt.audit_sequence)
+        .expect("the receipt's audit record");
+    assert_eq!(record["rpc"], "forget_subject");
+    assert_eq!(record["count"], PER_SUBJECT as u64);
+    assert_eq!(record["subject_hashes"].as_array().map(Vec::len), Some(1));
     assert_eq!(receipt.subject_hash.len(), 64);
     assert!(!receipt.subject_hash.contains("erasure-subject"));
 

@@ -430,6 +430,21 @@ async fn the_101st_value_of_a_minute_is_resource_exhausted_and_alerted() {
         .expect("stats")
         .into_inner();
     assert!(stats.alerts_rate_warning >= 1 && stats.alerts_rate_exceeded >= 1);
+    // The audit log holds the alerts as records of the principal.
+    let audit = std::fs::read_to_string(server.data_dir().join("audit.jsonl")).expect("audit");
+    let alerts: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("record"))
+        .filter(|r: &serde_json::Value| r["outcome"]["result"] == "alert")
+        .collect();
+    for kind in ["rate_warning", "rate_exceeded"] {
+        assert!(
+            alerts
+                .iter()
+                .any(|r| r["outcome"]["kind"] == kind && r["principal"] == "limited"),
+            "no {kind} alert record in the audit log"
+        );
+    }
     let cards: Vec<String> = (0..101).map(card).collect();
     let cards: Vec<&str> = cards.iter().map(String::as_str).collect();
     assert_log_is_clean(&server, &cards);
