@@ -7,20 +7,24 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 seconds="${FUZZ_SECONDS:-30}"
+targets="${FUZZ_TARGETS:-formats scan redact}"
 if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked
 fi
 # Its own target directory: fuzz builds use sanitizer flags, and must not
 # invalidate the main build's artifacts.
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/tokenvault/fuzz-target}"
-for target in formats scan redact; do
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+for target in $targets; do
     echo "fuzz: $target for ${seconds}s"
+    status=0
     RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz "$target" -- \
-        -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=0 2>&1 \
-        | grep -E "^(#[0-9]+ +DONE|==[0-9]+==|thread '|SUMMARY|Done)" || true
-    # grep may hide the reason; cargo fuzz's exit status tells the verdict.
-    if [ "${PIPESTATUS[0]}" -ne 0 ]; then
-        echo "fuzz: $target found a crash (see tests/fuzz/artifacts/$target/)" >&2
+        -max_total_time="$seconds" -rss_limit_mb=4096 >"$log" 2>&1 || status=$?
+    grep -E "^Done [0-9]+ runs" "$log" || true
+    if [ "$status" -ne 0 ]; then
+        tail -n 40 "$log" >&2
+        echo "fuzz: $target failed (exit $status; crash inputs in tests/fuzz/artifacts/$target/)" >&2
         exit 1
     fi
 done
