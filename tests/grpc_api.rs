@@ -450,3 +450,21 @@ async fn health_is_serving_and_reflection_lists_the_service() {
         .await
         .contains(&"tokenvault.v1.TokenVault".to_string()));
 }
+
+/// SIGTERM right after calls: the server exits 0 every time (the audit
+/// writer and the store's background work are stopped before the process
+/// exits; before that, about 1 stop in 8 ended in SIGSEGV or SIGABRT).
+#[tokio::test]
+async fn sigterm_after_calls_exits_cleanly_every_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(dir.path());
+    for round in 0..12 {
+        let mut client = server.client().await;
+        let tokens = tokenize(&mut client, "s", vec![item(&card(round), "card")]).await;
+        assert_eq!(detokenize(&mut client, &tokens).await[0].value, card(round));
+        drop(client);
+        // Asserts a clean exit with status 0.
+        server.stop().await;
+        server.restart();
+    }
+}

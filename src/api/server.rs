@@ -115,8 +115,11 @@ pub async fn serve(
     let reloader = tokio::spawn(reload_on_sighup(access, reload));
 
     let max_message = config.limits.max_message_bytes;
-    let token_vault = TokenVaultServer::new(TokenVaultService::new(Arc::clone(&vault), audit))
-        .max_decoding_message_size(max_message);
+    let token_vault = TokenVaultServer::new(TokenVaultService::new(
+        Arc::clone(&vault),
+        Arc::clone(&audit),
+    ))
+    .max_decoding_message_size(max_message);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -189,6 +192,9 @@ pub async fn serve(
     }
     reloader.abort();
     let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
+    // Calls still holding the audit log or the store (a connection task
+    // not yet dropped) must not write while the process exits.
+    audit.close().await;
     vault.shutdown();
     log_key_use(&vault);
     tracing::info!("stopped; cached keys zeroized");

@@ -106,7 +106,16 @@ pub struct AuditEvent {
 /// The audit log of one vault: Arc-shared by everything that audits.
 pub struct AuditLog {
     hash_key: SecretKey,
-    queue: mpsc::Sender<Append>,
+    queue: mpsc::Sender<Request>,
+    /// The writer thread, joined by [`AuditLog::close`].
+    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the writer thread takes from its queue.
+enum Request {
+    Append(Box<Append>),
+    /// Write what came before, then end (shutdown).
+    Close,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -171,11 +180,26 @@ impl AuditLog {
             in_file: head.0,
         };
         // The thread ends when the last sender (this log) is dropped.
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("tokenvault-audit".into())
             .spawn(move || writer.run(requests))
             .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
-        Ok(AuditLog { hash_key, queue })
+        Ok(AuditLog {
+            hash_key,
+            queue,
+            writer: parking_lot::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Writes every record appended so far, then stops the writer and
+    /// waits for it: at shutdown, so that the store is not written to
+    /// while the process exits. Appends after this fail (UNAVAILABLE).
+    pub async fn close(&self) {
+        let _ = self.queue.send(Request::Close).await;
+        let thread = self.writer.lock().take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 
     /// Appends a record; returns its sequence number once it is durable in
@@ -185,7 +209,7 @@ impl AuditLog {
         let stopped = || AuditError::Unavailable("the audit writer has stopped".into());
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Append { record, reply })
+            .send(Request::Append(Box::new(Append { record, reply })))
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -349,7 +373,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut requests: mpsc::Receiver<Append>) {
+    fn run(mut self, mut requests: mpsc::Receiver<Request>) {
         // A runtime of this thread's own, to await the store's answer.
         let runtime = match tokio::runtime::Builder::new_current_thread().build() {
             Ok(runtime) => runtime,
@@ -360,14 +384,25 @@ impl Writer {
             }
         };
         while let Some(first) = requests.blocking_recv() {
-            let mut group = vec![first];
+            let Request::Append(first) = first else {
+                return;
+            };
+            let mut group = vec![*first];
+            let mut closing = false;
             while group.len() < MAX_GROUP {
                 match requests.try_recv() {
-                    Ok(next) => group.push(next),
+                    Ok(Request::Append(next)) => group.push(*next),
+                    Ok(Request::Close) => {
+                        closing = true;
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
             runtime.block_on(self.commit(group));
+            if closing {
+                return;
+            }
         }
     }
 

@@ -189,6 +189,12 @@ pub trait Store: Send + Sync + 'static {
     /// A consistent backup into `dir` while serving.
     async fn create_backup(&self, dir: &Path) -> Result<BackupInfo, StoreError>;
 
+    /// Stops background work (flushes, compactions) and syncs what was
+    /// written, at shutdown: the process may then exit while the store is
+    /// still referenced, without the engine's threads running into its
+    /// teardown.
+    fn stop_background_work(&self) {}
+
     // --- audit log (src/audit): records are opaque bytes to the store ---
 
     /// Stores audit records (sequence number, encoded record) atomically

@@ -1254,6 +1254,13 @@ impl Store for RocksStore {
         answer.await.map_err(|_| stopped())?
     }
 
+    fn stop_background_work(&self) {
+        if let Err(error) = self.inner.db.flush_wal(true) {
+            tracing::error!(error = %error.into_string(), "WAL sync at shutdown failed");
+        }
+        self.inner.db.cancel_all_background_work(true);
+    }
+
     async fn create_backup(&self, dir: &Path) -> Result<BackupInfo, StoreError> {
         let inner = Arc::clone(&self.inner);
         let dir = dir.to_path_buf();

@@ -222,9 +222,11 @@ impl Vault {
         &self.kek
     }
 
-    /// Zeroizes every cached key. Called on shutdown.
+    /// Zeroizes every cached key and stops the store's background work.
+    /// Called on shutdown; nothing is served afterwards.
     pub fn shutdown(&self) {
         self.cache.clear();
+        self.store.stop_background_work();
     }
 
     /// Tokenizes a batch for one subject, atomically: one bad item fails
