@@ -346,6 +346,17 @@ async fn denied_calls_are_audited_and_no_value_or_subject_id_is_in_any_log() {
     );
     assert_eq!(records[0]["token_hashes"].as_array().map(Vec::len), Some(8));
     assert_eq!(records[0]["purpose"], "support-case-1");
+    // RestoreText names what it revealed: the two tokens (keyed hashes,
+    // the same as Detokenize's for the same tokens) of one subject.
+    assert_eq!(records[1]["count"], 2);
+    assert_eq!(
+        records[1]["token_hashes"],
+        serde_json::json!([records[0]["token_hashes"][2], records[0]["token_hashes"][1]])
+    );
+    assert_eq!(
+        records[1]["subject_hashes"].as_array().map(Vec::len),
+        Some(1)
+    );
     assert_eq!(records[2]["principal"], "chat");
     assert_eq!(records[2]["outcome"]["code"], "permission_denied");
     assert_eq!(records[3]["principal"], "");

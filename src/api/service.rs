@@ -351,6 +351,8 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         let restored_count = offset(restored.restored)?;
         self.audit_done(AuditEvent {
             purpose: request.purpose.clone(),
+            subjects: distinct_subjects(restored.subjects.iter().copied()),
+            tokens: std::mem::take(&mut restored.tokens),
             count: u64::from(restored_count),
             ..caller_event(&principal, Rpc::RestoreText)
         })

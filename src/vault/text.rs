@@ -57,6 +57,7 @@ use std::collections::HashMap;
 use zeroize::Zeroizing;
 
 use super::{TokenMode, TokenStatus, TokenizeItem, Vault, VaultError};
+use crate::crypto::SubjectHash;
 use crate::scan::spans::{splice, token_candidates, EMAIL_TOKEN_SUFFIX};
 use crate::scan::Finding;
 use crate::store::TokenRecord;
@@ -91,6 +92,9 @@ pub struct Restored {
     pub text: Zeroizing<String>,
     /// Tokens replaced by their values.
     pub restored: usize,
+    /// Those tokens and their subjects (keyed hashes), for the audit record.
+    pub tokens: Vec<String>,
+    pub subjects: Vec<SubjectHash>,
 }
 
 /// A token found in a text, with its record.
@@ -204,6 +208,8 @@ impl Vault {
             return Ok(Restored {
                 text: Zeroizing::new(text.to_string()),
                 restored: 0,
+                tokens: Vec::new(),
+                subjects: Vec::new(),
             });
         }
         let tokens: Vec<String> = found
@@ -216,19 +222,25 @@ impl Vault {
 
         let mut kept_spans = Vec::new();
         let mut values: Vec<Zeroizing<String>> = Vec::new();
-        for (span, outcome) in spans.into_iter().zip(opened) {
+        let mut restored_tokens = Vec::new();
+        let mut subjects = Vec::new();
+        for ((span, token), outcome) in spans.into_iter().zip(tokens).zip(opened) {
             if outcome.status != TokenStatus::Found {
                 continue;
             }
             if let (Some(value), Some(format)) = (outcome.value, outcome.format) {
                 kept_spans.push(span);
                 values.push(reveal(&format, value));
+                restored_tokens.push(token);
+                subjects.extend(outcome.subject);
             }
         }
         let (restored, _) = splice(text, &kept_spans, &values);
         Ok(Restored {
             text: Zeroizing::new(restored),
             restored: kept_spans.len(),
+            tokens: restored_tokens,
+            subjects,
         })
     }
 
