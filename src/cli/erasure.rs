@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use super::client::{call_error, connect};
 use super::keys::{connect_admin, VaultArgs};
 use super::ClientArgs;
-use crate::erasure::{Receipt, SignedReceipt};
+use crate::erasure::SignedReceipt;
 use crate::pb;
 use crate::pb::admin::{CreateBackupRequest, PurgeRequest, VerifyReceiptRequest};
 use crate::store::rocks::RocksStore;
@@ -108,21 +108,14 @@ pub async fn forget(args: ForgetArgs) -> anyhow::Result<()> {
 
 /// The receipt file form of the API's receipt message.
 pub fn receipt_from_message(message: &pb::ErasureReceipt) -> anyhow::Result<SignedReceipt> {
-    let hex32 = |text: &str| -> anyhow::Result<[u8; 32]> {
-        hex::decode(text)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .context("the server's receipt holds a malformed hash")
-    };
-    Ok(SignedReceipt {
-        receipt: Receipt {
-            subject_hash: hex32(&message.subject_hash)?,
-            erased_at_unix: message.erased_at_unix,
-            tokens_erased: message.tokens_erased,
-            audit_sequence: message.audit_sequence,
-        },
-        mac: hex32(&message.mac)?,
-    })
+    SignedReceipt::from_fields(
+        &message.subject_hash,
+        message.erased_at_unix,
+        message.tokens_erased,
+        message.audit_sequence,
+        &message.mac,
+    )
+    .context("the server sent a malformed receipt")
 }
 
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {

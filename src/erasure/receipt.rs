@@ -99,6 +99,26 @@ impl SignedReceipt {
         serde_json::to_string(&file).unwrap_or_default()
     }
 
+    /// A receipt from its fields as they travel (hashes in hex): the file
+    /// form and the gRPC `ErasureReceipt` message.
+    pub fn from_fields(
+        subject_hash_hex: &str,
+        erased_at_unix: i64,
+        tokens_erased: u64,
+        audit_sequence: u64,
+        mac_hex: &str,
+    ) -> Result<Self, ReceiptError> {
+        Ok(SignedReceipt {
+            receipt: Receipt {
+                subject_hash: hex32(subject_hash_hex)?,
+                erased_at_unix,
+                tokens_erased,
+                audit_sequence,
+            },
+            mac: hex32(mac_hex)?,
+        })
+    }
+
     /// Parses the canonical form; anything else is malformed.
     pub fn parse(text: &str) -> Result<Self, ReceiptError> {
         let line = text.strip_suffix('\n').unwrap_or(text);
@@ -107,15 +127,13 @@ impl SignedReceipt {
         if file.version != VERSION {
             return Err(ReceiptError::Malformed("unknown version"));
         }
-        let signed = SignedReceipt {
-            receipt: Receipt {
-                subject_hash: hex32(&file.subject_hash)?,
-                erased_at_unix: file.erased_at_unix,
-                tokens_erased: file.tokens_erased,
-                audit_sequence: file.audit_sequence,
-            },
-            mac: hex32(&file.mac)?,
-        };
+        let signed = SignedReceipt::from_fields(
+            &file.subject_hash,
+            file.erased_at_unix,
+            file.tokens_erased,
+            file.audit_sequence,
+            &file.mac,
+        )?;
         if signed.to_json() != line {
             return Err(ReceiptError::Malformed("not in canonical form"));
         }
