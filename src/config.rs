@@ -102,12 +102,46 @@ fn default_purge_interval() -> u64 {
 }
 
 /// `[audit]`: where the JSON-lines copy of the audit log goes (the copy a
-/// SIEM ships; the other copy is in the store).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// SIEM ships; the other copy is in the store), and when its records
+/// reach the disk.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Default: `<data_dir>/audit.jsonl`.
     pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub durability: AuditDurability,
+    /// With `durability = "write"`: the longest time between a record's
+    /// write and its sync.
+    #[serde(default = "default_audit_sync_interval")]
+    pub sync_interval_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            file: None,
+            durability: AuditDurability::default(),
+            sync_interval_ms: default_audit_sync_interval(),
+        }
+    }
+}
+
+fn default_audit_sync_interval() -> u64 {
+    100
+}
+
+/// When a reveal may proceed relative to its audit record reaching disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDurability {
+    /// The record is written to the database's WAL and the file (the
+    /// kernel has it: it survives the process being killed) before the
+    /// reveal; both are synced every `sync_interval_ms`.
+    #[default]
+    Write,
+    /// The record is synced to disk in both copies before the reveal.
+    Sync,
 }
 
 /// The audit file's name in the data directory when `[audit] file` is not set.
@@ -502,6 +536,11 @@ impl Config {
         if self.cache.max_subjects == 0 {
             return Err(ConfigError::Invalid(
                 "cache.max_subjects must be above 0".into(),
+            ));
+        }
+        if !(1..=60_000).contains(&self.audit.sync_interval_ms) {
+            return Err(ConfigError::Invalid(
+                "audit.sync_interval_ms must be 1 to 60000".into(),
             ));
         }
         let mtls = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());

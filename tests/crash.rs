@@ -1,4 +1,5 @@
-//! Durability: every acknowledged Tokenize survives kill -9.
+//! Durability: every acknowledged Tokenize, and the audit record of every
+//! answered reveal, survives kill -9.
 
 mod common;
 
@@ -69,4 +70,104 @@ async fn acknowledged_tokens_survive_kill_9() {
             assert_eq!(&result.value, value);
         }
     }
+}
+
+/// The default audit durability ("write") reveals once the record is in
+/// the kernel's hands, before any sync: a killed process must not lose the
+/// record of any reveal it answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_reveal_keeps_its_audit_record_through_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(dir.path());
+    let mut client = server.client().await;
+    let values: Vec<String> = (0..20).map(|i| format!("reveal-{i} Petrova")).collect();
+    let request = pb::TokenizeRequest {
+        subject_id: "subject-audit-crash".into(),
+        items: values.iter().map(|v| item(v, "text")).collect(),
+    };
+    let tokens = client
+        .tokenize(request)
+        .await
+        .expect("tokenize")
+        .into_inner()
+        .tokens;
+
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let readers: Vec<_> = (0..8)
+        .map(|r| {
+            let mut client = client.clone();
+            let answered = Arc::clone(&answered);
+            let tokens = tokens.clone();
+            tokio::spawn(async move {
+                for n in 0usize.. {
+                    let request = pb::DetokenizeRequest {
+                        tokens: vec![tokens[(r + n) % tokens.len()].clone()],
+                        purpose: "crash test".into(),
+                    };
+                    match client.detokenize(request).await {
+                        Ok(_) => answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                        Err(_) => return,
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    for reader in readers {
+        reader.await.expect("reader task");
+    }
+    let answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(answered > 100, "only {answered} reveals before the crash");
+
+    // Both copies, as found after the crash (before a restart could repair
+    // either from the other), hold a record for every answered reveal.
+    let file = std::fs::read_to_string(server.data_dir().join("audit.jsonl")).expect("audit file");
+    let in_file = file
+        .lines()
+        .filter(|line| line.contains("\"rpc\":\"detokenize\""))
+        .count() as u64;
+    assert!(
+        in_file >= answered,
+        "{answered} reveals answered, {in_file} audit records in the file"
+    );
+    let db = rocksdb::DB::open_cf_for_read_only(
+        &rocksdb::Options::default(),
+        server.data_dir().join("rocksdb"),
+        rocksdb::DB::list_cf(
+            &rocksdb::Options::default(),
+            server.data_dir().join("rocksdb"),
+        )
+        .expect("families"),
+        false,
+    )
+    .expect("open the store read-only");
+    let audit = db.cf_handle("audit").expect("audit family");
+    const NEEDLE: &[u8] = b"\"rpc\":\"detokenize\"";
+    let in_db = db
+        .iterator_cf(audit, rocksdb::IteratorMode::Start)
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|(_, line)| line.windows(NEEDLE.len()).any(|w| w == NEEDLE))
+        })
+        .count() as u64;
+    assert!(
+        in_db >= answered,
+        "{answered} reveals answered, {in_db} audit records in the database"
+    );
+    drop(db);
+
+    server.restart();
+    let output = server.run_cli(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        &server.data_dir().display().to_string(),
+    ]);
+    assert!(
+        output.status.success(),
+        "audit verify after the crash: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

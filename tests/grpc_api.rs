@@ -276,6 +276,7 @@ async fn an_invalid_item_rejects_the_whole_batch_and_stores_nothing() {
         &tokenvault::store::rocks::RocksOptions {
             sync_writes: true,
             block_cache_bytes: 1 << 20,
+            sync_audit: true,
         },
     )
     .expect("open the stopped server's store");

@@ -31,7 +31,7 @@ use tonic::{Request, Status};
 use super::admin::{self, AdminService};
 use super::auth::{Access, Authenticator};
 use super::service::TokenVaultService;
-use crate::audit::{AuditError, AuditEvent, AuditLog, Outcome};
+use crate::audit::{AuditError, AuditEvent, AuditLog, Durability, Outcome};
 use crate::config::{Config, TlsConfig};
 use crate::pb;
 use crate::pb::admin::admin_server::AdminServer;
@@ -89,6 +89,7 @@ pub async fn serve(
             vault.store(),
             vault.audit_hash_key().clone(),
             &config.audit_file(),
+            Durability::from_config(&config.audit),
         )
         .await?,
     );

@@ -1,5 +1,6 @@
 //! The JSON-lines copy of the audit log: append-only, one record per line,
-//! fsynced per batch.
+//! fsynced per batch, or written per batch and synced by the log's sync
+//! thread through [`FileSink::shared`].
 //!
 //! Before each batch the sink checks that its path still names the file it
 //! holds open. If the file was moved away or replaced, the path is opened
@@ -12,13 +13,21 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file the sink currently writes, for the sync thread: replaced
+/// when the path is reopened.
+pub(crate) type SharedFile = Arc<parking_lot::Mutex<Arc<File>>>;
 
 /// Bytes read per step when looking for the last line from the end.
 const TAIL_CHUNK: u64 = 64 * 1024;
 
 pub(crate) struct FileSink {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
+    shared: SharedFile,
+    /// `fsync` each batch before it counts as written.
+    sync_each: bool,
     /// (device, inode) of `file`, to notice a replaced path.
     identity: (u64, u64),
     /// Length up to the last fully written batch.
@@ -52,7 +61,7 @@ fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
 
 impl FileSink {
     /// Opens (or creates) the file and cuts off a torn last line.
-    pub fn open(path: &Path) -> io::Result<Opened> {
+    pub fn open(path: &Path, sync_each: bool) -> io::Result<Opened> {
         let file = open_append(path)?;
         let metadata = file.metadata()?;
         if !metadata.is_file() {
@@ -65,11 +74,14 @@ impl FileSink {
             file.sync_all()?;
         }
         let last_line = last_line(&file, complete)?;
+        let file = Arc::new(file);
         Ok(Opened {
             sink: FileSink {
                 path: path.to_path_buf(),
                 identity: identity(&metadata),
+                shared: Arc::new(parking_lot::Mutex::new(Arc::clone(&file))),
                 file,
+                sync_each,
                 good_len: complete,
                 dirty: false,
             },
@@ -78,17 +90,26 @@ impl FileSink {
         })
     }
 
-    /// Appends whole lines and syncs them to disk.
+    /// The handle the sync thread syncs.
+    pub fn shared(&self) -> SharedFile {
+        Arc::clone(&self.shared)
+    }
+
+    /// Appends whole lines, synced to disk if the sink syncs each batch.
     pub fn append(&mut self, lines: &[u8]) -> io::Result<()> {
         self.follow_path()?;
         if self.dirty {
             self.file.set_len(self.good_len)?;
             self.dirty = false;
         }
-        let written = self
-            .file
-            .write_all(lines)
-            .and_then(|()| self.file.sync_data());
+        let mut file = &*self.file;
+        let written = file.write_all(lines).and_then(|()| {
+            if self.sync_each {
+                file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         match written {
             Ok(()) => {
                 self.good_len += lines.len() as u64;
@@ -118,10 +139,14 @@ impl FileSink {
             return Err(io::Error::other("audit file path is not a regular file"));
         }
         tracing::warn!(path = %self.path.display(), "audit file was moved or replaced; writing to a new file at its path");
+        // What went to the old file is synced before the sync thread
+        // loses sight of it.
+        self.file.sync_data()?;
         self.identity = identity(&metadata);
         self.good_len = metadata.len();
         self.dirty = false;
-        self.file = file;
+        self.file = Arc::new(file);
+        *self.shared.lock() = Arc::clone(&self.file);
         Ok(())
     }
 }
@@ -162,7 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
         std::fs::write(&path, b"one\ntwo\nthr").expect("write");
-        let opened = FileSink::open(&path).expect("open");
+        let opened = FileSink::open(&path, true).expect("open");
         assert_eq!(opened.last_line.as_deref(), Some(&b"two"[..]));
         assert_eq!(opened.torn_bytes, 3);
         assert_eq!(std::fs::read(&path).expect("read"), b"one\ntwo\n");
@@ -174,7 +199,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let long = "x".repeat(200_000);
         std::fs::write(&path, format!("first\n{long}\n")).expect("write");
-        let opened = FileSink::open(&path).expect("open");
+        let opened = FileSink::open(&path, true).expect("open");
         assert_eq!(opened.last_line.map(|l| l.len()), Some(long.len()));
     }
 
@@ -182,7 +207,7 @@ mod tests {
     fn a_path_replaced_by_a_directory_fails_the_next_append() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let mut sink = FileSink::open(&path).expect("open").sink;
+        let mut sink = FileSink::open(&path, true).expect("open").sink;
         sink.append(b"a\n").expect("append");
         std::fs::remove_file(&path).expect("remove");
         std::fs::create_dir(&path).expect("mkdir");

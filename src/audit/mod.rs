@@ -12,37 +12,49 @@
 //! HMAC-SHA256 under the system's audit-hash key, so the shipped file
 //! cannot be joined with the store's keys or a token list without that key.
 //!
-//! Group commit: concurrent appends queue for the writer thread, which
-//! takes every request waiting, seals them in sequence order and writes
-//! the group to both sinks at once (one RocksDB synced write, one file
-//! `fsync`, overlapping). It is an OS thread of its own, like the store's
-//! writer: its turnaround is what every reveal waits for, so it does not
-//! queue behind gRPC handlers for a runtime worker, and the file's write
-//! and `fsync` block only it. A group that fails in one sink stays queued for it and is
-//! written again before the next group, so the two copies never diverge
-//! for long and the chain never has a hole; its callers get
+//! Group commit without a hand-off: an append queues its record, and
+//! whichever caller finds the writer free becomes the group's leader. It
+//! takes every record queued, seals them in sequence order, writes the
+//! group to both sinks and answers each caller, then looks again; the
+//! others only wait for their answer. An uncontended reveal thus writes
+//! its own record on its own thread, with no wake-up of another thread.
+//! A group that fails in one sink stays queued for it and is written
+//! again before the next group, so the two copies never diverge for long
+//! and the chain never has a hole; its callers get
 //! [`AuditError::Unavailable`] meanwhile.
+//!
+//! Durability ([`Durability`]): by default a record is *written* to both
+//! sinks (the database's WAL and the file; the kernel has it, so it
+//! survives the process being killed) before its reveal, and a sync
+//! thread makes both durable every `sync_interval`; a failed sync refuses
+//! reveals until a sync succeeds. With [`Durability::Synced`] each group
+//! is synced to disk in both before any of its reveals.
 
 mod file;
 pub mod record;
 pub mod verify;
 
+mod sync;
+
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::crypto::{SecretKey, SubjectHash};
+use crate::crypto::{KeyedMac, SecretKey, SubjectHash};
 use crate::store::{Store, StoreError};
 use file::FileSink;
 pub use record::{AuditRecord, RecordOutcome, GENESIS_PREV};
+use sync::{SyncHealth, SyncThread};
 pub use verify::{ChainError, ChainVerifier};
 
-/// Most records sealed and written as one group.
-const MAX_GROUP: usize = 1024;
-/// Appends waiting for the writer before callers wait to queue.
-const QUEUE_DEPTH: usize = 8192;
+/// How long a caller waits for its group's leader before it checks that
+/// the group still has one (a leader's call can be cancelled mid-write).
+const LEADER_CHECK: Duration = Duration::from_millis(50);
 /// Records sealed but not yet in both sinks (one sink down) before new
 /// appends are refused outright.
 const MAX_UNWRITTEN: usize = 100_000;
@@ -103,19 +115,39 @@ pub struct AuditEvent {
     pub outcome: Outcome,
 }
 
-/// The audit log of one vault: Arc-shared by everything that audits.
-pub struct AuditLog {
-    hash_key: SecretKey,
-    queue: mpsc::Sender<Request>,
-    /// The writer thread, joined by [`AuditLog::close`].
-    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+/// When a reveal may proceed relative to its record reaching the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Written to both sinks before the reveal (survives the process
+    /// being killed); both synced at least every `sync_every`.
+    Written { sync_every: Duration },
+    /// Synced to disk in both sinks before the reveal.
+    Synced,
 }
 
-/// What the writer thread takes from its queue.
-enum Request {
-    Append(Box<Append>),
-    /// Write what came before, then end (shutdown).
-    Close,
+impl Durability {
+    pub fn from_config(config: &crate::config::AuditConfig) -> Self {
+        match config.durability {
+            crate::config::AuditDurability::Sync => Durability::Synced,
+            crate::config::AuditDurability::Write => Durability::Written {
+                sync_every: Duration::from_millis(config.sync_interval_ms),
+            },
+        }
+    }
+}
+
+/// The audit log of one vault: Arc-shared by everything that audits.
+pub struct AuditLog {
+    /// The audit-hash key, ready to MAC tokens and subjects.
+    hasher: KeyedMac,
+    /// Records waiting for a leader.
+    queue: parking_lot::Mutex<Vec<Append>>,
+    /// Held by the group's leader while it writes.
+    writer: tokio::sync::Mutex<Writer>,
+    closed: AtomicBool,
+    /// Whether the last periodic sync failed (written durability).
+    health: Arc<SyncHealth>,
+    sync_thread: parking_lot::Mutex<Option<SyncThread>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -140,10 +172,11 @@ impl AuditLog {
         store: Arc<dyn Store>,
         hash_key: SecretKey,
         file: &Path,
+        durability: Durability,
     ) -> Result<AuditLog, AuditError> {
         let unavailable =
             |e: std::io::Error| AuditError::Unavailable(format!("{}: {e}", file.display()));
-        let opened = FileSink::open(file).map_err(unavailable)?;
+        let opened = FileSink::open(file, durability == Durability::Synced).map_err(unavailable)?;
         if opened.torn_bytes > 0 {
             tracing::warn!(path = %file.display(), bytes = opened.torn_bytes, "audit file ended in an unfinished line (a crash during a write); cut it off");
         }
@@ -169,55 +202,109 @@ impl AuditLog {
         };
         tracing::info!(path = %file.display(), records = head.0, "audit log open");
 
-        let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
+        let health = Arc::new(SyncHealth::default());
+        let sync_thread = match durability {
+            Durability::Synced => None,
+            Durability::Written { sync_every } => Some(
+                SyncThread::start(
+                    sync_every,
+                    sink.shared(),
+                    Arc::clone(&store),
+                    Arc::clone(&health),
+                )
+                .map_err(|e| {
+                    AuditError::Unavailable(format!("cannot start the audit sync thread: {e}"))
+                })?,
+            ),
+        };
         let writer = Writer {
             store,
             file: sink,
+            synced: durability == Durability::Synced,
             next_seq: head.0 + 1,
             prev: head.1,
             unwritten: VecDeque::new(),
             in_store: head.0,
             in_file: head.0,
+            waiting: Vec::new(),
+            health: Arc::clone(&health),
         };
-        // The thread ends when the last sender (this log) is dropped.
-        let thread = std::thread::Builder::new()
-            .name("tokenvault-audit".into())
-            .spawn(move || writer.run(requests))
-            .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
         Ok(AuditLog {
-            hash_key,
-            queue,
-            writer: parking_lot::Mutex::new(Some(thread)),
+            hasher: hash_key.keyed_mac(),
+            queue: parking_lot::Mutex::new(Vec::new()),
+            writer: tokio::sync::Mutex::new(writer),
+            closed: AtomicBool::new(false),
+            health,
+            sync_thread: parking_lot::Mutex::new(sync_thread),
         })
     }
 
-    /// Writes every record appended so far, then stops the writer and
-    /// waits for it: at shutdown, so that the store is not written to
-    /// while the process exits. Appends after this fail (UNAVAILABLE).
+    /// Writes every record appended so far, syncs both sinks and stops the
+    /// sync thread: at shutdown, so that the store is not written to while
+    /// the process exits. Appends after this fail (UNAVAILABLE).
     pub async fn close(&self) {
-        let _ = self.queue.send(Request::Close).await;
-        let thread = self.writer.lock().take();
+        self.closed.store(true, Ordering::SeqCst);
+        // Waits for a leader at work, then writes what is still queued.
+        let mut writer = self.writer.lock().await;
+        let queued = std::mem::take(&mut *self.queue.lock());
+        if !queued.is_empty() || writer.has_waiting() {
+            writer.commit(queued).await;
+        }
+        drop(writer);
+        let thread = self.sync_thread.lock().take();
         if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            let _ = tokio::task::spawn_blocking(move || thread.stop()).await;
         }
     }
 
     /// Appends a record; returns its sequence number once it is durable in
     /// the store and the file. On error the caller must reveal nothing.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let stopped = || AuditError::Unavailable("the audit log is closed".into());
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(stopped());
+        }
+        self.health.check()?;
         let record = self.draft(event);
-        let stopped = || AuditError::Unavailable("the audit writer has stopped".into());
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request::Append(Box::new(Append { record, reply })))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let (reply, mut answer) = oneshot::channel();
+        self.queue.lock().push(Append { record, reply });
+        loop {
+            self.lead().await;
+            match tokio::time::timeout(LEADER_CHECK, &mut answer).await {
+                Ok(result) => return result.map_err(|_| stopped())?,
+                // Still queued: the leader may have been cancelled with
+                // its call; try to take over.
+                Err(_elapsed) => continue,
+            }
+        }
+    }
+
+    /// Writes queued records while this caller holds the writer; returns at
+    /// once if another caller does (that one takes this caller's record).
+    /// After letting go it looks at the queue again: a record queued while
+    /// it let go would otherwise wait for the next caller.
+    async fn lead(&self) {
+        loop {
+            let Ok(mut writer) = self.writer.try_lock() else {
+                return;
+            };
+            loop {
+                let group = std::mem::take(&mut *self.queue.lock());
+                if group.is_empty() && !writer.has_waiting() {
+                    break;
+                }
+                writer.commit(group).await;
+            }
+            drop(writer);
+            if self.queue.lock().is_empty() {
+                return;
+            }
+        }
     }
 
     /// The record of an event before the writer numbers and chains it.
     fn draft(&self, event: AuditEvent) -> AuditRecord {
-        let hash = |label: &[u8], bytes: &[u8]| hex::encode(self.hash_key.mac(&[label, bytes]));
+        let hash = |label: &[u8], bytes: &[u8]| hex::encode(self.hasher.mac(&[label, bytes]));
         AuditRecord {
             v: record::RECORD_VERSION,
             seq: 0,
@@ -363,6 +450,8 @@ async fn store_catch_up(
 struct Writer {
     store: Arc<dyn Store>,
     file: FileSink,
+    /// Each group synced before it counts (`Durability::Synced`).
+    synced: bool,
     next_seq: u64,
     prev: String,
     /// Sealed records not yet durable in both sinks, in sequence order.
@@ -370,42 +459,13 @@ struct Writer {
     /// Highest sequence number durable in each sink.
     in_store: u64,
     in_file: u64,
+    /// Callers of sealed records, answered once the flush ends.
+    waiting: Vec<(u64, oneshot::Sender<Result<u64, AuditError>>)>,
+    /// Told of every write, for the sync thread.
+    health: Arc<SyncHealth>,
 }
 
 impl Writer {
-    fn run(mut self, mut requests: mpsc::Receiver<Request>) {
-        // A runtime of this thread's own, to await the store's answer.
-        let runtime = match tokio::runtime::Builder::new_current_thread().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                // Every append then fails: its reply is dropped.
-                tracing::error!(%error, "cannot start the audit writer's runtime");
-                return;
-            }
-        };
-        while let Some(first) = requests.blocking_recv() {
-            let Request::Append(first) = first else {
-                return;
-            };
-            let mut group = vec![*first];
-            let mut closing = false;
-            while group.len() < MAX_GROUP {
-                match requests.try_recv() {
-                    Ok(Request::Append(next)) => group.push(*next),
-                    Ok(Request::Close) => {
-                        closing = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            runtime.block_on(self.commit(group));
-            if closing {
-                return;
-            }
-        }
-    }
-
     async fn commit(&mut self, group: Vec<Append>) {
         if self.unwritten.len() + group.len() > MAX_UNWRITTEN {
             // A sink has been failing for a while: retry the backlog, and
@@ -417,18 +477,19 @@ impl Writer {
                 return;
             }
         }
-        let mut waiting = Vec::with_capacity(group.len());
         for append in group {
             match self.seal(append.record) {
-                Ok(seq) => waiting.push((seq, append.reply)),
+                Ok(seq) => self.waiting.push((seq, append.reply)),
                 Err(error) => {
                     let _ = append.reply.send(Err(error));
                 }
             }
         }
+        // If the leader's call is cancelled during the flush, the sealed
+        // records and their callers stay here for the next leader.
         let flushed = self.flush().await;
         let durable = self.in_store.min(self.in_file);
-        for (seq, reply) in waiting {
+        for (seq, reply) in self.waiting.drain(..) {
             let answer = match &flushed {
                 Ok(()) if seq <= durable => Ok(seq),
                 Ok(()) => Err(AuditError::Unavailable("record not written".into())),
@@ -436,6 +497,11 @@ impl Writer {
             };
             let _ = reply.send(answer);
         }
+    }
+
+    /// Whether a cancelled leader left sealed records unanswered.
+    fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     /// Numbers, timestamps and chains a record; queues it for both sinks.
@@ -467,6 +533,7 @@ impl Writer {
             for_file.push(b'\n');
         }
         let last = self.unwritten.back().map_or(0, |(seq, _)| *seq);
+        let mut filed_result = Ok(());
         let store = Arc::clone(&self.store);
         let store_write = async move {
             if for_store.is_empty() {
@@ -475,22 +542,33 @@ impl Writer {
                 store.append_audit(for_store).await
             }
         };
-        // The store's write is queued when first polled, then the file is
-        // written on this thread while the store syncs: the two syncs overlap.
-        let file = &mut self.file;
-        let file_write = async move {
-            if for_file.is_empty() {
-                return Ok(());
+        // Synced, the store's write is queued to its writer thread by its
+        // first poll, then the file is written and synced here while the
+        // store syncs: the two syncs overlap. Each sink's mark moves as
+        // soon as its write ends, so a leader cancelled while it awaits
+        // the store leaves nothing for the next one to write twice.
+        let mut store_write = std::pin::pin!(store_write);
+        let first_poll =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(store_write.as_mut().poll(cx))).await;
+        if !for_file.is_empty() {
+            let filed = self.write_file(&for_file);
+            if filed.is_ok() {
+                self.in_file = last.max(self.in_file);
             }
-            file.append(&for_file)
-                .map_err(|e| AuditError::Unavailable(format!("audit file: {e}")))
+            if let Err(error) = &filed {
+                tracing::error!(%error, "audit records not written to the file; reveals are refused until it takes them");
+            }
+            filed_result = filed;
+        }
+        let stored = match first_poll {
+            std::task::Poll::Ready(stored) => stored,
+            std::task::Poll::Pending => store_write.await,
         };
-        let (stored, filed) = tokio::join!(store_write, file_write);
         if stored.is_ok() {
             self.in_store = last.max(self.in_store);
         }
-        if filed.is_ok() {
-            self.in_file = last.max(self.in_file);
+        if !self.synced {
+            self.health.wrote();
         }
         let durable = self.in_store.min(self.in_file);
         while self
@@ -503,12 +581,31 @@ impl Writer {
         if let Err(error) = &stored {
             tracing::error!(%error, "audit records not stored; reveals are refused until the store takes them");
         }
-        if let Err(error) = &filed {
-            tracing::error!(%error, "audit records not written to the file; reveals are refused until it takes them");
-        }
         stored.map_err(AuditError::from)?;
-        filed
+        filed_result
     }
+
+    /// Appends lines to the file. Synced, its `fsync` blocks, so the
+    /// runtime is told to move its other tasks off this thread.
+    fn write_file(&mut self, lines: &[u8]) -> Result<(), AuditError> {
+        let file = &mut self.file;
+        let mut append = || {
+            file.append(lines)
+                .map_err(|e| AuditError::Unavailable(format!("audit file: {e}")))
+        };
+        if self.synced && may_block_in_place() {
+            tokio::task::block_in_place(append)
+        } else {
+            append()
+        }
+    }
+}
+
+/// `block_in_place` is for the multi-threaded runtime only (it panics in
+/// a current-thread one, as in unit tests).
+fn may_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 fn unix_millis() -> i64 {

@@ -72,9 +72,20 @@ impl AuditRecord {
     /// newline) and the hash.
     pub fn seal(mut self) -> Result<(Vec<u8>, String), serde_json::Error> {
         self.hash = None;
-        let hash = hex::encode(Sha256::digest(serde_json::to_vec(&self)?));
-        self.hash = Some(hash.clone());
-        Ok((serde_json::to_vec(&self)?, hash))
+        let mut line = serde_json::to_vec(&self)?;
+        let hash = hex::encode(Sha256::digest(&line));
+        // `hash` is the last field: the sealed line is the hashed one with
+        // it added before the closing brace, as serializing again with
+        // `hash` set would write it (`open` checks exactly that).
+        if line.pop() != Some(b'}') {
+            return Err(serde::ser::Error::custom(
+                "a record serializes to an object",
+            ));
+        }
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(b"\"}");
+        Ok((line, hash))
     }
 
     /// Parses a stored line and checks it is canonical and its hash is

@@ -9,7 +9,9 @@ pub mod envelope;
 pub mod keys;
 
 pub use envelope::{open, seal, token_aad, Sealed, NONCE_LEN};
-pub use keys::{random_bytes, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys, KEY_LEN};
+pub use keys::{
+    random_bytes, IndexKey, KeyedMac, SecretKey, SubjectHash, SubjectKeys, SystemKeys, KEY_LEN,
+};
 
 /// Errors of this module. Deliberately bare: a failure to open says nothing
 /// an attacker could use (which part of the input was wrong).

@@ -197,10 +197,19 @@ pub trait Store: Send + Sync + 'static {
 
     // --- audit log (src/audit): records are opaque bytes to the store ---
 
-    /// Stores audit records (sequence number, encoded record) atomically
-    /// and synced, whatever `sync_writes` says. The audit log is the only
-    /// writer; it may store a record again with the same bytes (a retry).
+    /// Stores audit records (sequence number, encoded record) atomically,
+    /// synced or written as the store was opened to (`sync_audit` for
+    /// RocksDB). The audit log is the only writer; it may store a record
+    /// again with the same bytes (a retry).
     async fn append_audit(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError>;
+
+    /// Makes every write acknowledged so far durable (the audit log's
+    /// periodic sync when its records are written unsynced). Blocking: it
+    /// is called from the audit log's sync thread. The default suits a
+    /// store whose acknowledged writes are already durable.
+    fn sync_wal(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Up to `limit` audit records from sequence number `from_seq` on, in
     /// sequence order.

@@ -129,6 +129,11 @@ const OBSOLETE_FILES_DEADLINE: Duration = Duration::from_secs(30);
 pub struct RocksOptions {
     pub sync_writes: bool,
     pub block_cache_bytes: usize,
+    /// Audit records are synced before `append_audit` returns (the audit
+    /// log's `sync` durability). Off, they are written to the WAL without
+    /// a sync and the audit log syncs on its own schedule through
+    /// [`Store::sync_wal`].
+    pub sync_audit: bool,
 }
 
 /// Key counts per family, for operators and tests (a full scan: not for
@@ -153,10 +158,13 @@ struct Inner {
     db: DB,
     path: PathBuf,
     write_options: WriteOptions,
-    /// For groups that carry audit records: those are synced even when
-    /// `sync_writes` is off, since a reveal is acknowledged only after its
-    /// record is durable.
+    /// For groups that carry audit records when `sync_audit` is on: those
+    /// are synced even when `sync_writes` is off.
     synced_write_options: WriteOptions,
+    /// For audit records when `sync_audit` is off: written from the
+    /// caller's thread, no sync, no hand-off to the writer thread.
+    unsynced_write_options: WriteOptions,
+    sync_audit: bool,
 }
 
 type PurgeReply = oneshot::Sender<Result<(), StoreError>>;
@@ -225,11 +233,15 @@ impl RocksStore {
         write_options.set_sync(options.sync_writes);
         let mut synced_write_options = WriteOptions::default();
         synced_write_options.set_sync(true);
+        let mut unsynced_write_options = WriteOptions::default();
+        unsynced_write_options.set_sync(false);
         let inner = Arc::new(Inner {
             db,
             path: path.to_path_buf(),
             write_options,
             synced_write_options,
+            unsynced_write_options,
+            sync_audit: options.sync_audit,
         });
         let (writer, queue) = mpsc::channel();
         let writer_inner = Arc::clone(&inner);
@@ -1270,8 +1282,27 @@ impl Store for RocksStore {
     }
 
     async fn append_audit(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
-        self.write(|reply| WriteRequest::Audit { records, reply })
-            .await
+        if self.inner.sync_audit {
+            return self
+                .write(|reply| WriteRequest::Audit { records, reply })
+                .await;
+        }
+        // Unsynced: a WAL append and a memtable insert, done here rather
+        // than queued, since every reveal waits for it (the audit log has
+        // one writer at a time, so records still land in sequence order).
+        let cf = self.inner.cf(CF_AUDIT)?;
+        let mut batch = WriteBatch::default();
+        for (seq, record) in records {
+            batch.put_cf(cf, seq.to_be_bytes(), record);
+        }
+        self.inner
+            .db
+            .write_opt(batch, &self.inner.unsynced_write_options)
+            .map_err(engine)
+    }
+
+    fn sync_wal(&self) -> Result<(), StoreError> {
+        self.inner.db.flush_wal(true).map_err(engine)
     }
 
     async fn audit_records(
@@ -1297,6 +1328,7 @@ mod tests {
         let counter = std::sync::atomic::AtomicUsize::new(0);
         let options = RocksOptions {
             sync_writes: true,
+            sync_audit: true,
             block_cache_bytes: 1 << 20,
         };
         super::super::conformance::run_all(|| {
@@ -1312,6 +1344,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let options = RocksOptions {
             sync_writes: false,
+            sync_audit: true,
             block_cache_bytes: 1 << 20,
         };
         let store = RocksStore::open(root.path(), &options).expect("open");
@@ -1361,6 +1394,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let options = RocksOptions {
             sync_writes: true,
+            sync_audit: true,
             block_cache_bytes: 1 << 20,
         };
         {

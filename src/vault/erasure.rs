@@ -250,6 +250,7 @@ mod tests {
             dir,
             &RocksOptions {
                 sync_writes: false,
+                sync_audit: true,
                 block_cache_bytes: 1 << 20,
             },
         )

@@ -26,7 +26,7 @@ pub use error::VaultError;
 pub use rotation::{KeyStatus, RotationProgress};
 pub use text::{Redacted, RedactedFinding, Restored};
 
-use crate::config::{Config, Limits};
+use crate::config::{AuditDurability, Config, Limits};
 use crate::crypto::{self, token_aad, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys};
 use crate::erasure::ErasureLedger;
 use crate::kek::{self, KekProvider};
@@ -564,6 +564,7 @@ fn open_store(data_dir: &Path, config: &Config) -> Result<Arc<dyn Store>, VaultE
     let options = RocksOptions {
         sync_writes: config.storage.sync_writes,
         block_cache_bytes: config.storage.block_cache_mb * 1024 * 1024,
+        sync_audit: config.audit.durability == AuditDurability::Sync,
     };
     Ok(Arc::new(RocksStore::open(
         &data_dir.join("rocksdb"),

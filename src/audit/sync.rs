@@ -1,0 +1,130 @@
+//! The sync thread of written durability: every interval in which records
+//! were written, it syncs the audit file and the store's WAL, so a power
+//! loss or kernel crash loses at most one interval of records (a killed
+//! process loses none: the kernel already has them).
+//!
+//! It must never let a failed sync pass silently: [`SyncHealth`] then
+//! refuses every append, so nothing is revealed, until a sync succeeds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::file::SharedFile;
+use super::AuditError;
+use crate::store::Store;
+
+/// What the writer and the sync thread share.
+#[derive(Debug, Default)]
+pub(crate) struct SyncHealth {
+    /// Records were written since the last sync began.
+    dirty: AtomicBool,
+    /// Why the last sync failed, while it has not succeeded since.
+    failed: parking_lot::Mutex<Option<String>>,
+}
+
+impl SyncHealth {
+    /// The writer wrote records: the next tick syncs.
+    pub fn wrote(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Refuses while the last sync failed.
+    pub fn check(&self) -> Result<(), AuditError> {
+        match &*self.failed.lock() {
+            Some(problem) => Err(AuditError::Unavailable(format!(
+                "audit records could not be synced to disk: {problem}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, outcome: Result<(), String>) {
+        let mut failed = self.failed.lock();
+        match outcome {
+            Ok(()) => {
+                if failed.take().is_some() {
+                    tracing::warn!("audit records synced again; reveals resume");
+                }
+            }
+            Err(problem) => {
+                // Synced again at the next tick.
+                self.dirty.store(true, Ordering::Release);
+                if failed.is_none() {
+                    tracing::error!(%problem, "audit records could not be synced to disk; reveals are refused until a sync succeeds");
+                }
+                *failed = Some(problem);
+            }
+        }
+    }
+}
+
+/// The running sync thread; [`SyncThread::stop`] syncs once more and joins.
+pub(crate) struct SyncThread {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl SyncThread {
+    pub fn start(
+        every: Duration,
+        file: SharedFile,
+        store: Arc<dyn Store>,
+        health: Arc<SyncHealth>,
+    ) -> std::io::Result<SyncThread> {
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("tokenvault-audit-sync".into())
+            .spawn(move || loop {
+                let last = match stopped.recv_timeout(every) {
+                    Err(RecvTimeoutError::Timeout) => false,
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+                };
+                if health.dirty.swap(false, Ordering::AcqRel) || last {
+                    health.record(sync_both(&file, store.as_ref()));
+                }
+                if last {
+                    return;
+                }
+            })?;
+        Ok(SyncThread { stop, thread })
+    }
+
+    /// Syncs what was written and ends the thread.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn sync_both(file: &SharedFile, store: &dyn Store) -> Result<(), String> {
+    // The handle is cloned out so that a slow sync does not hold up the
+    // writer reopening a rotated file.
+    let current = Arc::clone(&*file.lock());
+    current
+        .sync_data()
+        .map_err(|e| format!("audit file: {e}"))?;
+    store.sync_wal().map_err(|e| format!("database: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sync_refuses_until_one_succeeds() {
+        let health = SyncHealth::default();
+        assert!(health.check().is_ok());
+        health.record(Err("No space left on device".into()));
+        let refused = health.check().expect_err("refused after a failed sync");
+        assert!(refused.to_string().contains("synced"), "{refused}");
+        assert!(
+            health.dirty.load(Ordering::Acquire),
+            "a failed sync is tried again at the next tick"
+        );
+        health.record(Ok(()));
+        assert!(health.check().is_ok());
+    }
+}
