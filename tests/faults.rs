@@ -1,0 +1,187 @@
+//! Faults in production: SIGTERM in the middle of a load, and a full disk.
+//!
+//! - SIGTERM under load: the server stops accepting, lets calls in flight
+//!   finish, exits 0, and every Tokenize that got a reply detokenizes after
+//!   a restart on the same data directory.
+//! - Disk full (a small tmpfs filled to ENOSPC; needs root and tmpfs):
+//!   Tokenize answers UNAVAILABLE with a "disk full" log line, the server
+//!   stays up and serves Detokenize (its audit records use the released
+//!   reserve), and Tokenize works again once space returns; nothing
+//!   acknowledged is lost.
+//!
+//! Run: `cargo test --release --test faults`
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::tmpfs::Tmpfs;
+use common::{admin_principal_toml, detokenize, item, Server};
+use tokenvault::cli::client::Client;
+use tokenvault::pb;
+use tokio::sync::Mutex;
+use tonic::Code;
+
+type Acknowledged = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Tokenizes batches from `writers` tasks until a call fails; every reply
+/// is recorded as acknowledged (token, value).
+fn start_writers(
+    client: &Client,
+    writers: usize,
+    acknowledged: &Acknowledged,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..writers)
+        .map(|w| {
+            let mut client = client.clone();
+            let acknowledged = Arc::clone(acknowledged);
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let values: Vec<String> =
+                        (0..10).map(|i| format!("w{w}-n{n}-i{i} Petrova")).collect();
+                    let request = pb::TokenizeRequest {
+                        subject_id: format!("subject-{w}-{}", n % 5),
+                        items: values.iter().map(|v| item(v, "text")).collect(),
+                    };
+                    match client.tokenize(request).await {
+                        Ok(response) => acknowledged
+                            .lock()
+                            .await
+                            .extend(response.into_inner().tokens.into_iter().zip(values)),
+                        Err(_) => return, // the server is stopping
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Asserts every (token, value) detokenizes to its value.
+async fn assert_all_found(client: &mut Client, acknowledged: &[(String, String)]) {
+    for chunk in acknowledged.chunks(1000) {
+        let tokens: Vec<String> = chunk.iter().map(|(t, _)| t.clone()).collect();
+        let results = detokenize(client, &tokens).await;
+        for ((token, value), result) in chunk.iter().zip(results) {
+            assert_eq!(
+                result.status,
+                pb::TokenStatus::Found as i32,
+                "acknowledged {token} lost"
+            );
+            assert_eq!(&result.value, value, "{token} detokenizes to another value");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_0_and_loses_no_acknowledged_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(dir.path());
+    let client = server.client().await;
+    let acknowledged: Acknowledged = Arc::default();
+    let writers = start_writers(&client, 8, &acknowledged);
+
+    // Let the load run until a good number of calls were answered.
+    while acknowledged.lock().await.len() < 2_000 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+    // SIGTERM with calls in flight; asserts exit status 0 (and an exit
+    // within 30 s; the grace period is 10 s).
+    server.stop().await;
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    let acknowledged = acknowledged.lock().await.clone();
+    server
+        .wait_for_log("stopped; cached keys zeroized", 1)
+        .await;
+    server.wait_for_log("store flushed at shutdown", 1).await;
+
+    server.restart();
+    let mut client = server.client().await;
+    assert_all_found(&mut client, &acknowledged).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_tokenize_serves_detokenize_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    // The data directory is the tmpfs; the server's own log stays outside.
+    let disk = Tmpfs::mount(&root.join("data"), 64);
+    let kek = root.join("kek.key");
+    std::fs::write(&kek, [7u8; 32]).expect("kek");
+    let toml = format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n[storage]\ndisk_reserve_bytes = {}\n{}",
+        kek.display(),
+        8 << 20,
+        admin_principal_toml()
+    );
+    let mut server = Server::start_with_config(root, &toml);
+    let mut client = server.client().await;
+
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        let values: Vec<String> = (0..10).map(|i| format!("before-{n}-{i}")).collect();
+        let tokens = common::tokenize(
+            &mut client,
+            &format!("s{}", n % 3),
+            values.iter().map(|v| item(v, "text")).collect(),
+        )
+        .await;
+        acknowledged.extend(tokens.into_iter().zip(values));
+    }
+
+    assert!(disk.fill() > 0, "the filler wrote nothing");
+    server.wait_for_log("disk full: free space", 1).await;
+
+    let refused = client
+        .tokenize(pb::TokenizeRequest {
+            subject_id: "s0".into(),
+            items: vec![item("while-full", "text")],
+        })
+        .await
+        .expect_err("Tokenize on a full disk");
+    assert!(
+        matches!(refused.code(), Code::Unavailable | Code::ResourceExhausted),
+        "Tokenize on a full disk: {refused:?}"
+    );
+    assert!(
+        refused.message().contains("disk full"),
+        "the status names the cause: {refused:?}"
+    );
+    // A new subject (a key write) is refused the same way.
+    let refused = client
+        .tokenize(pb::TokenizeRequest {
+            subject_id: "a-new-subject".into(),
+            items: vec![item("while-full", "text")],
+        })
+        .await
+        .expect_err("Tokenize for a new subject on a full disk");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    // Reveals go on: their audit records use the released reserve.
+    assert_all_found(&mut client, &acknowledged).await;
+
+    disk.drain();
+    assert!(disk.has_room());
+    let values: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
+    let tokens = common::tokenize(
+        &mut client,
+        "s0",
+        values.iter().map(|v| item(v, "text")).collect(),
+    )
+    .await;
+    acknowledged.extend(tokens.into_iter().zip(values));
+    server.wait_for_log("disk space back", 1).await;
+
+    drop(client);
+    server.stop().await;
+    server.restart();
+    let mut client = server.client().await;
+    assert_all_found(&mut client, &acknowledged).await;
+    drop(client);
+    server.stop().await;
+    drop(disk);
+}
