@@ -185,3 +185,97 @@ async fn a_full_disk_refuses_tokenize_serves_detokenize_and_recovers() {
     server.stop().await;
     drop(disk);
 }
+
+/// Without the guard (`disk_reserve_bytes = 0`) RocksDB itself meets
+/// ENOSPC and stops taking writes (its background-error state); it
+/// recovers on its own once space returns (its SstFileManager polls for
+/// free space every 5 s and resumes once 64 MiB are free), without a
+/// restart, and loses nothing acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocksdb_recovers_from_enospc_once_space_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    // RocksDB resumes only with free space above its reserved buffer (the
+    // memtables it may have to flush: 4 x 16 MiB), so the disk is larger.
+    let disk = Tmpfs::mount(&root.join("data"), 160);
+    let kek = root.join("kek.key");
+    std::fs::write(&kek, [7u8; 32]).expect("kek");
+    let toml = format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n[storage]\ndisk_reserve_bytes = 0\n{}",
+        kek.display(),
+        admin_principal_toml()
+    );
+    let mut server = Server::start_with_config(root, &toml);
+    let mut client = server.client().await;
+    disk.fill();
+
+    // Write until the engine refuses (its preallocated WAL takes a while).
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for n in 0..5_000 {
+        let values: Vec<String> = (0..50)
+            .map(|i| format!("{n}-{i}-{}", "x".repeat(900)))
+            .collect();
+        let request = pb::TokenizeRequest {
+            subject_id: format!("s{}", n % 4),
+            items: values.iter().map(|v| item(v, "text")).collect(),
+        };
+        match client.tokenize(request).await {
+            Ok(response) => {
+                acknowledged.extend(response.into_inner().tokens.into_iter().zip(values))
+            }
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a full disk never refused a write");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    disk.drain();
+    // Recovery is RocksDB's own, polled: wait for it (bounded).
+    let mut recovered = false;
+    for _ in 0..300 {
+        let attempt = client
+            .tokenize(pb::TokenizeRequest {
+                subject_id: "s0".into(),
+                items: vec![item("after-recovery", "text")],
+            })
+            .await;
+        if let Ok(response) = attempt {
+            let token = response.into_inner().tokens.remove(0);
+            acknowledged.push((token, "after-recovery".into()));
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !recovered {
+        let engine_log =
+            std::fs::read_to_string(root.join("data/rocksdb/LOG")).unwrap_or_default();
+        let errors: Vec<&str> = engine_log
+            .lines()
+            .filter(|l| l.contains("rror") || l.contains("ecover") || l.contains("space"))
+            .collect();
+        let df = std::process::Command::new("df")
+            .arg(root.join("data"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!(
+            "writes did not come back within 30 s of space returning\n{df}\nRocksDB LOG:\n{}",
+            errors.join("\n")
+        );
+    }
+    assert_all_found(&mut client, &acknowledged).await;
+
+    drop(client);
+    server.stop().await;
+    server.restart();
+    let mut client = server.client().await;
+    assert_all_found(&mut client, &acknowledged).await;
+    drop(client);
+    server.stop().await;
+    drop(disk);
+}

@@ -146,6 +146,9 @@ async fn soak_with_faults_loses_nothing_and_never_panics() {
     server.stop().await;
     let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
     let panics = log.matches("panicked").count();
+    if let Ok(keep) = std::env::var("SOAK_LOG") {
+        std::fs::write(&keep, &log).expect("write SOAK_LOG");
+    }
 
     println!("soak: {seconds} s, {LOAD_TASKS} load tasks");
     println!("faults: {:?}", report.faults.lock().await);
@@ -165,6 +168,17 @@ async fn soak_with_faults_loses_nothing_and_never_panics() {
         report.wrong.load(Ordering::Relaxed)
     );
     println!("panics in the server log: {panics}");
+    println!("server log lines:");
+    for needle in [
+        "disk full: free space",
+        "disk space back",
+        "audit record not written",
+        "storage unavailable",
+        "SIGTERM: shutting down",
+        "stopped; cached keys zeroized",
+    ] {
+        println!("  {needle:?}: {}", log.matches(needle).count());
+    }
     assert_eq!(lost, 0, "acknowledged tokens lost");
     assert_eq!(
         panics,

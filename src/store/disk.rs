@@ -68,13 +68,29 @@ impl DiskGuard {
         });
         // A reserve left by an earlier run counts as free space to reuse.
         guard.release_reserve();
-        guard.check();
+        guard.take_initial_reserve();
         let watched = Arc::downgrade(&guard);
         std::thread::Builder::new()
             .name("tokenvault-disk".into())
             .spawn(move || watch(watched))
             .map_err(|e| StoreError::Engine(format!("cannot start the disk watcher: {e}")))?;
         Ok(guard)
+    }
+
+    /// Takes the reserve at start, or starts full (logged) without room.
+    fn take_initial_reserve(&self) {
+        let free = free_bytes(&self.dir).unwrap_or(0);
+        if free >= self.reserve_bytes.saturating_mul(2) && self.take_reserve().is_ok() {
+            self.full.store(false, Ordering::Release);
+            return;
+        }
+        self.release_reserve();
+        tracing::error!(
+            free_bytes = free,
+            reserve_bytes = self.reserve_bytes,
+            dir = %self.dir.display(),
+            "{DISK_FULL} at start: free space of the data directory is below twice storage.disk_reserve_bytes; Tokenize and RedactText answer UNAVAILABLE until space returns"
+        );
     }
 
     /// Whether the data directory is out of space (re-checked now).
