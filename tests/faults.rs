@@ -252,8 +252,7 @@ async fn rocksdb_recovers_from_enospc_once_space_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !recovered {
-        let engine_log =
-            std::fs::read_to_string(root.join("data/rocksdb/LOG")).unwrap_or_default();
+        let engine_log = std::fs::read_to_string(root.join("data/rocksdb/LOG")).unwrap_or_default();
         let errors: Vec<&str> = engine_log
             .lines()
             .filter(|l| l.contains("rror") || l.contains("ecover") || l.contains("space"))
@@ -278,4 +277,43 @@ async fn rocksdb_recovers_from_enospc_once_space_returns() {
     drop(client);
     server.stop().await;
     drop(disk);
+}
+
+/// A call that never finishes (its body never comes) holds shutdown only
+/// for `shutdown_grace_seconds`: then the server stops anyway, says so,
+/// and still exits 0 with the store closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_stuck_in_flight_holds_shutdown_only_for_the_grace_period() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let kek = root.join("kek.key");
+    std::fs::create_dir_all(root).expect("root");
+    std::fs::write(&kek, [7u8; 32]).expect("kek");
+    let toml = format!(
+        "shutdown_grace_seconds = 1\n[kek]\nprovider = \"local\"\npath = \"{}\"\n{}",
+        kek.display(),
+        admin_principal_toml()
+    );
+    let mut server = Server::start_with_config(root, &toml);
+    let host = server.addr.trim_start_matches("http://").to_string();
+    let mut stuck = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    let mut opening = common::rawh2::h2_start();
+    opening.extend(common::rawh2::tokenize_headers_frame(common::TEST_API_KEY));
+    stuck.write_all(&opening).await.expect("send headers");
+    // The server's SETTINGS: the connection is up and the call open.
+    let mut buf = [0u8; 64];
+    assert!(stuck.read(&mut buf).await.expect("read settings") > 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    server.stop().await; // asserts exit 0
+    server
+        .wait_for_log("still open after the shutdown grace period", 1)
+        .await;
+    server
+        .wait_for_log("stopped; cached keys zeroized", 1)
+        .await;
+    drop(stuck);
 }

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::rawh2::{frame, h2_start, tokenize_headers_frame};
 use common::tmpfs::Tmpfs;
 use common::{admin_principal_toml, item, Server, TEST_API_KEY};
 use tokenvault::cli::client::Client;
@@ -32,6 +33,7 @@ use tokio::sync::{Mutex, RwLock};
 /// hang the load.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const LOAD_TASKS: usize = 6;
+const SOAK_DISK_MB: u64 = 768;
 
 #[derive(Default)]
 struct Report {
@@ -71,7 +73,9 @@ async fn soak_with_faults_loses_nothing_and_never_panics() {
         .unwrap_or(60);
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let disk = Tmpfs::mount(&root.join("data"), 192);
+    // Room for a minute of load and its audit records (the final check
+    // alone writes one record per 1000 tokens, 64 bytes per token).
+    let disk = Tmpfs::mount(&root.join("data"), SOAK_DISK_MB);
     let kek = root.join("kek.key");
     std::fs::write(&kek, [5u8; 32]).expect("kek");
     let toml = format!(
@@ -162,6 +166,11 @@ async fn soak_with_faults_loses_nothing_and_never_panics() {
         println!("  {code}: {n}");
     }
     println!("acknowledged tokens: {}", acknowledged.len());
+    println!(
+        "data dir: {} MiB used of {SOAK_DISK_MB} MiB",
+        SOAK_DISK_MB
+            .saturating_sub(tokenvault::store::disk::free_bytes(&disk.path).unwrap_or(0) >> 20)
+    );
     println!("acknowledged tokens lost: {lost}");
     println!(
         "wrong detokenize answers during the run: {}",
@@ -332,7 +341,7 @@ async fn malformed(server: &Server, report: &Report) {
     ];
     for body in bodies {
         let mut bytes = h2_start();
-        bytes.extend(frame(0x1, 0x4, 1, &tokenize_headers()));
+        bytes.extend(tokenize_headers_frame(TEST_API_KEY));
         bytes.extend(frame(0x0, 0x1, 1, &body));
         exchange(&host, &bytes).await;
     }
@@ -379,45 +388,4 @@ async fn exchange(host: &str, bytes: &[u8]) {
         }
     })
     .await;
-}
-
-/// The client preface and an empty SETTINGS frame.
-fn h2_start() -> Vec<u8> {
-    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    bytes.extend(frame(0x4, 0, 0, &[]));
-    bytes
-}
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = len.to_be_bytes()[1..].to_vec();
-    out.push(kind);
-    out.push(flags);
-    out.extend(stream.to_be_bytes());
-    out.extend(payload);
-    out
-}
-
-/// HPACK (no Huffman, no dynamic table) of a Tokenize call's headers.
-fn tokenize_headers() -> Vec<u8> {
-    fn string(out: &mut Vec<u8>, s: &str) {
-        assert!(s.len() < 127);
-        out.push(s.len() as u8);
-        out.extend(s.as_bytes());
-    }
-    let mut out = vec![0x83, 0x86]; // :method POST, :scheme http
-    out.push(0x04); // :path, literal value
-    string(&mut out, "/tokenvault.v1.TokenVault/Tokenize");
-    out.push(0x01); // :authority
-    string(&mut out, "localhost");
-    for (name, value) in [
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-        ("authorization", &format!("Bearer {TEST_API_KEY}")),
-    ] {
-        out.push(0x00); // literal name and value, not indexed
-        string(&mut out, name);
-        string(&mut out, value);
-    }
-    out
 }
