@@ -146,6 +146,17 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_unavailable_and_says_so() {
+        let error = StoreError::Engine(format!(
+            "{}: below the reserve",
+            crate::store::disk::DISK_FULL
+        ));
+        let status = to_status(error.into());
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().starts_with("disk full"), "{status:?}");
+    }
+
+    #[test]
     fn an_audit_failure_is_unavailable_and_names_no_detail() {
         let status = audit_status(AuditError::Unavailable(
             "/var/lib/tv/audit.jsonl: Is a directory".into(),

@@ -68,6 +68,17 @@ impl Tmpfs {
         }
     }
 
+    /// Gives back the last `bytes` of the filler.
+    pub fn shrink_filler(&self, bytes: u64) {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(self.filler_path())
+            .expect("filler");
+        let len = file.metadata().expect("filler size").len();
+        file.set_len(len.saturating_sub(bytes))
+            .expect("shrink filler");
+    }
+
     /// Whether a 4 KiB file can be written now.
     pub fn has_room(&self) -> bool {
         let probe = self.path.join("probe");
