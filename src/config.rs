@@ -211,6 +211,12 @@ pub struct StorageConfig {
     /// RocksDB block cache size in MiB.
     #[serde(default = "default_block_cache_mb")]
     pub block_cache_mb: usize,
+    /// Bytes held in `<data_dir>/disk-reserve`: when free space falls
+    /// below this, the file is deleted (room for audit records and
+    /// erasures) and Tokenize is refused until free space is twice this
+    /// again (see `store::disk`). 0 turns the guard off.
+    #[serde(default = "default_disk_reserve_bytes")]
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -219,6 +225,7 @@ impl Default for StorageConfig {
             backend: default_backend(),
             sync_writes: true,
             block_cache_mb: default_block_cache_mb(),
+            disk_reserve_bytes: default_disk_reserve_bytes(),
         }
     }
 }
@@ -448,6 +455,9 @@ fn default_shutdown_grace() -> u64 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_disk_reserve_bytes() -> u64 {
+    64 << 20
 }
 fn default_block_cache_mb() -> usize {
     128

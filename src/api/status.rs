@@ -39,6 +39,16 @@ pub fn to_status(error: VaultError) -> Status {
             tracing::warn!(error = %source, "key provider unavailable");
             Status::unavailable(error.to_string())
         }
+        // The disk guard's refusal: logged once when the disk fills (see
+        // `store::disk`), not per call; the caller learns the cause.
+        VaultError::StorageUnavailable(crate::store::StoreError::Engine(detail))
+            if detail.starts_with(crate::store::disk::DISK_FULL) =>
+        {
+            tracing::debug!("call refused: disk full");
+            Status::unavailable(
+                "disk full: new tokens are refused until space returns; nothing was stored; retry later",
+            )
+        }
         VaultError::StorageUnavailable(source) => {
             tracing::error!(error = %source, "storage unavailable");
             Status::unavailable(error.to_string())
@@ -133,6 +143,17 @@ mod tests {
             actor_status(&ActorError::Expired).code(),
             Code::Unauthenticated
         );
+    }
+
+    #[test]
+    fn a_full_disk_is_unavailable_and_says_so() {
+        let error = StoreError::Engine(format!(
+            "{}: below the reserve",
+            crate::store::disk::DISK_FULL
+        ));
+        let status = to_status(error.into());
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().starts_with("disk full"), "{status:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! stored records (versioned, documented below) and never sees a plaintext
 //! value or a subject id: values arrive sealed, subjects as keyed hashes.
 
+pub mod disk;
 pub mod records;
 pub mod rocks;
 

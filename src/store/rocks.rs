@@ -57,6 +57,7 @@ use rocksdb::{
 };
 use tokio::sync::oneshot;
 
+use super::disk::DiskGuard;
 use super::records::{index_entry_expired, token_record_expired};
 use super::{
     BackupInfo, Conflict, IndexEntry, InsertOutcome, NewToken, Store, StoreError, TokenPage,
@@ -165,6 +166,9 @@ struct Inner {
     /// caller's thread, no sync, no hand-off to the writer thread.
     unsynced_write_options: WriteOptions,
     sync_audit: bool,
+    /// Refuses writes that add tokens or subjects while the disk is full
+    /// (see `store::disk`); None: every write goes to RocksDB.
+    disk: Option<Arc<DiskGuard>>,
 }
 
 type PurgeReply = oneshot::Sender<Result<(), StoreError>>;
@@ -209,6 +213,17 @@ enum WriteRequest {
 
 impl RocksStore {
     pub fn open(path: &Path, options: &RocksOptions) -> Result<Self, StoreError> {
+        Self::open_guarded(path, options, None)
+    }
+
+    /// [`RocksStore::open`] with a disk-space guard: while it reports the
+    /// disk full, new tokens and subject keys are refused before RocksDB
+    /// sees them (audit records, erasures and key rotation still go in).
+    pub fn open_guarded(
+        path: &Path,
+        options: &RocksOptions,
+        disk: Option<Arc<DiskGuard>>,
+    ) -> Result<Self, StoreError> {
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
@@ -242,6 +257,7 @@ impl RocksStore {
             synced_write_options,
             unsynced_write_options,
             sync_audit: options.sync_audit,
+            disk,
         });
         let (writer, queue) = mpsc::channel();
         let writer_inner = Arc::clone(&inner);
@@ -440,9 +456,31 @@ impl Inner {
     }
 
     fn commit_group(&self, group: Vec<WriteRequest>) {
+        // Checked once per group, and only for groups that add data.
+        let adds_data = group.iter().any(|request| {
+            matches!(
+                request,
+                WriteRequest::Tokens { .. } | WriteRequest::KeyIfAbsent { .. }
+            )
+        });
+        let disk_full = match (&self.disk, adds_data) {
+            (Some(disk), true) => disk.admit().err(),
+            _ => None,
+        };
         let mut state = GroupState::default();
         let mut waiting = Vec::with_capacity(group.len());
         for request in group {
+            let request = match (&disk_full, request) {
+                (Some(full), WriteRequest::Tokens { reply, .. }) => {
+                    let _ = reply.send(Err(full.clone()));
+                    continue;
+                }
+                (Some(full), WriteRequest::KeyIfAbsent { reply, .. }) => {
+                    let _ = reply.send(Err(full.clone()));
+                    continue;
+                }
+                (_, request) => request,
+            };
             match request {
                 WriteRequest::Forget {
                     subject,
@@ -1269,6 +1307,21 @@ impl Store for RocksStore {
     fn stop_background_work(&self) {
         if let Err(error) = self.inner.db.flush_wal(true) {
             tracing::error!(error = %error.into_string(), "WAL sync at shutdown failed");
+        }
+        // Memtables to table files: the next start replays no WAL. The
+        // synced WAL above already made every acknowledged write durable,
+        // so a failure here (a full disk) costs only a longer restart.
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        let families: Vec<&ColumnFamily> = COLUMN_FAMILIES
+            .iter()
+            .filter_map(|name| self.inner.db.cf_handle(name))
+            .collect();
+        match self.inner.db.flush_cfs_opt(&families, &flush) {
+            Ok(()) => tracing::info!("store flushed at shutdown"),
+            Err(error) => {
+                tracing::warn!(error = %error.into_string(), "memtable flush at shutdown failed; the WAL is replayed at the next start")
+            }
         }
         self.inner.db.cancel_all_background_work(true);
     }

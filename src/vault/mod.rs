@@ -31,6 +31,7 @@ use crate::crypto::{self, token_aad, IndexKey, SecretKey, SubjectHash, SubjectKe
 use crate::erasure::ErasureLedger;
 use crate::kek::{self, KekProvider};
 use crate::scan::Scanner;
+use crate::store::disk::DiskGuard;
 use crate::store::rocks::{RocksOptions, RocksStore};
 use crate::store::{Conflict, InsertOutcome, NewToken, Store, TokenRecord, TombstoneHasher};
 use crate::token::formats::{self, Format};
@@ -566,9 +567,14 @@ fn open_store(data_dir: &Path, config: &Config) -> Result<Arc<dyn Store>, VaultE
         block_cache_bytes: config.storage.block_cache_mb * 1024 * 1024,
         sync_audit: config.audit.durability == AuditDurability::Sync,
     };
-    Ok(Arc::new(RocksStore::open(
+    let disk = match config.storage.disk_reserve_bytes {
+        0 => None,
+        reserve => Some(DiskGuard::start(data_dir, reserve)?),
+    };
+    Ok(Arc::new(RocksStore::open_guarded(
         &data_dir.join("rocksdb"),
         &options,
+        disk,
     )?))
 }
 

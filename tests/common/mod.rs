@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod bao;
+pub mod rawh2;
+pub mod tmpfs;
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
