@@ -205,6 +205,12 @@ impl AuditLog {
     /// Appends a record; returns its sequence number once it is durable in
     /// the store and the file. On error the caller must reveal nothing.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let appended = self.append_uncounted(event).await;
+        crate::metrics::METRICS.audit_append(appended.is_ok());
+        appended
+    }
+
+    async fn append_uncounted(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let record = self.draft(event);
         let stopped = || AuditError::Unavailable("the audit writer has stopped".into());
         let (reply, answer) = oneshot::channel();
