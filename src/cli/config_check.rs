@@ -284,8 +284,11 @@ fn file_problems(config: &Config) -> Vec<String> {
         }
     }
     problems.extend(directory_problem("data_dir", &config.data_dir, true));
+    // The server creates the data directory (so an audit file directly in
+    // it is fine) and the ledger's directories, not the audit file's.
     let audit = config.audit_file();
-    problems.extend(file_writable_problem("audit.file", &audit, false));
+    let in_data_dir = audit.parent() == Some(config.data_dir.as_path());
+    problems.extend(file_writable_problem("audit.file", &audit, in_data_dir));
     problems.extend(file_writable_problem(
         "erasure.ledger",
         &config.ledger_path(),
