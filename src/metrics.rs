@@ -203,16 +203,8 @@ fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
             "Rate alerts raised, by kind",
             MetricType::COUNTER,
             vec![
-                labelled_counter(
-                    "kind",
-                    "rate_warning",
-                    ALERTS.rate_warning.load(Relaxed),
-                ),
-                labelled_counter(
-                    "kind",
-                    "rate_exceeded",
-                    ALERTS.rate_exceeded.load(Relaxed),
-                ),
+                labelled_counter("kind", "rate_warning", ALERTS.rate_warning.load(Relaxed)),
+                labelled_counter("kind", "rate_exceeded", ALERTS.rate_exceeded.load(Relaxed)),
             ],
         ),
     ];
@@ -486,7 +478,10 @@ mod tests {
         assert_eq!(rpc_label("/tokenvault.v1.TokenVault/Tokenize"), "tokenize");
         assert_eq!(rpc_label("/grpc.health.v1.Health/Check"), "health");
         // A caller's made-up path never becomes a label of its own.
-        assert_eq!(rpc_label("/tokenvault.v1.TokenVault/4111111111111111"), "other");
+        assert_eq!(
+            rpc_label("/tokenvault.v1.TokenVault/4111111111111111"),
+            "other"
+        );
         assert_eq!(rpc_label("/x.Y/alice@example.com"), "other");
     }
 

@@ -78,7 +78,9 @@ async fn metrics_count_the_calls_and_the_json_log_has_a_line_per_call_without_va
     const N: usize = 5;
     const M: usize = 3;
     let subjects: Vec<String> = (0..N).map(|i| format!("customer-{i}-7f3a9c")).collect();
-    let values: Vec<String> = (0..N).map(|i| format!("jane.doe.{i}@example.org")).collect();
+    let values: Vec<String> = (0..N)
+        .map(|i| format!("jane.doe.{i}@example.org"))
+        .collect();
     let mut tokens = Vec::new();
     for (subject, value) in subjects.iter().zip(&values) {
         tokens.extend(common::tokenize(&mut client, subject, vec![item(value, "email")]).await);
@@ -115,7 +117,10 @@ async fn metrics_count_the_calls_and_the_json_log_has_a_line_per_call_without_va
             r#"tokenvault_requests_total{code="invalid_argument",rpc="tokenize"}"#,
             1,
         ),
-        (r#"tokenvault_requests_total{code="ok",rpc="detokenize"}"#, M),
+        (
+            r#"tokenvault_requests_total{code="ok",rpc="detokenize"}"#,
+            M,
+        ),
         (
             r#"tokenvault_requests_total{code="permission_denied",rpc="detokenize"}"#,
             1,
@@ -142,9 +147,15 @@ async fn metrics_count_the_calls_and_the_json_log_has_a_line_per_call_without_va
         (N + 1) as f64,
         "{text}"
     );
-    assert!(value("tokenvault_dek_cache_hits_total") >= M as f64, "{text}");
+    assert!(
+        value("tokenvault_dek_cache_hits_total") >= M as f64,
+        "{text}"
+    );
     assert!(value("tokenvault_store_estimated_keys") > 0.0, "{text}");
-    assert!(got.contains_key("tokenvault_store_sst_files_bytes"), "{text}");
+    assert!(
+        got.contains_key("tokenvault_store_sst_files_bytes"),
+        "{text}"
+    );
     assert!(
         got.contains_key("tokenvault_store_pending_compaction_bytes"),
         "{text}"
@@ -304,7 +315,11 @@ fn config_check_names_each_problem_and_passes_a_good_config() {
         let (ok, out) = config_check(&args, &[("TV_CHECK_TOKEN", "s.not-a-real-token")]);
         assert!(!ok, "{name}: config check must fail: {out}");
         assert!(out.contains(named), "{name}: {named:?} not in:\n{out}");
-        assert_eq!(out.lines().count(), 1, "{name}: one problem, one line:\n{out}");
+        assert_eq!(
+            out.lines().count(),
+            1,
+            "{name}: one problem, one line:\n{out}"
+        );
     }
     // The Vault is only contacted with --connect.
     let vault_path = root.join("unreachable-Vault.toml");

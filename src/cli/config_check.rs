@@ -324,10 +324,7 @@ fn directory_problem(key: &str, dir: &Path, created: bool) -> Option<String> {
     let mut existing = dir;
     while !existing.exists() {
         if !created {
-            return Some(format!(
-                "{key}: directory {} does not exist",
-                dir.display()
-            ));
+            return Some(format!("{key}: directory {} does not exist", dir.display()));
         }
         existing = match existing.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
