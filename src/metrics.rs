@@ -113,6 +113,14 @@ impl Metrics {
         registry
             .register(Box::new(duration.clone()))
             .expect("metric names are distinct");
+        // Series a dashboard alerts on exist from the start, at 0.
+        for outcome in ["ok", "error"] {
+            audit_appends.with_label_values(&[outcome]);
+        }
+        for op in ["wrap", "unwrap", "status"] {
+            kek_calls.with_label_values(&[op]);
+            kek_errors.with_label_values(&[op]);
+        }
         Metrics {
             registry,
             requests,
