@@ -16,7 +16,9 @@
 //! only subjects with cached keys can be served).
 //!
 //! The operator API (`api::admin`) is served beside it on the Unix socket
-//! `<data_dir>/admin.sock`.
+//! `<data_dir>/admin.sock`, and with `[metrics] listen` the Prometheus
+//! endpoint (`crate::metrics`) on its own address. Every call passes
+//! `crate::metrics::ObserveLayer` (count, latency, one log line).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
