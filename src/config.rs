@@ -65,6 +65,38 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `[metrics]`: the Prometheus endpoint; off when absent.
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[metrics]`: where `GET /metrics` is served (plain HTTP, apart from the
+/// gRPC port; it shows counts only, never a value or a subject).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// e.g. `"127.0.0.1:9464"`; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+/// `[log]`: how the server log on stderr is written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[log] format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line, the event's fields at the top level.
+    Json,
 }
 
 /// `[erasure]`: where forgetting is recorded so that it outlives a restore.

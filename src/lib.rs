@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod erasure;
 pub mod kek;
+pub mod metrics;
 pub mod policy;
 pub mod scan;
 pub mod store;

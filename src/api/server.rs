@@ -16,7 +16,9 @@
 //! only subjects with cached keys can be served).
 //!
 //! The operator API (`api::admin`) is served beside it on the Unix socket
-//! `<data_dir>/admin.sock`.
+//! `<data_dir>/admin.sock`, and with `[metrics] listen` the Prometheus
+//! endpoint (`crate::metrics`) on its own address. Every call passes
+//! `crate::metrics::ObserveLayer` (count, latency, one log line).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,6 +112,9 @@ pub async fn serve(
         let principal = gate
             .check(&request)
             .inspect_err(|denied| audit_unauthenticated(&denial_audit, &request, denied))?;
+        if let Some(call) = request.extensions().get::<crate::metrics::CallRecord>() {
+            call.set_principal(&principal.name);
+        }
         request.extensions_mut().insert(principal);
         Ok(request)
     };
@@ -137,6 +142,7 @@ pub async fn serve(
         .await;
     let kek_probe = tokio::spawn(probe_kek(Arc::clone(&vault), health_reporter.clone()));
     let admin_socket = serve_admin_socket(&config.data_dir, Arc::clone(&vault))?;
+    let metrics = serve_metrics(config, &vault).await?;
     let purges = (config.retention.purge_interval_seconds > 0).then(|| {
         tokio::spawn(purge_periodically(
             Arc::clone(&vault),
@@ -158,6 +164,8 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let serving = builder
+        // Outermost: counts, times and logs every call as the caller sees it.
+        .layer(crate::metrics::ObserveLayer)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_invalid_argument,
         ))
@@ -188,6 +196,9 @@ pub async fn serve(
         .await;
     kek_probe.abort();
     admin_socket.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     if let Some(purges) = purges {
         purges.abort();
     }
@@ -219,6 +230,32 @@ fn tls_config(config: &TlsConfig) -> Result<tonic::transport::ServerTlsConfig, S
         tracing::info!("mTLS on: client certificates must chain to tls.client_ca");
     }
     Ok(tls)
+}
+
+/// Starts the `/metrics` endpoint when `[metrics] listen` is set, and
+/// prints its address on stdout (the real port when the config asked for
+/// port 0), like the gRPC address.
+async fn serve_metrics(
+    config: &Config,
+    vault: &Arc<Vault>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
+    let Some(metrics) = &config.metrics else {
+        return Ok(None);
+    };
+    let bind_failed = |source| ServeError::Bind {
+        addr: metrics.listen,
+        source,
+    };
+    let listener = TcpListener::bind(metrics.listen)
+        .await
+        .map_err(bind_failed)?;
+    let local = listener.local_addr().map_err(bind_failed)?;
+    println!("tokenvault metrics on {local}");
+    tracing::info!(addr = %local, "metrics endpoint: GET /metrics");
+    Ok(Some(tokio::spawn(crate::metrics::serve_endpoint(
+        listener,
+        Arc::clone(vault),
+    ))))
 }
 
 /// Re-reads the principals on every SIGHUP. A file that does not load or

@@ -17,6 +17,7 @@ use super::status::{audit_status, policy_status, to_status};
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::crypto::SubjectHash;
 use crate::erasure::SignedReceipt;
+use crate::metrics::{CallRecord, METRICS};
 use crate::pb;
 use crate::policy::{Alert, PolicyError, Principal, RateLimiter, Reveal, Rpc};
 use crate::vault::{self, TokenMode, TokenStatus, Vault};
@@ -219,6 +220,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
         self.authorize(&request, Rpc::Tokenize).await?;
+        let call = CallRecord::of(&request);
         let request = request.into_inner();
         let items = request
             .items
@@ -238,6 +240,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .tokenize(&request.subject_id, &items)
             .await
             .map_err(to_status)?;
+        call.values(Rpc::Tokenize, tokens.len() as u64);
         Ok(Response::new(pb::TokenizeResponse { tokens }))
     }
 
@@ -246,6 +249,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
         let principal = self.authorize(&request, Rpc::Detokenize).await?;
+        let call = CallRecord::of(&request);
         let request = request.into_inner();
         self.check_reveal(&principal, Rpc::Detokenize, &request.purpose)
             .await?;
@@ -297,6 +301,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
                 }
             })
             .collect();
+        call.values(Rpc::Detokenize, found as u64);
         Ok(Response::new(pb::DetokenizeResponse { results }))
     }
 
@@ -305,6 +310,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         request: Request<pb::RedactTextRequest>,
     ) -> Result<Response<pb::RedactTextResponse>, Status> {
         self.authorize(&request, Rpc::RedactText).await?;
+        let call = CallRecord::of(&request);
         let request = request.into_inner();
         let redacted = self
             .vault
@@ -323,6 +329,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
+        call.values(Rpc::RedactText, findings.len() as u64);
         Ok(Response::new(pb::RedactTextResponse {
             text: redacted.text,
             findings,
@@ -334,6 +341,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         request: Request<pb::RestoreTextRequest>,
     ) -> Result<Response<pb::RestoreTextResponse>, Status> {
         let principal = self.authorize(&request, Rpc::RestoreText).await?;
+        let call = CallRecord::of(&request);
         let request = request.into_inner();
         self.check_reveal(&principal, Rpc::RestoreText, &request.purpose)
             .await?;
@@ -357,6 +365,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             ..caller_event(&principal, Rpc::RestoreText)
         })
         .await?;
+        call.values(Rpc::RestoreText, u64::from(restored_count));
         Ok(Response::new(pb::RestoreTextResponse {
             // Moved out of the zeroizing wrapper only here, into the
             // response the caller is entitled to.
@@ -370,6 +379,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         request: Request<pb::ForgetSubjectRequest>,
     ) -> Result<Response<pb::ForgetSubjectResponse>, Status> {
         let caller = self.authorize(&request, Rpc::ForgetSubject).await?;
+        let call = CallRecord::of(&request);
         let request = request.into_inner();
         check_reason(&request.reason)?;
         let forgotten = self
@@ -390,6 +400,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .await?;
         // The audit sequence number joins the receipt with the audit log.
         let receipt = self.vault.receipt(&forgotten, sequence);
+        call.values(Rpc::ForgetSubject, forgotten.tokens_erased);
         Ok(Response::new(pb::ForgetSubjectResponse {
             tokens_erased: forgotten.tokens_erased,
             receipt: Some(receipt_message(&receipt)),
@@ -403,6 +414,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
         let principal = self.authorize(&request, Rpc::ExportSubject).await?;
+        let call = CallRecord::of(&request);
         let request = request.into_inner();
         self.check_reveal(&principal, Rpc::ExportSubject, &request.purpose)
             .await?;
@@ -419,6 +431,9 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
                 .await?;
             self.audit_done(export_event(&principal, &request.purpose, &first))
                 .await?;
+            // Later pages are counted in the metrics only: the call's log
+            // line is written when its stream starts.
+            call.values(Rpc::ExportSubject, first.tokens.len() as u64);
         }
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         let export = Export {
@@ -537,6 +552,7 @@ impl Export {
                 .append(export_event(&self.principal, &self.purpose, &page))
                 .await
                 .map_err(audit_status)?;
+            METRICS.values(Rpc::ExportSubject.name(), page.tokens.len() as u64);
         }
         Ok(page)
     }

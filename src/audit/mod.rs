@@ -260,6 +260,12 @@ impl AuditLog {
     /// Appends a record; returns its sequence number once it is durable in
     /// the store and the file. On error the caller must reveal nothing.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let appended = self.append_uncounted(event).await;
+        crate::metrics::METRICS.audit_append(appended.is_ok());
+        appended
+    }
+
+    async fn append_uncounted(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let stopped = || AuditError::Unavailable("the audit log is closed".into());
         if self.closed.load(Ordering::SeqCst) {
             return Err(stopped());

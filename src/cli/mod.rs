@@ -9,6 +9,7 @@ mod bench_forget;
 mod bench_kek;
 mod bench_redact;
 pub mod client;
+pub mod config_check;
 pub mod erasure;
 pub mod keys;
 pub mod serve;
@@ -65,6 +66,9 @@ pub enum Command {
     /// The audit log: verify its hash chain, or follow new records.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Config files: `config check FILE` lists every problem of one.
+    #[command(subcommand)]
+    Config(config_check::ConfigCommand),
 }
 
 /// Where the client finds the server and its credential.
@@ -169,6 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Receipt(command) => erasure::receipt(command).await,
             Command::Retention(command) => erasure::retention(command).await,
             Command::Audit(command) => audit::run(command).await,
+            Command::Config(command) => config_check::run(command).await,
         }
     })
 }

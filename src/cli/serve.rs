@@ -13,7 +13,7 @@ use clap::Args;
 
 use crate::api::auth::Access;
 use crate::api::{server, Authenticator, Principal, Rpc};
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::policy::ActorVerifier;
 use crate::vault::Vault;
 
@@ -38,12 +38,14 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
     let mut config = match (&args.config, args.dev) {
         (Some(path), false) => Config::load(path)?,
         (None, true) => Config::dev(),
         _ => bail!("serve needs --dev or --config FILE"),
     };
+    // After the config, which chooses the log format; a config that does
+    // not load is reported on stderr by main.
+    init_logging(config.log.format);
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -81,16 +83,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging() {
+/// Logging to stderr in the `[log] format`, filtered by `TOKENVAULT_LOG`.
+fn init_logging(format: LogFormat) {
     // vaultrs and rustify log every failed Vault call at ERROR with their
     // own wording; the KEK provider logs what matters once, classified.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENVAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,vaultrs=off,rustify=off"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // One object a line with the event's fields at the top level, for
+        // log shippers; no spans (the server opens none that matter).
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// Reads the dev admin key, or writes a new random one (mode 0600).

@@ -10,6 +10,7 @@
 //! A provider never logs or returns key bytes in an error.
 
 pub mod local;
+mod metered;
 pub mod vault;
 
 use std::path::Path;
@@ -175,8 +176,18 @@ pub trait KekProvider: Send + Sync + 'static {
 }
 
 /// Builds the configured provider: the one place that names a vendor.
-/// `dev` lets the local provider create its key file when missing.
+/// `dev` lets the local provider create its key file when missing. Its
+/// calls and failures are counted for the metrics endpoint.
 pub async fn open_provider(
+    config: &KekConfig,
+    data_dir: &Path,
+    dev: bool,
+) -> Result<Arc<dyn KekProvider>, KekError> {
+    let provider = open_configured(config, data_dir, dev).await?;
+    Ok(Arc::new(metered::Metered(provider)))
+}
+
+async fn open_configured(
     config: &KekConfig,
     data_dir: &Path,
     dev: bool,

@@ -222,6 +222,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The audit record with the highest sequence number, if any.
     async fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// Engine figures for the metrics endpoint, read when it is scraped:
+    /// (name, value) pairs with names from a fixed set (they become metric
+    /// names `tokenvault_store_<name>`). Cheap, never blocks on I/O; a
+    /// store without such figures returns none.
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -1099,8 +1099,43 @@ impl Answer {
     }
 }
 
+/// RocksDB properties the metrics endpoint shows, summed over the column
+/// families: (name in [`Store::stats`], property).
+const STAT_PROPERTIES: [(&str, &str); 4] = [
+    ("estimated_keys", "rocksdb.estimate-num-keys"),
+    ("sst_files_bytes", "rocksdb.total-sst-files-size"),
+    (
+        "pending_compaction_bytes",
+        "rocksdb.estimate-pending-compaction-bytes",
+    ),
+    ("compactions_pending", "rocksdb.compaction-pending"),
+];
+
+impl RocksStore {
+    /// [`STAT_PROPERTIES`] summed over the column families; a property a
+    /// family cannot report counts 0.
+    fn property_sums(&self) -> Vec<(&'static str, u64)> {
+        STAT_PROPERTIES
+            .iter()
+            .map(|&(name, property)| {
+                let sum = COLUMN_FAMILIES
+                    .iter()
+                    .filter_map(|family| self.inner.db.cf_handle(family))
+                    .filter_map(|cf| self.inner.db.property_int_value_cf(&cf, property).ok())
+                    .flatten()
+                    .fold(0u64, u64::saturating_add);
+                (name, sum)
+            })
+            .collect()
+    }
+}
+
 #[async_trait]
 impl Store for RocksStore {
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        self.property_sums()
+    }
+
     async fn system_key(&self) -> Result<Option<WrappedKey>, StoreError> {
         let cf = self.inner.cf(CF_META)?;
         match self
