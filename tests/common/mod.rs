@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod bao;
+pub mod postgres;
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
