@@ -201,7 +201,9 @@ impl StorageConfig {
             return Ok(None);
         }
         let postgres = self.postgres.as_ref().ok_or_else(|| {
-            ConfigError::Invalid("storage.backend = \"postgres\" needs a [storage.postgres] table".into())
+            ConfigError::Invalid(
+                "storage.backend = \"postgres\" needs a [storage.postgres] table".into(),
+            )
         })?;
         postgres
             .options(self.sync_writes)

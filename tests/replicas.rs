@@ -83,7 +83,10 @@ async fn three_replicas_serve_one_vault() {
     let doomed = tokenize(
         &mut clients[0],
         "doomed-subject",
-        vec![item(&card(4242), "card"), random_item("doomed@mail.example", "email")],
+        vec![
+            item(&card(4242), "card"),
+            random_item("doomed@mail.example", "email"),
+        ],
     )
     .await;
     for client in &mut clients[1..] {
@@ -102,12 +105,19 @@ async fn three_replicas_serve_one_vault() {
     for client in &mut clients[1..] {
         let results = detokenize(client, &doomed).await;
         assert!(
-            results.iter().all(|r| status(r) == pb::TokenStatus::Erased && r.value.is_empty()),
+            results
+                .iter()
+                .all(|r| status(r) == pb::TokenStatus::Erased && r.value.is_empty()),
             "a forgotten subject's tokens must answer ERASED on every replica"
         );
     }
     // The subject can start over; its new tokens work everywhere.
-    let reborn = tokenize(&mut clients[1], "doomed-subject", vec![item(&card(4242), "card")]).await;
+    let reborn = tokenize(
+        &mut clients[1],
+        "doomed-subject",
+        vec![item(&card(4242), "card")],
+    )
+    .await;
     assert!(!doomed.contains(&reborn[0]));
     let results = detokenize(&mut clients[2], &reborn).await;
     assert_eq!(status(&results[0]), pb::TokenStatus::Found);

@@ -91,10 +91,7 @@ pub async fn system_key_first_writer_wins(store: &dyn Store) {
 
 pub async fn inserted_tokens_read_back(store: &dyn Store) {
     let batch = vec![new_token("a1", 1, Some(1)), new_token("a2", 1, None)];
-    assert_eq!(
-        insert(store, batch, 100).await,
-        InsertOutcome::Committed
-    );
+    assert_eq!(insert(store, batch, 100).await, InsertOutcome::Committed);
     let records = store
         .token_records(&["a1".into(), "missing".into(), "a2".into()])
         .await
@@ -118,10 +115,7 @@ pub async fn inserted_tokens_read_back(store: &dyn Store) {
 
 pub async fn conflicting_batch_stores_nothing(store: &dyn Store) {
     let first = vec![new_token("b1", 2, Some(2))];
-    assert_eq!(
-        insert(store, first, 100).await,
-        InsertOutcome::Committed
-    );
+    assert_eq!(insert(store, first, 100).await, InsertOutcome::Committed);
     let second = vec![
         new_token("b2", 2, None),
         new_token("b1", 2, None),
@@ -170,10 +164,7 @@ pub async fn expired_index_entry_can_be_replaced(store: &dyn Store) {
         insert(store, again.clone(), 120).await,
         InsertOutcome::Conflicts(_)
     ));
-    assert_eq!(
-        insert(store, again, 150).await,
-        InsertOutcome::Committed
-    );
+    assert_eq!(insert(store, again, 150).await, InsertOutcome::Committed);
     let entry = store
         .index_entries(&[IndexKey([4; 64])])
         .await
@@ -419,10 +410,7 @@ pub async fn subject_tokens_come_in_pages(store: &dyn Store) {
         .collect();
     batch.push(new_token("p-det", 4, Some(4)));
     batch.push(new_token("other", 5, None));
-    assert_eq!(
-        insert(store, batch, 100).await,
-        InsertOutcome::Committed
-    );
+    assert_eq!(insert(store, batch, 100).await, InsertOutcome::Committed);
     let mut seen = Vec::new();
     let mut cursor = None;
     let mut pages = 0;
@@ -481,7 +469,10 @@ pub async fn key_rotation_leaves_tokens_readable(store: &dyn Store) {
         .await
         .expect("replace"));
     assert_eq!(
-        store.insert_tokens(vec![new_token("r2", 6, None)], 100).await.expect("insert"),
+        store
+            .insert_tokens(vec![new_token("r2", 6, None)], 100)
+            .await
+            .expect("insert"),
         InsertOutcome::Committed
     );
     assert!(store

@@ -46,7 +46,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::AsyncMessage;
 
 use super::{
-    BackupInfo, Conflict, IndexEntry, Invalidation, InvalidationSink, InsertOutcome, NewToken,
+    BackupInfo, Conflict, IndexEntry, InsertOutcome, Invalidation, InvalidationSink, NewToken,
     Store, StoreError, TokenPage, TokenRecord, TombstoneHasher,
 };
 use crate::crypto::{IndexKey, SubjectHash};
@@ -227,9 +227,7 @@ fn tls_connector(options: &PostgresOptions) -> Result<Tls, StoreError> {
         Some(path) => {
             use rustls_pki_types::pem::PemObject;
             let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| {
-                    StoreError::Engine(format!("cannot read {}: {e}", path.display()))
-                })?;
+                .map_err(|e| StoreError::Engine(format!("cannot read {}: {e}", path.display())))?;
             for cert in certs {
                 let cert = cert.map_err(|e| {
                     StoreError::Engine(format!("bad certificate in {}: {e}", path.display()))
@@ -651,7 +649,14 @@ async fn run_listener(
         let outcome = match &tls {
             Some(tls) => listen_once(&config, tls.clone(), &listening, &send, &mut ready).await,
             None => {
-                listen_once(&config, tokio_postgres::NoTls, &listening, &send, &mut ready).await
+                listen_once(
+                    &config,
+                    tokio_postgres::NoTls,
+                    &listening,
+                    &send,
+                    &mut ready,
+                )
+                .await
             }
         };
         let was_listening = listening.swap(false, Ordering::SeqCst);
@@ -683,8 +688,7 @@ where
     let (client, mut connection) = config.connect(tls).await.map_err(engine)?;
     let (tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
-        let mut stream =
-            futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         use futures_util::StreamExt;
         while let Some(message) = stream.next().await {
             match message {
@@ -720,7 +724,11 @@ where
             }
             Some(Ok(_)) => {}
             Some(Err(error)) => break Err(engine(error)),
-            None => break Err(StoreError::Engine("postgres LISTEN connection closed".into())),
+            None => {
+                break Err(StoreError::Engine(
+                    "postgres LISTEN connection closed".into(),
+                ))
+            }
         }
     };
     drop(client);

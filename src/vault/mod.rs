@@ -31,8 +31,8 @@ use crate::crypto::{self, token_aad, IndexKey, SecretKey, SubjectHash, SubjectKe
 use crate::erasure::ErasureLedger;
 use crate::kek::{self, KekProvider};
 use crate::scan::Scanner;
-use crate::store::rocks::{RocksOptions, RocksStore};
 use crate::store::postgres::PostgresStore;
+use crate::store::rocks::{RocksOptions, RocksStore};
 use crate::store::{
     Conflict, InsertOutcome, NewToken, Store, StoreError, TokenRecord, TombstoneHasher,
 };
@@ -458,12 +458,16 @@ impl Vault {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let minted: Vec<String> = batch.iter().map(|new| new.token.clone()).collect();
-            let outcome = self.store.insert_tokens(batch, now).await.inspect_err(|error| {
-                if matches!(error, StoreError::SubjectErased) {
-                    // The cached key was destroyed by a forget elsewhere.
-                    self.cache.remove(&subject);
-                }
-            })?;
+            let outcome = self
+                .store
+                .insert_tokens(batch, now)
+                .await
+                .inspect_err(|error| {
+                    if matches!(error, StoreError::SubjectErased) {
+                        // The cached key was destroyed by a forget elsewhere.
+                        self.cache.remove(&subject);
+                    }
+                })?;
             match outcome {
                 InsertOutcome::Committed => {
                     for (&i, token) in pending.iter().zip(minted) {

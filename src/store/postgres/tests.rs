@@ -110,7 +110,10 @@ async fn migrations_run_once_when_replicas_start_together() {
     // A restart finds the schema at its version and the data kept.
     let again = open(&url, "a").await;
     assert_eq!(
-        again.subject_keys(&[SubjectHash([1; 32])]).await.expect("read"),
+        again
+            .subject_keys(&[SubjectHash([1; 32])])
+            .await
+            .expect("read"),
         vec![Some(wrapped(1))]
     );
 }
@@ -120,14 +123,21 @@ async fn tokens_of_a_forgotten_subject_are_refused_on_every_replica() {
     let url = fresh_database().await;
     let (a, b) = tokio::join!(open(&url, "a"), open(&url, "b"));
     let subject = SubjectHash([3; 32]);
-    a.insert_subject_key(subject, wrapped(3)).await.expect("key");
+    a.insert_subject_key(subject, wrapped(3))
+        .await
+        .expect("key");
     assert_eq!(
         b.insert_tokens(vec![new_token("t1", 3, Some(3))], 100)
             .await
             .expect("insert"),
         InsertOutcome::Committed
     );
-    assert_eq!(a.forget_subject(subject, hasher(), 200).await.expect("forget"), 1);
+    assert_eq!(
+        a.forget_subject(subject, hasher(), 200)
+            .await
+            .expect("forget"),
+        1
+    );
     // B still holds the old key (as its cache would): its batch must not
     // land sealed under the destroyed key.
     let refused = b
@@ -138,10 +148,15 @@ async fn tokens_of_a_forgotten_subject_are_refused_on_every_replica() {
         "got {refused:?}"
     );
     assert_eq!(
-        a.token_records(&["t1".into(), "t2".into()]).await.expect("read"),
+        a.token_records(&["t1".into(), "t2".into()])
+            .await
+            .expect("read"),
         vec![None, None]
     );
-    assert_eq!(a.tombstones(&[hasher()("t1")]).await.expect("read"), vec![true]);
+    assert_eq!(
+        a.tombstones(&[hasher()("t1")]).await.expect("read"),
+        vec![true]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,14 +166,19 @@ async fn racing_forgets_and_batches_never_leave_a_token_without_its_key() {
     let (a, b) = (Arc::new(a), Arc::new(b));
     for round in 0..20u8 {
         let subject = SubjectHash([round; 32]);
-        a.insert_subject_key(subject, wrapped(round)).await.expect("key");
+        a.insert_subject_key(subject, wrapped(round))
+            .await
+            .expect("key");
         let writer = {
             let b = Arc::clone(&b);
             tokio::spawn(async move {
                 let mut stored = Vec::new();
                 for i in 0..10 {
                     let token = format!("r{round}-{i}");
-                    match b.insert_tokens(vec![new_token(&token, round, None)], 100).await {
+                    match b
+                        .insert_tokens(vec![new_token(&token, round, None)], 100)
+                        .await
+                    {
                         Ok(InsertOutcome::Committed) => stored.push(token),
                         Ok(other) => panic!("unexpected {other:?}"),
                         Err(StoreError::SubjectErased) => break,
@@ -168,7 +188,10 @@ async fn racing_forgets_and_batches_never_leave_a_token_without_its_key() {
                 stored
             })
         };
-        let forgotten = a.forget_subject(subject, hasher(), 200).await.expect("forget");
+        let forgotten = a
+            .forget_subject(subject, hasher(), 200)
+            .await
+            .expect("forget");
         let stored = writer.await.expect("writer");
         // Whatever committed before the forget was erased by it; nothing
         // committed after it.
@@ -199,12 +222,13 @@ async fn a_forget_invalidates_the_other_replicas_caches() {
     }));
     assert!(b.listening());
     let subject = SubjectHash([9; 32]);
-    a.insert_subject_key(subject, wrapped(9)).await.expect("key");
-    a.forget_subject(subject, hasher(), 200).await.expect("forget");
-    assert_eq!(
-        arrivals.recv().await,
-        Some(Invalidation::Subject(subject))
-    );
+    a.insert_subject_key(subject, wrapped(9))
+        .await
+        .expect("key");
+    a.forget_subject(subject, hasher(), 200)
+        .await
+        .expect("forget");
+    assert_eq!(arrivals.recv().await, Some(Invalidation::Subject(subject)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,12 +267,17 @@ async fn each_replica_keeps_its_own_audit_chain() {
     a.append_audit(vec![(1, b"a1".to_vec()), (2, b"a2".to_vec())])
         .await
         .expect("append");
-    b.append_audit(vec![(1, b"b1".to_vec())]).await.expect("append");
+    b.append_audit(vec![(1, b"b1".to_vec())])
+        .await
+        .expect("append");
     assert_eq!(
         a.audit_records(0, 10).await.expect("scan"),
         vec![(1, b"a1".to_vec()), (2, b"a2".to_vec())]
     );
-    assert_eq!(b.last_audit_record().await.expect("last"), Some((1, b"b1".to_vec())));
+    assert_eq!(
+        b.last_audit_record().await.expect("last"),
+        Some((1, b"b1".to_vec()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
