@@ -28,7 +28,7 @@ bao version >/dev/null
 # default is postgres://postgres@127.0.0.1:55432/postgres.
 PG_PORT="${TOKENVAULT_TEST_PG_PORT:-55432}"
 PG_DIR="${TOKENVAULT_TEST_PG_DIR:-/var/tmp/tokenvault-pg}"
-pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+pg_bin() { find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -1; }
 if [ -z "$(pg_bin)" ]; then
   echo "setup: installing postgresql (shared-store tests)"
   $(need_root) apt-get update -qq

@@ -709,9 +709,9 @@ where
         driver.abort();
         return Err(engine(error));
     }
+    listening.store(true, Ordering::SeqCst);
     // Anything cached before this point may have missed a notification.
     send(Invalidation::Resume);
-    listening.store(true, Ordering::SeqCst);
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));
     }

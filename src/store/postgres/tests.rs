@@ -290,3 +290,40 @@ async fn backups_point_to_postgres_tools() {
         .expect_err("unsupported");
     assert!(error.to_string().contains("pg_dump"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listen_connection_turns_the_cache_off_until_it_is_back() {
+    let url = fresh_database().await;
+    let store = open(&url, "a").await;
+    let (seen, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    store.watch_invalidations(Arc::new(move |invalidation| {
+        let _ = seen.send(invalidation);
+    }));
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .expect("terminate");
+    assert_eq!(killed.len(), 1, "one LISTEN connection per store");
+    assert_eq!(arrivals.recv().await, Some(Invalidation::Suspend));
+    assert_eq!(arrivals.recv().await, Some(Invalidation::Resume));
+    assert!(store.listening());
+    // Notifications arrive again on the new connection.
+    let subject = SubjectHash([5; 32]);
+    store
+        .insert_subject_key(subject, wrapped(5))
+        .await
+        .expect("key");
+    store
+        .forget_subject(subject, hasher(), 200)
+        .await
+        .expect("forget");
+    assert_eq!(arrivals.recv().await, Some(Invalidation::Subject(subject)));
+}
