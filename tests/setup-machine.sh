@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine (Rust, Python/pip and apt only) lacks to
-# build and test tokenvault: libclang for RocksDB's bindings, and the
-# OpenBao CLI (`bao`) that the Vault tests and the benchmark baseline run.
+# build and test tokenvault: libclang for RocksDB's bindings, the OpenBao
+# CLI (`bao`) that the Vault tests and the benchmark baseline run, and a
+# running PostgreSQL for the shared-store tests.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 
@@ -46,7 +47,7 @@ as_pg() {
 if ! "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
   if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
     echo "setup: creating a PostgreSQL cluster in $PG_DIR (port $PG_PORT)"
-    $(need_root) mkdir -p "$PG_DIR"
+    mkdir -p "$PG_DIR"   # /var/tmp is writable by everyone
     if [ "$(id -u)" -eq 0 ]; then chown postgres "$PG_DIR"; fi
     as_pg "'$PG_BIN/initdb' -D '$PG_DIR/data' -U postgres --auth=trust -E UTF8 >/dev/null"
     cat >>"$PG_DIR/data/postgresql.conf" <<CONF
