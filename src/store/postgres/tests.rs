@@ -327,3 +327,39 @@ async fn a_lost_listen_connection_turns_the_cache_off_until_it_is_back() {
         .expect("forget");
     assert_eq!(arrivals.recv().await, Some(Invalidation::Subject(subject)));
 }
+
+#[test]
+fn the_postgres_config_needs_exactly_one_url_and_a_backend_table() {
+    let parse = |text: &str| crate::config::Config::parse(text).expect("parse");
+    let config = parse(
+        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://u@h/db\"\nreplica = \"r1\"\n",
+    );
+    config.check().expect("valid");
+    let options = config
+        .storage
+        .postgres_options()
+        .expect("options")
+        .expect("postgres");
+    assert_eq!((options.pool_size, options.replica.as_str()), (16, "r1"));
+    assert!(options.sync_writes && !options.tls);
+
+    let both = parse(
+        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://u@h/db\"\nurl_env = \"X\"\n",
+    );
+    assert!(both.check().is_err(), "url and url_env together");
+    let no_table = parse("[storage]\nbackend = \"postgres\"\n");
+    assert!(
+        no_table.check().is_err(),
+        "postgres needs [storage.postgres]"
+    );
+    let unset = parse(
+        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl_env = \"TOKENVAULT_TEST_SURELY_UNSET_VAR\"\n",
+    );
+    assert!(
+        unset.check().is_err(),
+        "an unset url_env is an error at start"
+    );
+    let rocks = parse("[storage]\nbackend = \"rocksdb\"\n");
+    assert!(rocks.storage.postgres_options().expect("ok").is_none());
+    assert!(parse("[storage]\nbackend = \"mysql\"\n").check().is_err());
+}
