@@ -232,7 +232,7 @@ fn default_validator() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Only "rocksdb" so far.
+    /// "rocksdb" (embedded, the default) or "postgres" (shared by replicas).
     #[serde(default = "default_backend")]
     pub backend: String,
     /// Sync the write-ahead log before a Tokenize is acknowledged. Turning
@@ -249,6 +249,8 @@ pub struct StorageConfig {
     /// again (see `store::disk`). 0 turns the guard off.
     #[serde(default = "default_disk_reserve_bytes")]
     pub disk_reserve_bytes: u64,
+    /// The PostgreSQL store, for `backend = "postgres"`.
+    pub postgres: Option<crate::store::postgres::PostgresConfig>,
 }
 
 impl Default for StorageConfig {
@@ -258,7 +260,28 @@ impl Default for StorageConfig {
             sync_writes: true,
             block_cache_mb: default_block_cache_mb(),
             disk_reserve_bytes: default_disk_reserve_bytes(),
+            postgres: None,
         }
+    }
+}
+
+impl StorageConfig {
+    /// The PostgreSQL store's settings when it is the backend.
+    pub fn postgres_options(
+        &self,
+    ) -> Result<Option<crate::store::postgres::PostgresOptions>, ConfigError> {
+        if self.backend != "postgres" {
+            return Ok(None);
+        }
+        let postgres = self.postgres.as_ref().ok_or_else(|| {
+            ConfigError::Invalid(
+                "storage.backend = \"postgres\" needs a [storage.postgres] table".into(),
+            )
+        })?;
+        postgres
+            .options(self.sync_writes)
+            .map(Some)
+            .map_err(ConfigError::Invalid)
     }
 }
 
@@ -547,12 +570,13 @@ impl Config {
 
     /// Checks what serde cannot: values in range, names known.
     pub fn check(&self) -> Result<(), ConfigError> {
-        if self.storage.backend != "rocksdb" {
+        if !["rocksdb", "postgres"].contains(&self.storage.backend.as_str()) {
             return Err(ConfigError::Invalid(format!(
-                "storage.backend {:?} is not supported (only \"rocksdb\")",
+                "storage.backend {:?} is not supported (\"rocksdb\" or \"postgres\")",
                 self.storage.backend
             )));
         }
+        self.storage.postgres_options()?;
         if self.limits.max_batch_items == 0 || self.limits.max_value_bytes == 0 {
             return Err(ConfigError::Invalid("limits must be above 0".into()));
         }

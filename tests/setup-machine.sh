@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine (Rust, Python/pip and apt only) lacks to
-# build and test tokenvault: libclang for RocksDB's bindings, and the
-# OpenBao CLI (`bao`) that the Vault tests and the benchmark baseline run.
+# build and test tokenvault: libclang for RocksDB's bindings, the OpenBao
+# CLI (`bao`) that the Vault tests and the benchmark baseline run, and a
+# running PostgreSQL for the shared-store tests.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 
@@ -20,3 +21,44 @@ if ! command -v bao >/dev/null 2>&1; then
 fi
 # The pip wrapper fetches nothing at run time; make sure it really works.
 bao version >/dev/null
+
+# PostgreSQL for the shared-store tests and benches (src/store/postgres.rs):
+# Debian's server package, one cluster in a cache directory on a fixed
+# loopback port, run as the unprivileged `postgres` user (initdb and the
+# server refuse root). Tests connect with TOKENVAULT_TEST_PG_URL, whose
+# default is postgres://postgres@127.0.0.1:55432/postgres.
+PG_PORT="${TOKENVAULT_TEST_PG_PORT:-55432}"
+PG_DIR="${TOKENVAULT_TEST_PG_DIR:-/var/tmp/tokenvault-pg}"
+pg_bin() { find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -1; }
+if [ -z "$(pg_bin)" ]; then
+  echo "setup: installing postgresql (shared-store tests)"
+  $(need_root) apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $(need_root) apt-get install -y -qq postgresql >/dev/null
+fi
+PG_BIN="$(pg_bin)"
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir "$PG_DIR" postgres
+    su postgres -s /bin/sh -c "$*"
+  else
+    sh -c "$*"
+  fi
+}
+if ! "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
+  if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+    echo "setup: creating a PostgreSQL cluster in $PG_DIR (port $PG_PORT)"
+    mkdir -p "$PG_DIR"   # /var/tmp is writable by everyone
+    if [ "$(id -u)" -eq 0 ]; then chown postgres "$PG_DIR"; fi
+    as_pg "'$PG_BIN/initdb' -D '$PG_DIR/data' -U postgres --auth=trust -E UTF8 >/dev/null"
+    cat >>"$PG_DIR/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_DIR'
+max_connections = 300
+shared_buffers = 256MB
+CONF
+  fi
+  echo "setup: starting PostgreSQL on 127.0.0.1:$PG_PORT"
+  as_pg "'$PG_BIN/pg_ctl' -D '$PG_DIR/data' -l '$PG_DIR/server.log' -w start >/dev/null"
+fi
+"$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"

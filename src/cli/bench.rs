@@ -92,6 +92,10 @@ pub struct BenchArgs {
     /// Tokens per forgotten subject in the latency measurement.
     #[arg(long, default_value_t = 1000)]
     pub forget_tokens: usize,
+    /// More replicas of the same vault (a shared PostgreSQL store),
+    /// comma-separated: the load spreads evenly over --addr and these.
+    #[arg(long, value_delimiter = ',')]
+    pub also_addr: Vec<String>,
     /// Name of the provider in the printed rows.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -268,9 +272,17 @@ fn print_audit_cost(cells: &[(usize, usize, Scenario, f64)]) {
 async fn prepare(args: &BenchArgs) -> anyhow::Result<Fixture> {
     // A few HTTP/2 connections so one connection's stream handling is not
     // the bottleneck at high concurrency.
+    // Interleaved, so that workers (client = worker mod clients) spread
+    // evenly over the replicas.
     let mut clients = Vec::new();
     for _ in 0..4 {
-        clients.push(connect(&args.client).await?);
+        for addr in std::iter::once(&args.client.addr).chain(&args.also_addr) {
+            let replica = super::ClientArgs {
+                addr: addr.clone(),
+                ..args.client.clone()
+            };
+            clients.push(connect(&replica).await?);
+        }
     }
     let run = CardSource::new().run;
     let subjects: Vec<String> = (0..args.subjects.max(1))

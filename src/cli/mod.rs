@@ -44,7 +44,7 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Load-test a running server (and, optionally, OpenBao transit as the
     /// peer baseline) and print values/s and latency percentiles.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Key management: KEK rotation and status.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -165,7 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Detokenize(args) => client::detokenize(args).await,
             Command::Redact(args) => client::redact(args).await,
             Command::Restore(args) => client::restore(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(*args).await,
             Command::Keys(command) => keys::run(command).await,
             Command::Forget(args) => erasure::forget(args).await,
             Command::Export(args) => erasure::export(args).await,

@@ -36,6 +36,20 @@ fn new_token(token: &str, subject: u8, index: Option<u8>) -> NewToken {
     }
 }
 
+/// Inserts a batch after creating its subjects' keys, as the vault does
+/// (a shared store refuses tokens of a subject without a key).
+async fn insert(store: &dyn Store, batch: Vec<NewToken>, now: i64) -> InsertOutcome {
+    let subjects: std::collections::BTreeSet<[u8; 32]> =
+        batch.iter().map(|item| item.record.subject.0).collect();
+    for subject in subjects {
+        store
+            .insert_subject_key(SubjectHash(subject), wrapped(subject[0]))
+            .await
+            .expect("subject key");
+    }
+    store.insert_tokens(batch, now).await.expect("insert")
+}
+
 pub async fn subject_key_first_writer_wins(store: &dyn Store) {
     let subject = SubjectHash([1; 32]);
     assert_eq!(
@@ -77,10 +91,7 @@ pub async fn system_key_first_writer_wins(store: &dyn Store) {
 
 pub async fn inserted_tokens_read_back(store: &dyn Store) {
     let batch = vec![new_token("a1", 1, Some(1)), new_token("a2", 1, None)];
-    assert_eq!(
-        store.insert_tokens(batch, 100).await.expect("insert"),
-        InsertOutcome::Committed
-    );
+    assert_eq!(insert(store, batch, 100).await, InsertOutcome::Committed);
     let records = store
         .token_records(&["a1".into(), "missing".into(), "a2".into()])
         .await
@@ -104,16 +115,13 @@ pub async fn inserted_tokens_read_back(store: &dyn Store) {
 
 pub async fn conflicting_batch_stores_nothing(store: &dyn Store) {
     let first = vec![new_token("b1", 2, Some(2))];
-    assert_eq!(
-        store.insert_tokens(first, 100).await.expect("insert"),
-        InsertOutcome::Committed
-    );
+    assert_eq!(insert(store, first, 100).await, InsertOutcome::Committed);
     let second = vec![
         new_token("b2", 2, None),
         new_token("b1", 2, None),
         new_token("b3", 2, Some(2)),
     ];
-    let outcome = store.insert_tokens(second, 100).await.expect("insert");
+    let outcome = insert(store, second, 100).await;
     let InsertOutcome::Conflicts(conflicts) = outcome else {
         panic!("expected conflicts, got {outcome:?}");
     };
@@ -139,7 +147,7 @@ pub async fn conflicting_batch_stores_nothing(store: &dyn Store) {
 pub async fn repeated_token_in_one_batch_is_a_conflict(store: &dyn Store) {
     let batch = vec![new_token("c1", 3, None), new_token("c1", 3, None)];
     assert_eq!(
-        store.insert_tokens(batch, 100).await.expect("insert"),
+        insert(store, batch, 100).await,
         InsertOutcome::Conflicts(vec![Conflict::TokenTaken { item: 1 }])
     );
 }
@@ -148,21 +156,15 @@ pub async fn expired_index_entry_can_be_replaced(store: &dyn Store) {
     let mut old = new_token("d1", 4, Some(4));
     old.record.expires_at = Some(150);
     assert_eq!(
-        store.insert_tokens(vec![old], 100).await.expect("insert"),
+        insert(store, vec![old], 100).await,
         InsertOutcome::Committed
     );
     let again = vec![new_token("d2", 4, Some(4))];
     assert!(matches!(
-        store
-            .insert_tokens(again.clone(), 120)
-            .await
-            .expect("insert"),
+        insert(store, again.clone(), 120).await,
         InsertOutcome::Conflicts(_)
     ));
-    assert_eq!(
-        store.insert_tokens(again, 150).await.expect("insert"),
-        InsertOutcome::Committed
-    );
+    assert_eq!(insert(store, again, 150).await, InsertOutcome::Committed);
     let entry = store
         .index_entries(&[IndexKey([4; 64])])
         .await
@@ -171,6 +173,10 @@ pub async fn expired_index_entry_can_be_replaced(store: &dyn Store) {
 }
 
 pub async fn concurrent_writers_of_one_index_key_store_one_token(store: std::sync::Arc<dyn Store>) {
+    store
+        .insert_subject_key(SubjectHash([5; 32]), wrapped(5))
+        .await
+        .expect("key");
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let store = std::sync::Arc::clone(&store);
@@ -404,10 +410,7 @@ pub async fn subject_tokens_come_in_pages(store: &dyn Store) {
         .collect();
     batch.push(new_token("p-det", 4, Some(4)));
     batch.push(new_token("other", 5, None));
-    assert_eq!(
-        store.insert_tokens(batch, 100).await.expect("insert"),
-        InsertOutcome::Committed
-    );
+    assert_eq!(insert(store, batch, 100).await, InsertOutcome::Committed);
     let mut seen = Vec::new();
     let mut cursor = None;
     let mut pages = 0;
@@ -432,21 +435,50 @@ pub async fn subject_tokens_come_in_pages(store: &dyn Store) {
     assert_eq!(pages, 3);
 }
 
-pub async fn run_all<F>(make: F)
+pub async fn run_all<F, Fut>(make: F)
 where
-    F: Fn() -> std::sync::Arc<dyn Store>,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::sync::Arc<dyn Store>>,
 {
-    subject_key_first_writer_wins(make().as_ref()).await;
-    system_key_first_writer_wins(make().as_ref()).await;
-    inserted_tokens_read_back(make().as_ref()).await;
-    conflicting_batch_stores_nothing(make().as_ref()).await;
-    repeated_token_in_one_batch_is_a_conflict(make().as_ref()).await;
-    expired_index_entry_can_be_replaced(make().as_ref()).await;
-    concurrent_writers_of_one_index_key_store_one_token(make()).await;
-    subject_keys_scan_in_pages(make().as_ref()).await;
-    keys_are_replaced_only_if_unchanged(make().as_ref()).await;
-    rotation_marker_is_stored_and_cleared(make().as_ref()).await;
-    forget_erases_one_subject_and_leaves_tombstones(make().as_ref()).await;
-    subject_tokens_come_in_pages(make().as_ref()).await;
-    audit_records_read_back_in_sequence_order(make().as_ref()).await;
+    subject_key_first_writer_wins(make().await.as_ref()).await;
+    system_key_first_writer_wins(make().await.as_ref()).await;
+    inserted_tokens_read_back(make().await.as_ref()).await;
+    conflicting_batch_stores_nothing(make().await.as_ref()).await;
+    repeated_token_in_one_batch_is_a_conflict(make().await.as_ref()).await;
+    expired_index_entry_can_be_replaced(make().await.as_ref()).await;
+    concurrent_writers_of_one_index_key_store_one_token(make().await).await;
+    subject_keys_scan_in_pages(make().await.as_ref()).await;
+    keys_are_replaced_only_if_unchanged(make().await.as_ref()).await;
+    rotation_marker_is_stored_and_cleared(make().await.as_ref()).await;
+    forget_erases_one_subject_and_leaves_tombstones(make().await.as_ref()).await;
+    subject_tokens_come_in_pages(make().await.as_ref()).await;
+    audit_records_read_back_in_sequence_order(make().await.as_ref()).await;
+    key_rotation_leaves_tokens_readable(make().await.as_ref()).await;
+}
+
+/// A rewrapped subject key (KEK rotation) keeps the subject's tokens and
+/// still admits new ones.
+pub async fn key_rotation_leaves_tokens_readable(store: &dyn Store) {
+    let subject = SubjectHash([6; 32]);
+    assert_eq!(
+        insert(store, vec![new_token("r1", 6, Some(6))], 100).await,
+        InsertOutcome::Committed
+    );
+    assert!(store
+        .replace_subject_key(subject, &wrapped(6), wrapped(16))
+        .await
+        .expect("replace"));
+    assert_eq!(
+        store
+            .insert_tokens(vec![new_token("r2", 6, None)], 100)
+            .await
+            .expect("insert"),
+        InsertOutcome::Committed
+    );
+    assert!(store
+        .token_records(&["r1".into(), "r2".into()])
+        .await
+        .expect("read")
+        .iter()
+        .all(Option::is_some));
 }

@@ -8,6 +8,7 @@
 //! value or a subject id: values arrive sealed, subjects as keyed hashes.
 
 pub mod disk;
+pub mod postgres;
 pub mod records;
 pub mod rocks;
 
@@ -33,7 +34,31 @@ pub enum StoreError {
     /// The caller broke an interface rule (a bug, not bad user input).
     #[error("store misuse: {0}")]
     Misuse(&'static str),
+    /// A token batch's subject has no key (any more): a forget, possibly
+    /// on another replica, erased it while the batch was being sealed.
+    /// Nothing was stored; a retry creates a new key.
+    #[error("the subject was erased while its tokens were being stored")]
+    SubjectErased,
+    /// This store cannot do that; the message says what to use instead.
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
 }
+
+/// What another process sharing the store asks of this one's DEK cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Drop this subject's cached key (it was forgotten).
+    Subject(SubjectHash),
+    /// Invalidations may be missed from now on: drop every cached key and
+    /// cache none until [`Invalidation::Resume`].
+    Suspend,
+    /// Invalidations arrive again: drop every cached key (some may have
+    /// been missed) and cache again.
+    Resume,
+}
+
+/// Receives [`Invalidation`]s; called from the store's listener task.
+pub type InvalidationSink = Arc<dyn Fn(Invalidation) + Send + Sync>;
 
 /// A token to insert, with the deterministic-index entry that points to it
 /// (None for random-mode tokens).
@@ -151,7 +176,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts all tokens atomically, or none. Tokens must be new and index
     /// keys unused (an entry expired before `now` counts as unused);
-    /// otherwise nothing is stored and the conflicts are returned.
+    /// otherwise nothing is stored and the conflicts are returned. The
+    /// subjects' keys must exist: a shared store fails the batch with
+    /// [`StoreError::SubjectErased`] when one is gone (a forget on another
+    /// process); RocksDB relies on the vault's per-subject lock instead.
     async fn insert_tokens(
         &self,
         batch: Vec<NewToken>,
@@ -195,6 +223,10 @@ pub trait Store: Send + Sync + 'static {
     /// still referenced, without the engine's threads running into its
     /// teardown.
     fn stop_background_work(&self) {}
+
+    /// Registers where invalidations from other processes sharing this
+    /// store go. A store only one process opens (RocksDB) has none.
+    fn watch_invalidations(&self, _sink: InvalidationSink) {}
 
     // --- audit log (src/audit): records are opaque bytes to the store ---
 

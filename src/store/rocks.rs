@@ -1422,7 +1422,7 @@ mod tests {
         super::super::conformance::run_all(|| {
             let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let store = RocksStore::open(&root.path().join(n.to_string()), &options).expect("open");
-            Arc::new(store) as Arc<dyn Store>
+            std::future::ready(Arc::new(store) as Arc<dyn Store>)
         })
         .await;
     }

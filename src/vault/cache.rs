@@ -4,7 +4,7 @@
 //! call in flight still uses them) and on [`DekCache::clear`] at shutdown.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lru::LruCache;
@@ -15,6 +15,9 @@ use crate::crypto::{SubjectHash, SubjectKeys};
 pub struct DekCache {
     entries: Mutex<LruCache<SubjectHash, Arc<SubjectKeys>>>,
     stats: CacheStats,
+    /// Off while a shared store cannot deliver invalidations (its LISTEN
+    /// connection is down): then every call fetches and unwraps the key.
+    suspended: AtomicBool,
 }
 
 /// Counters for metrics and benchmarks.
@@ -30,11 +33,32 @@ impl DekCache {
         DekCache {
             entries: Mutex::new(LruCache::new(capacity)),
             stats: CacheStats::default(),
+            suspended: AtomicBool::new(false),
+        }
+    }
+
+    /// Applies an invalidation from a store shared with other processes.
+    pub fn invalidate(&self, invalidation: crate::store::Invalidation) {
+        use crate::store::Invalidation;
+        match invalidation {
+            Invalidation::Subject(subject) => self.remove(&subject),
+            Invalidation::Suspend => {
+                self.suspended.store(true, Ordering::SeqCst);
+                self.clear();
+            }
+            Invalidation::Resume => {
+                self.clear();
+                self.suspended.store(false, Ordering::SeqCst);
+            }
         }
     }
 
     pub fn get(&self, subject: &SubjectHash) -> Option<Arc<SubjectKeys>> {
-        let found = self.entries.lock().get(subject).cloned();
+        let found = if self.suspended.load(Ordering::SeqCst) {
+            None
+        } else {
+            self.entries.lock().get(subject).cloned()
+        };
         let counter = if found.is_some() {
             &self.stats.hits
         } else {
@@ -46,6 +70,9 @@ impl DekCache {
 
     pub fn insert(&self, subject: SubjectHash, keys: SubjectKeys) -> Arc<SubjectKeys> {
         let keys = Arc::new(keys);
+        if self.suspended.load(Ordering::SeqCst) {
+            return keys;
+        }
         let evicted = self.entries.lock().push(subject, Arc::clone(&keys));
         if matches!(evicted, Some((old, _)) if old != subject) {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
@@ -102,6 +129,24 @@ mod tests {
         assert_eq!(cache.stats().misses.load(Ordering::Relaxed), 1);
         cache.clear();
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_suspended_cache_holds_nothing_until_resumed() {
+        use crate::store::Invalidation;
+        let cache = DekCache::new(NonZeroUsize::new(4).expect("non-zero"));
+        let (a, b) = (SubjectHash([1; 32]), SubjectHash([2; 32]));
+        cache.insert(a, keys());
+        cache.insert(b, keys());
+        cache.invalidate(Invalidation::Subject(a));
+        assert!(cache.get(&a).is_none() && cache.get(&b).is_some());
+        cache.invalidate(Invalidation::Suspend);
+        assert!(cache.is_empty());
+        cache.insert(a, keys());
+        assert!(cache.get(&a).is_none(), "nothing is cached while suspended");
+        cache.invalidate(Invalidation::Resume);
+        cache.insert(a, keys());
+        assert!(cache.get(&a).is_some());
     }
 
     #[test]

@@ -53,7 +53,12 @@ impl From<KekError> for VaultError {
 impl From<StoreError> for VaultError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Engine(_) => VaultError::StorageUnavailable(error),
+            // A forget on another replica won the race: nothing was
+            // stored, and a retry creates the subject's new key.
+            StoreError::Engine(_) | StoreError::SubjectErased => {
+                VaultError::StorageUnavailable(error)
+            }
+            StoreError::Unsupported(message) => VaultError::KeyManagement(message.to_string()),
             other => VaultError::Internal(other.to_string()),
         }
     }

@@ -32,8 +32,11 @@ use crate::erasure::ErasureLedger;
 use crate::kek::{self, KekProvider};
 use crate::scan::Scanner;
 use crate::store::disk::DiskGuard;
+use crate::store::postgres::PostgresStore;
 use crate::store::rocks::{RocksOptions, RocksStore};
-use crate::store::{Conflict, InsertOutcome, NewToken, Store, TokenRecord, TombstoneHasher};
+use crate::store::{
+    Conflict, InsertOutcome, NewToken, Store, StoreError, TokenRecord, TombstoneHasher,
+};
 use crate::token::formats::{self, Format};
 use erasure::SubjectLocks;
 
@@ -102,7 +105,8 @@ pub struct Vault {
     store: Arc<dyn Store>,
     kek: Arc<dyn KekProvider>,
     system: SystemKeys,
-    cache: DekCache,
+    /// Shared with the store's invalidation listener (a shared store).
+    cache: Arc<DekCache>,
     limits: Limits,
     kek_stats: KekStats,
     /// Every built-in detector, built once: RedactText filters its
@@ -137,7 +141,7 @@ impl Vault {
                 "the KEK is held in this process (local key file): for development only; use kek.provider = \"vault\" in production"
             );
         }
-        let store = open_store(&config.data_dir, config)?;
+        let store = open_store(&config.data_dir, config).await?;
         let mut vault =
             Self::with_parts(store, kek, config.cache.max_subjects, config.limits.clone()).await?;
         vault.scanner = scanner;
@@ -181,11 +185,16 @@ impl Vault {
         })?;
         let system = SystemKeys::from_system_key(&system_key);
         let tombstone_key = system.tombstone_key().clone();
+        let cache = Arc::new(DekCache::new(capacity));
+        let listener_cache = Arc::clone(&cache);
+        store.watch_invalidations(Arc::new(move |invalidation| {
+            listener_cache.invalidate(invalidation)
+        }));
         Ok(Vault {
             store,
             kek,
             system,
-            cache: DekCache::new(capacity),
+            cache,
             limits,
             kek_stats,
             scanner: Scanner::all(),
@@ -450,7 +459,17 @@ impl Vault {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let minted: Vec<String> = batch.iter().map(|new| new.token.clone()).collect();
-            match self.store.insert_tokens(batch, now).await? {
+            let outcome = self
+                .store
+                .insert_tokens(batch, now)
+                .await
+                .inspect_err(|error| {
+                    if matches!(error, StoreError::SubjectErased) {
+                        // The cached key was destroyed by a forget elsewhere.
+                        self.cache.remove(&subject);
+                    }
+                })?;
+            match outcome {
                 InsertOutcome::Committed => {
                     for (&i, token) in pending.iter().zip(minted) {
                         tokens[i] = Some(token);
@@ -561,7 +580,14 @@ impl Vault {
     }
 }
 
-fn open_store(data_dir: &Path, config: &Config) -> Result<Arc<dyn Store>, VaultError> {
+async fn open_store(data_dir: &Path, config: &Config) -> Result<Arc<dyn Store>, VaultError> {
+    let postgres = config
+        .storage
+        .postgres_options()
+        .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
+    if let Some(postgres) = postgres {
+        return Ok(Arc::new(PostgresStore::open(&postgres).await?));
+    }
     let options = RocksOptions {
         sync_writes: config.storage.sync_writes,
         block_cache_bytes: config.storage.block_cache_mb * 1024 * 1024,

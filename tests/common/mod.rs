@@ -7,6 +7,7 @@
 pub mod bao;
 pub mod rawh2;
 pub mod tmpfs;
+pub mod postgres;
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,191 @@
+//! Several tokenvault processes on one PostgreSQL (storage.backend =
+//! "postgres"), end to end on the real binary: concurrent deterministic
+//! tokenizations of one value spread over three replicas give one token;
+//! a token made on one replica detokenizes on the others; forgetting a
+//! subject on one replica makes its tokens ERASED on the others as soon as
+//! the call returns, although they had its key cached; killing a replica
+//! under load loses no acknowledged token and the others keep serving.
+//! Needs the PostgreSQL that tests/setup-machine.sh starts.
+
+mod common;
+
+use common::postgres::{fresh_database, replica_config};
+use common::{card, detokenize, item, random_item, tokenize, Server};
+use tokenvault::cli::client::Client;
+use tokenvault::pb;
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    servers: Vec<Server>,
+}
+
+async fn cluster(n: usize) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek.key");
+    std::fs::write(&kek, [9u8; 32]).expect("kek file");
+    let url = fresh_database().await;
+    let servers = (0..n)
+        .map(|i| {
+            Server::start_with_config(
+                &dir.path().join(format!("r{i}")),
+                &replica_config(&url, &kek, &format!("r{i}")),
+            )
+        })
+        .collect();
+    Cluster { _dir: dir, servers }
+}
+
+fn status(result: &pb::DetokenizeResult) -> pb::TokenStatus {
+    pb::TokenStatus::try_from(result.status).expect("status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_serve_one_vault() {
+    let cluster = cluster(3).await;
+    let mut clients: Vec<Client> = Vec::new();
+    for server in &cluster.servers {
+        clients.push(server.client().await);
+    }
+
+    // 64 concurrent deterministic tokenizations of one new value, spread
+    // over the three replicas: one token.
+    let value = card(777);
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let mut client = clients[i % 3].clone();
+            let value = value.clone();
+            tokio::spawn(async move {
+                tokenize(&mut client, "race-subject", vec![item(&value, "card")]).await
+            })
+        })
+        .collect();
+    let mut tokens = std::collections::HashSet::new();
+    for task in tasks {
+        tokens.extend(task.await.expect("task"));
+    }
+    assert_eq!(tokens.len(), 1, "one value, one token: got {tokens:?}");
+
+    // Made on one replica, revealed on every other.
+    let made_on_a = tokenize(
+        &mut clients[0],
+        "shared-subject",
+        vec![random_item("shared.person@mail.example", "email")],
+    )
+    .await;
+    for client in &mut clients[1..] {
+        let results = detokenize(client, &made_on_a).await;
+        assert_eq!(status(&results[0]), pb::TokenStatus::Found);
+        assert_eq!(results[0].value, "shared.person@mail.example");
+    }
+
+    // B and C cache the subject's key by revealing its tokens; A forgets
+    // it; right after the call returns B and C answer ERASED.
+    let doomed = tokenize(
+        &mut clients[0],
+        "doomed-subject",
+        vec![
+            item(&card(4242), "card"),
+            random_item("doomed@mail.example", "email"),
+        ],
+    )
+    .await;
+    for client in &mut clients[1..] {
+        let results = detokenize(client, &doomed).await;
+        assert!(results.iter().all(|r| status(r) == pb::TokenStatus::Found));
+    }
+    let forgotten = clients[0]
+        .forget_subject(pb::ForgetSubjectRequest {
+            subject_id: "doomed-subject".into(),
+            reason: "replica test".into(),
+        })
+        .await
+        .expect("forget")
+        .into_inner();
+    assert!(forgotten.receipt.is_some());
+    for client in &mut clients[1..] {
+        let results = detokenize(client, &doomed).await;
+        assert!(
+            results
+                .iter()
+                .all(|r| status(r) == pb::TokenStatus::Erased && r.value.is_empty()),
+            "a forgotten subject's tokens must answer ERASED on every replica"
+        );
+    }
+    // The subject can start over; its new tokens work everywhere.
+    let reborn = tokenize(
+        &mut clients[1],
+        "doomed-subject",
+        vec![item(&card(4242), "card")],
+    )
+    .await;
+    assert!(!doomed.contains(&reborn[0]));
+    let results = detokenize(&mut clients[2], &reborn).await;
+    assert_eq!(status(&results[0]), pb::TokenStatus::Found);
+    assert_eq!(results[0].value, card(4242));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_replica_under_load_loses_no_acknowledged_token() {
+    let mut cluster = cluster(3).await;
+    let mut clients: Vec<Client> = Vec::new();
+    for server in &cluster.servers {
+        clients.push(server.client().await);
+    }
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let mut client = clients[w % 3].clone();
+            let acked = acked_tx.clone();
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let value = format!("load.{w}.{n}@mail.example");
+                    let request = pb::TokenizeRequest {
+                        subject_id: format!("load-subject-{w}-{}", n % 50),
+                        items: vec![random_item(&value, "email")],
+                    };
+                    // Calls to the killed replica fail: not acknowledged.
+                    if let Ok(response) = client.tokenize(request).await {
+                        let token = response.into_inner().tokens.remove(0);
+                        let _ = acked.send((w % 3, value, token));
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    drop(acked_tx);
+
+    // Let every replica acknowledge some work, then kill B mid-load.
+    let mut acked = Vec::new();
+    while acked.iter().filter(|(r, _, _)| *r == 1).count() < 20 {
+        acked.push(acked_rx.recv().await.expect("load running"));
+    }
+    cluster.servers[1].kill9();
+    // A and C keep serving (B's calls now fail, and are not counted).
+    let after_kill = acked.len();
+    while acked.len() < after_kill + 200 {
+        acked.push(acked_rx.recv().await.expect("load running"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    while let Some(more) = acked_rx.recv().await {
+        acked.push(more);
+    }
+
+    // Every acknowledged token, from any replica, detokenizes on A and C.
+    for client in [&mut clients[0].clone(), &mut clients[2].clone()] {
+        for chunk in acked.chunks(100) {
+            let tokens: Vec<String> = chunk.iter().map(|(_, _, t)| t.clone()).collect();
+            let results = detokenize(client, &tokens).await;
+            for ((_, value, _), result) in chunk.iter().zip(&results) {
+                assert_eq!(status(result), pb::TokenStatus::Found);
+                assert_eq!(&result.value, value);
+            }
+        }
+    }
+}
