@@ -62,3 +62,10 @@ CONF
   as_pg "'$PG_BIN/pg_ctl' -D '$PG_DIR/data' -l '$PG_DIR/server.log' -w start >/dev/null"
 fi
 "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
+# Each test makes its own database (tv_test_*, tv_it_*) and leaves it for a
+# look after a failure; drop those of earlier runs before this one.
+"$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -At \
+  -c "SELECT datname FROM pg_database WHERE datname LIKE 'tv\_test\_%' OR datname LIKE 'tv\_it\_%'" |
+  while read -r db; do
+    "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null
+  done
