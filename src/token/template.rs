@@ -293,9 +293,12 @@ impl Template {
         if value.is_empty() {
             return Err(FormatError::Empty.into());
         }
-        let captures = self.whole.captures(value).ok_or_else(|| ValueError::NoMatch {
-            format: self.name.clone(),
-        })?;
+        let captures = self
+            .whole
+            .captures(value)
+            .ok_or_else(|| ValueError::NoMatch {
+                format: self.name.clone(),
+            })?;
         let mut spans = Vec::with_capacity(self.groups.len());
         for (i, group) in self.groups.iter().enumerate() {
             let Some(m) = captures.get(i + 1) else {
@@ -498,16 +501,19 @@ impl TokenFormat {
     }
 }
 
-/// The templates the server runs with, for masking stored values by their
-/// format name (the policy module sees only names). Set once at start-up
-/// by the vault; a later call replaces the set (tests open several vaults
-/// in one process, each with the same or no templates).
-static INSTALLED: RwLock<Option<Arc<Templates>>> = RwLock::new(None);
+/// The templates the server runs with, by name, for masking stored values
+/// by their format name (the policy module sees only names). Filled at
+/// start-up by the vault. Installing adds (a name installed again is
+/// replaced) and never removes: tests open several vaults in one process.
+static INSTALLED: RwLock<Option<HashMap<String, Arc<Template>>>> = RwLock::new(None);
 
-/// Makes `templates` the ones [`installed`] finds.
-pub fn install(templates: Arc<Templates>) {
+/// Makes `templates` findable by [`installed`].
+pub fn install(templates: &Templates) {
     if let Ok(mut slot) = INSTALLED.write() {
-        *slot = Some(templates);
+        let map = slot.get_or_insert_with(HashMap::new);
+        for template in &templates.list {
+            map.insert(template.name.clone(), Arc::clone(template));
+        }
     }
 }
 
@@ -690,19 +696,37 @@ mod tests {
             (spec("f", r"(\d{4", &["numeric"], &[]), "invalid pattern"),
             (spec("f", "", &["numeric"], &[]), "pattern is empty"),
             (spec("f", r"(\d*)", &["numeric"], &[]), "empty string"),
-            (spec("f", r"ID-\d{4}", &["numeric"], &[]), "no capture group"),
-            (spec("f", r"(\d{4})", &["digits"], &[]), "unknown alphabet \"digits\""),
-            (spec("card", r"(\d{4})", &["numeric"], &[]), "built-in format"),
+            (
+                spec("f", r"ID-\d{4}", &["numeric"], &[]),
+                "no capture group",
+            ),
+            (
+                spec("f", r"(\d{4})", &["digits"], &[]),
+                "unknown alphabet \"digits\"",
+            ),
+            (
+                spec("card", r"(\d{4})", &["numeric"], &[]),
+                "built-in format",
+            ),
             (spec("", r"(\d{4})", &["numeric"], &[]), "the name must be"),
             (spec("f", r"(\d{4})", &["numeric"], &[1]), "every group"),
-            (spec("f", r"(\d{4})", &["numeric"], &[2]), "keep names group 2"),
+            (
+                spec("f", r"(\d{4})", &["numeric"], &[2]),
+                "keep names group 2",
+            ),
             (
                 spec("f", r"(\d)-(\d)", &["numeric", "numeric", "alpha"], &[]),
                 "alphabets has 3 entries",
             ),
             (spec("f", r"(\d(\d))", &["numeric"], &[]), "inside another"),
-            (spec("f", r"(\d)+", &["numeric"], &[]), "repeated capture group"),
-            (spec("f", r"(?:(\d)-){3}", &["numeric"], &[]), "repeated capture group"),
+            (
+                spec("f", r"(\d)+", &["numeric"], &[]),
+                "repeated capture group",
+            ),
+            (
+                spec("f", r"(?:(\d)-){3}", &["numeric"], &[]),
+                "repeated capture group",
+            ),
         ] {
             let message = error(&spec, &none);
             let named = format!("format {:?}", spec.name);
@@ -713,10 +737,16 @@ mod tests {
         let message = Templates::new(&[twice.clone(), twice], &none)
             .expect_err("a name twice")
             .to_string();
-        assert!(message.contains("\"f\"") && message.contains("twice"), "{message}");
+        assert!(
+            message.contains("\"f\"") && message.contains("twice"),
+            "{message}"
+        );
         let tiny = BTreeMap::from([("one".to_string(), "xx".to_string())]);
         let message = error(&spec("f", r"(x{4})", &["one"], &[]), &tiny);
-        assert!(message.contains("\"one\"") && message.contains("2 different"), "{message}");
+        assert!(
+            message.contains("\"one\"") && message.contains("2 different"),
+            "{message}"
+        );
         let shadow = BTreeMap::from([("numeric".to_string(), "ab".to_string())]);
         assert!(error(&spec("f", r"([ab]{4})", &["numeric"], &[]), &shadow)
             .contains("built-in alphabet"));
@@ -738,7 +768,10 @@ mod tests {
         t.validate("LC-1234-5678-AB").expect("valid");
         for (value, expected) in [
             ("", "value is empty"),
-            ("LC-1234-5678-A", "does not match the pattern of format \"loyalty_card\""),
+            (
+                "LC-1234-5678-A",
+                "does not match the pattern of format \"loyalty_card\"",
+            ),
             ("XLC-1234-5678-AB", "does not match"),
             ("LC-1234-5678-ABC", "does not match"),
         ] {
@@ -746,21 +779,24 @@ mod tests {
             assert!(message.contains(expected), "{message}");
         }
         // The pattern allows it but the group's alphabet does not.
-        let t = Template::new(
-            &spec("f", r"(\w{4})", &["numeric"], &[]),
-            &BTreeMap::new(),
-        )
-        .expect("valid");
+        let t = Template::new(&spec("f", r"(\w{4})", &["numeric"], &[]), &BTreeMap::new())
+            .expect("valid");
         let message = t.validate("12a4").expect_err("letter").to_string();
-        assert!(message.contains("outside the alphabet of group 1"), "{message}");
+        assert!(
+            message.contains("outside the alphabet of group 1"),
+            "{message}"
+        );
         assert!(!message.contains("12a4"));
     }
 
     #[test]
     fn operator_alphabets_and_unicode_keep_character_length() {
         let alphabets = BTreeMap::from([("vowels".to_string(), "аеиоуэюя".to_string())]);
-        let t = Template::new(&spec("f", r"№([аеиоуэюя]{3})", &["vowels"], &[]), &alphabets)
-            .expect("valid");
+        let t = Template::new(
+            &spec("f", r"№([аеиоуэюя]{3})", &["vowels"], &[]),
+            &alphabets,
+        )
+        .expect("valid");
         let mut rng = StdRng::seed_from_u64(7);
         let token = t.generate_token("№ааа", &mut rng).expect("token");
         assert_eq!(token.chars().count(), 4);
@@ -780,14 +816,20 @@ mod tests {
         }
         // No digit string but this one matches: refused, not looped.
         let t = Template::new(&spec("f", r"(12345678)", &["numeric"], &[]), &none).expect("ok");
-        let message = t.generate_token("12345678", &mut rng).unwrap_err().to_string();
+        let message = t
+            .generate_token("12345678", &mut rng)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("draws no token"), "{message}");
     }
 
     #[test]
     fn masks_show_fixed_parts_and_kept_groups_only() {
         let t = loyalty();
-        assert_eq!(t.mask("LC-1234-5678-AB").as_deref(), Some("LC-1234-••••-••"));
+        assert_eq!(
+            t.mask("LC-1234-5678-AB").as_deref(),
+            Some("LC-1234-••••-••")
+        );
         assert_eq!(t.mask("not a value"), None);
     }
 
@@ -810,9 +852,14 @@ mod tests {
             .map(|(s, e)| &text[s..e])
             .collect();
         assert_eq!(found, ["LC-1234-5678-AB", "LC-0000-1111-ZZ"]);
-        assert_eq!(templates.format("card"), Some(TokenFormat::Builtin(Format::Card)));
         assert_eq!(
-            templates.format("loyalty_card").map(|f| f.name().to_string()),
+            templates.format("card"),
+            Some(TokenFormat::Builtin(Format::Card))
+        );
+        assert_eq!(
+            templates
+                .format("loyalty_card")
+                .map(|f| f.name().to_string()),
             Some("loyalty_card".into())
         );
         assert_eq!(templates.format("loyalty"), None);
