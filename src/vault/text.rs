@@ -36,11 +36,16 @@
 //!   digits with single spaces, 15 to 34 characters;
 //! - email-shaped strings whose domain ends with `.invalid`, each possible
 //!   start of the local part;
-//! - `tok_` followed by 26 base32 characters (opaque tokens).
+//! - `tok_` followed by 26 base32 characters (opaque tokens);
+//! - every match of each `[[formats]]` template's pattern (leftmost,
+//!   non-overlapping), so operator-defined tokens are restored, and left
+//!   alone by redaction, also where no detector finds them.
 //!
 //! Limits: found tokens that overlap keep the longest (then the first);
-//! tokens of formats without a shape here (`text`, or operator-defined
-//! detectors' formats the scanner does not find again) are not restored; a
+//! tokens of formats without a shape here (`text`, a built-in format named
+//! by a `[[detectors]]` entry that the scanner does not find again, or a
+//! template token that the pattern's leftmost match runs into from the
+//! text before it) are not restored; a
 //! string of the text that happens to equal a stored token of any subject is
 //! taken for that token (tokens are random, so only text that holds a token
 //! copied from elsewhere does this); a token written with other separators
