@@ -96,8 +96,12 @@ pub struct TemplateSpec {
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TemplateError {
+    /// A `[[formats]]` entry, by name.
     #[error("format {name:?}: {reason}")]
     Invalid { name: String, reason: String },
+    /// An `[alphabets]` entry (the reason names it).
+    #[error("alphabets: {reason}")]
+    Alphabet { reason: String },
 }
 
 /// Why a value is not acceptable for its format, or has no token.
@@ -381,10 +385,7 @@ impl Templates {
         alphabets: &BTreeMap<String, String>,
     ) -> Result<Templates, TemplateError> {
         for (name, chars) in alphabets {
-            check_alphabet(name, chars).map_err(|reason| TemplateError::Invalid {
-                name: specs.first().map(|s| s.name.clone()).unwrap_or_default(),
-                reason,
-            })?;
+            check_alphabet(name, chars).map_err(|reason| TemplateError::Alphabet { reason })?;
         }
         let mut templates = Templates::default();
         for spec in specs {
