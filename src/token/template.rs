@@ -581,9 +581,10 @@ fn resolve_alphabet(
 }
 
 /// Refuses nested capture groups and repeated groups (a capture group, or
-/// a group holding one, followed by `*`, `+`, `?` or `{`): the regex
-/// reports only a repeated group's last repetition, so the others would
-/// be copied into the token. `pattern` already compiles.
+/// a group holding one, followed by `*`, `+` or `{n,m}` with m above 1):
+/// the regex reports only a repeated group's last repetition, so the
+/// others would be copied into the token. An optional group (`?`,
+/// `{0,1}`) captures at most once and is fine. `pattern` already compiles.
 fn check_group_structure(pattern: &str) -> Result<(), &'static str> {
     struct Frame {
         capture: bool,
@@ -643,7 +644,7 @@ fn check_group_structure(pattern: &str) -> Result<(), &'static str> {
                 if let Some(parent) = stack.last_mut() {
                     parent.holds_capture |= holds;
                 }
-                if holds && matches!(chars.get(i + 1), Some('*' | '+' | '?' | '{')) {
+                if holds && repeats(&chars[i + 1..]) {
                     return Err("a repeated capture group captures only its last repetition; put the repetition inside the group, as in (\\d{4})");
                 }
             }
@@ -652,6 +653,22 @@ fn check_group_structure(pattern: &str) -> Result<(), &'static str> {
         i += 1;
     }
     Ok(())
+}
+
+/// Whether the quantifier at the start of `rest` (if any) allows more
+/// than one repetition.
+fn repeats(rest: &[char]) -> bool {
+    match rest.first() {
+        Some('*' | '+') => true,
+        Some('{') => {
+            let body: String = rest[1..].iter().take_while(|&&c| c != '}').collect();
+            let max = body.rsplit(',').next().unwrap_or("").trim();
+            // `{n,}` is unbounded; `{n}` and `{n,m}` repeat up to their last
+            // number.
+            max.is_empty() || max.parse::<u32>().map_or(true, |m| m > 1)
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -728,6 +745,10 @@ mod tests {
                 spec("f", r"(?:(\d)-){3}", &["numeric"], &[]),
                 "repeated capture group",
             ),
+            (
+                spec("f", r"(\d){1,}", &["numeric"], &[]),
+                "repeated capture group",
+            ),
         ] {
             let message = error(&spec, &none);
             let named = format!("format {:?}", spec.name);
@@ -761,6 +782,20 @@ mod tests {
             .expect("one group");
         Template::new(&spec("f", r"(?i:x)-(?P<n>\d{3})", &["numeric"], &[]), &none)
             .expect("a flag group and a named group");
+        // Optional groups capture at most once.
+        let t = Template::new(
+            &spec(
+                "f",
+                r"(\d{2})(?:/([A-Z]{2}))?-(\d){0,1}x",
+                &["numeric", "alpha_upper", "numeric"],
+                &[],
+            ),
+            &none,
+        )
+        .expect("optional groups");
+        let mut rng = StdRng::seed_from_u64(3);
+        let token = t.generate_token("12-x", &mut rng).expect("token");
+        assert!(token.len() == 4 && token.ends_with("-x") && token != "12-x");
     }
 
     #[test]
