@@ -120,7 +120,7 @@ pub enum ValueError {
     /// No draw gave a token that matches the pattern and differs from the
     /// value: the pattern constrains a group more than its alphabet does,
     /// or every group is too small.
-    #[error("format {format:?} draws no token for this value that matches its pattern; give its groups alphabets the pattern accepts everywhere")]
+    #[error("format {format:?} draws no token for this value that differs from it and matches its pattern (the value's replaced groups are absent or too small, or the pattern accepts less than their alphabets)")]
     NoToken { format: String },
 }
 
