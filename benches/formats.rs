@@ -2,7 +2,10 @@
 //! as on the Tokenize path).
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::collections::BTreeMap;
+
 use tokenvault::token::formats::{generate_token, Format};
+use tokenvault::token::template::{Template, TemplateSpec};
 
 const SAMPLES: &[(&str, &str)] = &[
     ("card", "4111 1111 1111 1111"),
@@ -28,6 +31,25 @@ fn token_generation(c: &mut Criterion) {
             b.iter(|| generate_token(format, value, &mut rng).expect("valid sample"))
         });
     }
+    // An operator-defined `[[formats]]` template, as in the README.
+    let spec = TemplateSpec {
+        name: "loyalty_card".into(),
+        pattern: r"LC-(\d{4})-(\d{4})-([A-Z2-7]{2})".into(),
+        alphabets: vec![
+            "numeric".into(),
+            "numeric".into(),
+            "alphanumeric_upper".into(),
+        ],
+        keep: vec![1],
+    };
+    let template = Template::new(&spec, &BTreeMap::new()).expect("valid template");
+    group.bench_function("template_loyalty_card", |b| {
+        b.iter(|| {
+            template
+                .generate_token("LC-1234-5678-AB", &mut rng)
+                .expect("valid sample")
+        })
+    });
     group.finish();
 }
 

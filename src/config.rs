@@ -59,6 +59,13 @@ pub struct Config {
     /// ones.
     #[serde(default)]
     pub detectors: Vec<DetectorConfig>,
+    /// Operator-defined token formats (templates), beside the built-in
+    /// ones: usable by Tokenize and by `[[detectors]]`.
+    #[serde(default)]
+    pub formats: Vec<FormatConfig>,
+    /// Named alphabets for `[[formats]]`, beside the built-in ones.
+    #[serde(default)]
+    pub alphabets: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub erasure: ErasureConfig,
     #[serde(default)]
@@ -197,11 +204,29 @@ pub struct DetectorConfig {
     pub format: String,
 }
 
+/// `[[formats]]`: an operator-defined token format, a regex whose capture
+/// groups are replaced character by character from their alphabets
+/// (`token::template`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormatConfig {
+    pub name: String,
+    pub pattern: String,
+    /// One alphabet name for every group, or one per group.
+    pub alphabets: Vec<String>,
+    /// 1-based numbers of the groups the token copies unchanged.
+    #[serde(default)]
+    pub keep: Vec<usize>,
+}
+
 impl DetectorConfig {
-    /// The detector for the scanner, or the reason it is not one.
-    pub fn to_custom(&self) -> Result<crate::scan::CustomDetector, String> {
+    /// The detector for the scanner, or the reason it is not one. Its
+    /// format is a built-in one or one of `templates`.
+    pub fn to_custom(
+        &self,
+        templates: &crate::token::template::Templates,
+    ) -> Result<crate::scan::CustomDetector, String> {
         use crate::scan::Validator;
-        use crate::token::formats::Format;
         let validator = match self.validator.as_str() {
             "luhn" => Validator::Luhn,
             "mod97" => Validator::Mod97,
@@ -213,7 +238,8 @@ impl DetectorConfig {
                 ))
             }
         };
-        let format = Format::from_name(&self.format)
+        let format = templates
+            .format(&self.format)
             .ok_or_else(|| format!("detector {:?}: unknown format {:?}", self.name, self.format))?;
         Ok(crate::scan::CustomDetector {
             name: self.name.clone(),
@@ -610,9 +636,11 @@ impl Config {
             ));
         }
         let mtls = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let templates = self.templates()?;
         let mut names = std::collections::HashSet::new();
         for (i, principal) in self.principals.iter().enumerate() {
             check_principal(i, principal, mtls)?;
+            check_reveal_formats(i, principal, &templates)?;
             if !names.insert(principal.name.as_str()) {
                 return Err(ConfigError::Invalid(format!(
                     "principals[{i}] ({}): the name is used twice",
@@ -627,7 +655,7 @@ impl Config {
                 ));
             }
         }
-        self.scanner()?;
+        self.scanner_with(&templates)?;
         Ok(())
     }
 }
@@ -647,16 +675,61 @@ impl Config {
         self.data_dir.join("rocksdb")
     }
 
-    /// The RedactText scanner: every built-in detector plus `[[detectors]]`.
-    pub fn scanner(&self) -> Result<crate::scan::Scanner, ConfigError> {
+    /// The operator-defined formats of `[[formats]]` and `[alphabets]`.
+    pub fn templates(&self) -> Result<crate::token::template::Templates, ConfigError> {
+        let specs: Vec<crate::token::template::TemplateSpec> = self
+            .formats
+            .iter()
+            .map(|f| crate::token::template::TemplateSpec {
+                name: f.name.clone(),
+                pattern: f.pattern.clone(),
+                alphabets: f.alphabets.clone(),
+                keep: f.keep.clone(),
+            })
+            .collect();
+        crate::token::template::Templates::new(&specs, &self.alphabets)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The RedactText scanner: every built-in detector plus `[[detectors]]`,
+    /// whose formats may be `templates`.
+    pub fn scanner_with(
+        &self,
+        templates: &crate::token::template::Templates,
+    ) -> Result<crate::scan::Scanner, ConfigError> {
         let custom = self
             .detectors
             .iter()
-            .map(DetectorConfig::to_custom)
+            .map(|d| d.to_custom(templates))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ConfigError::Invalid)?;
         crate::scan::Scanner::with_custom(&crate::token::formats::Format::ALL, &custom)
             .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The RedactText scanner, with this config's `[[formats]]`.
+    pub fn scanner(&self) -> Result<crate::scan::Scanner, ConfigError> {
+        self.scanner_with(&self.templates()?)
+    }
+}
+
+/// A principal's `reveal` keys name formats (built-in or `[[formats]]`) or
+/// `default`.
+fn check_reveal_formats(
+    i: usize,
+    principal: &PrincipalConfig,
+    templates: &crate::token::template::Templates,
+) -> Result<(), ConfigError> {
+    match principal
+        .reveal
+        .keys()
+        .find(|format| *format != "default" && templates.format(format).is_none())
+    {
+        Some(unknown) => Err(ConfigError::Invalid(format!(
+            "principals[{i}] ({}): reveal: unknown format {unknown:?} (a format name or \"default\")",
+            principal.name
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -694,13 +767,6 @@ fn check_principal(i: usize, principal: &PrincipalConfig, mtls: bool) -> Result<
         return Err(invalid(format!(
             "unknown rpc {unknown:?} in allow (known: {})",
             Rpc::ALL.map(Rpc::name).join(", ")
-        )));
-    }
-    if let Some(unknown) = principal.reveal.keys().find(|format| {
-        *format != "default" && crate::token::formats::Format::from_name(format).is_none()
-    }) {
-        return Err(invalid(format!(
-            "reveal: unknown format {unknown:?} (a format name or \"default\")"
         )));
     }
     if !(1..=100).contains(&principal.alert_at_percent) {
@@ -867,6 +933,75 @@ mod tests {
             let error = config.check().expect_err(&text).to_string();
             assert!(error.contains(named) && error.contains("\"d\""), "{error}");
         }
+    }
+
+    #[test]
+    fn formats_parse_feed_detectors_and_bad_ones_are_named() {
+        let config = Config::parse(
+            r#"
+            [alphabets]
+            base32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+
+            [[formats]]
+            name = "loyalty_card"
+            pattern = 'LC-(\d{4})-(\d{4})-([A-Z2-7]{2})'
+            alphabets = ["numeric", "numeric", "base32"]
+            keep = [1]
+
+            [[detectors]]
+            name = "loyalty"
+            pattern = '\bLC-\d{4}-\d{4}-[A-Z2-7]{2}\b'
+            format = "loyalty_card"
+
+            [[principals]]
+            name = "support"
+            api_key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            allow = ["detokenize"]
+            reveal = { loyalty_card = "masked" }
+            "#,
+        )
+        .expect("parses");
+        config.check().expect("valid");
+        let found = config
+            .scanner()
+            .expect("scanner")
+            .scan("card LC-1234-5678-AB!");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].kind.name(), "loyalty_card");
+        assert_eq!((found[0].start, found[0].end), (5, 20));
+
+        for (entry, expected) in [
+            (
+                "name = \"card\"\npattern = '(\\d{4})'\nalphabets = [\"numeric\"]",
+                "built-in format",
+            ),
+            (
+                "name = \"f\"\npattern = '(\\d{4})'\nalphabets = [\"digits\"]",
+                "unknown alphabet",
+            ),
+            (
+                "name = \"f\"\npattern = '(\\d{4}'\nalphabets = [\"numeric\"]",
+                "invalid pattern",
+            ),
+        ] {
+            let text = format!("[[formats]]\n{entry}");
+            let config = Config::parse(&text).expect(&text);
+            let error = config.check().expect_err(&text).to_string();
+            assert!(
+                error.contains(expected) && error.contains("format \""),
+                "{error}"
+            );
+        }
+        let principal = format!(
+            "[[principals]]\nname = \"p\"\napi_key_sha256 = \"{}\"\nallow = []\nreveal = {{ loyalty = \"masked\" }}",
+            "0".repeat(64)
+        );
+        let unknown = Config::parse(&principal).expect("parses");
+        assert!(unknown
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown format \"loyalty\""));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use tokenvault::scan::Scanner;
-use tokenvault::token::formats::{validate, Format};
+use tokenvault::token::formats::Format;
 
 const CORPUS: &str = include_str!("data/chat_corpus.jsonl");
 
@@ -113,7 +113,7 @@ fn corpus_precision_and_recall() {
         for f in &findings {
             let value = &text[f.start..f.end];
             assert!(
-                validate(f.kind, value).is_ok(),
+                f.kind.validate(value).is_ok(),
                 "finding {:?} at {}..{} does not validate: {value:?}",
                 f.kind,
                 f.start,

@@ -17,9 +17,11 @@
 //! | `ru_bank_account` | first 5 digits (account class, which the token keeps too), last 4 | `40817•••••••••••1234` |
 //! | `us_ssn` | last 4 digits, separators | `•••-••-6789` |
 //! | `text` | characters that are not letters or digits | `•••• ••••!` |
+//! | a `[[formats]]` template | its fixed parts (outside the groups) and its `keep` groups, which the token shows too | `LC-1234-••••-••` |
 //! | `opaque` and any other format | nothing | `••••••••` |
 
 use crate::token::formats::Format;
+use crate::token::template;
 
 /// The character a masked position shows.
 pub const MASK: char = '•';
@@ -28,7 +30,9 @@ pub const MASK: char = '•';
 pub const FULLY_MASKED: &str = "••••••••";
 
 /// `value` masked as its format's policy says. `format` is the stored
-/// format name; an unknown one (an operator-defined format) keeps nothing.
+/// format name; an operator-defined one is masked by its template as the
+/// server runs it ([`template::installed`]); an unknown one, or a value its
+/// template no longer matches, keeps nothing.
 pub fn mask(format: &str, value: &str) -> String {
     match Format::from_name(format) {
         Some(Format::Card) => card(value),
@@ -39,7 +43,10 @@ pub fn mask(format: &str, value: &str) -> String {
         Some(Format::RuInn | Format::RuOgrn | Format::UsSsn) => keep_last_digits(value, 4),
         Some(Format::RuBankAccount) => bank_account(value),
         Some(Format::Text) => text(value),
-        Some(Format::Opaque) | None => FULLY_MASKED.to_string(),
+        Some(Format::Opaque) => FULLY_MASKED.to_string(),
+        None => template::installed(format)
+            .and_then(|t| t.mask(value))
+            .unwrap_or_else(|| FULLY_MASKED.to_string()),
     }
 }
 
@@ -168,6 +175,25 @@ mod tests {
         for (format, value, masked) in cases {
             assert_eq!(mask(format, value), masked, "{format}");
         }
+    }
+
+    #[test]
+    fn a_template_format_masks_all_but_fixed_parts_and_kept_groups() {
+        use crate::token::template::{TemplateSpec, Templates};
+        let spec = TemplateSpec {
+            name: "mask_test_loyalty".into(),
+            pattern: r"LC-(\d{4})-(\d{4})-([A-Z]{2})".into(),
+            alphabets: vec!["numeric".into(), "numeric".into(), "alpha_upper".into()],
+            keep: vec![1],
+        };
+        let templates = Templates::new(&[spec], &Default::default()).expect("valid");
+        template::install(&templates);
+        assert_eq!(
+            mask("mask_test_loyalty", "LC-1234-5678-AB"),
+            "LC-1234-••••-••"
+        );
+        // A stored value the template no longer matches shows nothing.
+        assert_eq!(mask("mask_test_loyalty", "LC-1234"), FULLY_MASKED);
     }
 
     /// The characters of `masked` that are not `•`, spaces or punctuation:

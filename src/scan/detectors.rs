@@ -18,6 +18,7 @@ use regex::Regex;
 use super::context::Cue;
 use super::Scanner;
 use crate::token::formats::{validate, Format};
+use crate::token::template::TokenFormat;
 
 /// Priorities: which of two overlapping candidates wins.
 /// A value that carries its own strong proof: a BIK with its account, an
@@ -46,9 +47,9 @@ const MIN_DIGITS: usize = 8;
 const BIK_DISTANCE: usize = 160;
 
 /// A possible finding before overlaps are resolved.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Candidate {
-    pub(super) kind: Format,
+    pub(super) kind: TokenFormat,
     pub(super) start: usize,
     pub(super) end: usize,
     pub(super) priority: u8,
@@ -109,7 +110,7 @@ pub(super) fn builtin_candidates(scanner: &Scanner, text: &str, out: &mut Vec<Ca
             match iban_end {
                 Some(end) if scanner.enabled(Format::Iban) => {
                     out.push(Candidate {
-                        kind: Format::Iban,
+                        kind: Format::Iban.into(),
                         start: m.start(),
                         end,
                         priority: PRIORITY_PROVEN,
@@ -198,7 +199,7 @@ fn email(text: &str, start: usize, end: usize, out: &mut Vec<Candidate>) {
     }
     if validate(Format::Email, value).is_ok() {
         out.push(Candidate {
-            kind: Format::Email,
+            kind: Format::Email.into(),
             start,
             end,
             priority: PRIORITY_PROVEN,
@@ -356,7 +357,7 @@ impl Run<'_> {
 
     fn candidate(&self, kind: Format, priority: u8) -> Candidate {
         Candidate {
-            kind,
+            kind: kind.into(),
             start: self.start,
             end: self.end,
             priority,
@@ -606,7 +607,7 @@ fn phone(run: &Run<'_>, start: usize, out: &mut Vec<Candidate>) {
         return;
     }
     out.push(Candidate {
-        kind: Format::Phone,
+        kind: Format::Phone.into(),
         start,
         end: run.end,
         priority: PRIORITY_PHONE,

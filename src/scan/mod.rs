@@ -4,8 +4,8 @@
 //!
 //! This module owns *where* the values are, not what happens to them: a
 //! [`Finding`] is a kind and a byte span. Every span it returns is a value
-//! that [`validate`](crate::token::formats::validate) accepts for the
-//! finding's kind, so the caller can tokenize it with that format and the
+//! that its kind accepts ([`TokenFormat::validate`]), so the caller can
+//! tokenize it with that format and the
 //! token keeps the text's layout. Findings are sorted and never overlap.
 //!
 //! How: one pass of one combined regex over the text yields candidate
@@ -39,7 +39,8 @@ use std::collections::BTreeMap;
 use regex::{Regex, RegexSet};
 
 use crate::token::checks::{iban_mod97, luhn_valid};
-use crate::token::formats::{validate, Format};
+use crate::token::formats::Format;
+use crate::token::template::TokenFormat;
 
 use self::context::Context;
 
@@ -50,10 +51,11 @@ const CUSTOM_REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// One detected value: its kind and its UTF-8 byte span in the scanned text.
 ///
 /// `&text[start..end]` is on char boundaries and validates as `kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Finding {
-    /// The format the value is tokenized with.
-    pub kind: Format,
+    /// The format the value is tokenized with: a built-in one, or an
+    /// operator-defined one a custom detector names.
+    pub kind: TokenFormat,
     /// Byte offset of the first byte of the value.
     pub start: usize,
     /// Byte offset just past the value.
@@ -85,8 +87,8 @@ pub struct CustomDetector {
     pub validator: Validator,
     /// Words of which one must stand shortly before a match.
     pub context: Vec<String>,
-    /// The format matches are tokenized with.
-    pub format: Format,
+    /// The format matches are tokenized with (built-in or `[[formats]]`).
+    pub format: TokenFormat,
 }
 
 /// Why a scanner could not be built. Names the detector and the problem,
@@ -117,7 +119,7 @@ struct Custom {
     validator: Validator,
     /// Context words, normalized like the scanned window.
     context: Vec<String>,
-    format: Format,
+    format: TokenFormat,
 }
 
 /// A PII scanner for a fixed set of kinds. Build once, share freely: it is
@@ -137,7 +139,9 @@ impl Scanner {
     pub fn new(kinds: &[Format]) -> Scanner {
         let mut enabled = [false; Format::ALL.len()];
         for kind in kinds {
-            enabled[kind_index(*kind)] = true;
+            if let Some(i) = Format::ALL.iter().position(|k| k == kind) {
+                enabled[i] = true;
+            }
         }
         Scanner {
             kinds: enabled,
@@ -183,7 +187,7 @@ impl Scanner {
                     .iter()
                     .map(|w| context::normalize(w))
                     .collect(),
-                format: detector.format,
+                format: detector.format.clone(),
             });
         }
         if !custom.is_empty() {
@@ -208,7 +212,10 @@ impl Scanner {
     }
 
     fn enabled(&self, kind: Format) -> bool {
-        self.kinds[kind_index(kind)]
+        Format::ALL
+            .iter()
+            .position(|&k| k == kind)
+            .is_some_and(|i| self.kinds[i])
     }
 
     fn custom_candidates(&self, text: &str, out: &mut Vec<detectors::Candidate>) {
@@ -230,9 +237,9 @@ impl Scanner {
                         continue;
                     }
                 }
-                if validate(custom.format, value).is_ok() {
+                if custom.format.validate(value).is_ok() {
                     out.push(detectors::Candidate {
-                        kind: custom.format,
+                        kind: custom.format.clone(),
                         start: m.start(),
                         end: m.end(),
                         priority: detectors::PRIORITY_CUSTOM,
@@ -265,11 +272,12 @@ fn custom_valid(validator: Validator, value: &str) -> bool {
     }
 }
 
-fn kind_index(kind: Format) -> usize {
-    Format::ALL
-        .iter()
-        .position(|&k| k == kind)
-        .unwrap_or(Format::ALL.len() - 1)
+/// The order of kinds among equal candidates: built-ins as in
+/// `Format::ALL`, then operator-defined formats.
+fn kind_index(kind: &TokenFormat) -> usize {
+    kind.builtin()
+        .and_then(|kind| Format::ALL.iter().position(|&k| k == kind))
+        .unwrap_or(Format::ALL.len())
 }
 
 /// Keeps the best of overlapping candidates: highest priority, then
@@ -280,7 +288,7 @@ fn resolve(mut candidates: Vec<detectors::Candidate>) -> Vec<Finding> {
             .cmp(&a.priority)
             .then((b.end - b.start).cmp(&(a.end - a.start)))
             .then(a.start.cmp(&b.start))
-            .then(kind_index(a.kind).cmp(&kind_index(b.kind)))
+            .then(kind_index(&a.kind).cmp(&kind_index(&b.kind)))
     });
     // Kept findings by start. They never overlap, so the only ones that
     // can overlap a new span are the last starting before its end and,

@@ -6,7 +6,13 @@ fn found(text: &str) -> Vec<(Format, &str)> {
     Scanner::all()
         .scan(text)
         .into_iter()
-        .map(|f| (f.kind, &text[f.start..f.end]))
+        .map(|f| {
+            let kind = f
+                .kind
+                .builtin()
+                .expect("built-in detectors find built-in kinds");
+            (kind, &text[f.start..f.end])
+        })
         .collect()
 }
 
@@ -57,7 +63,7 @@ fn custom_detectors() {
         pattern: r"EMP-\d{6}".into(),
         validator: Validator::None,
         context: vec!["сотрудник".into()],
-        format: Format::Opaque,
+        format: Format::Opaque.into(),
     };
     let scanner = Scanner::with_custom(&[], std::slice::from_ref(&custom)).expect("valid pattern");
     assert_eq!(scanner.scan("сотрудник EMP-123456").len(), 1);
@@ -105,7 +111,6 @@ mod props {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::token::formats::generate_token;
 
     static SCANNER: LazyLock<Scanner> = LazyLock::new(Scanner::all);
 
@@ -152,7 +157,7 @@ mod props {
             prop_assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end));
             prop_assert!(f.start >= last_end, "unsorted or overlapping: {findings:?}");
             last_end = f.end;
-            prop_assert!(validate(f.kind, &text[f.start..f.end]).is_ok());
+            prop_assert!(f.kind.validate(&text[f.start..f.end]).is_ok());
         }
         Ok(())
     }
@@ -332,7 +337,7 @@ mod props {
             };
             let text = format!("{before} {value} {after}");
             let start = before.len() + 1;
-            let expected = Finding { kind, start, end: start + value.len() };
+            let expected = Finding { kind: kind.into(), start, end: start + value.len() };
             prop_assert_eq!(SCANNER.scan(&text), vec![expected], "{}", text);
         }
 
@@ -355,7 +360,7 @@ mod props {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut redacted = text.clone();
             for f in findings.iter().rev() {
-                let token = generate_token(f.kind, &text[f.start..f.end], &mut rng)
+                let token = f.kind.generate_token(&text[f.start..f.end], &mut rng)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 redacted.replace_range(f.start..f.end, &token);
             }

@@ -37,7 +37,7 @@ use crate::store::rocks::{RocksOptions, RocksStore};
 use crate::store::{
     Conflict, InsertOutcome, NewToken, Store, StoreError, TokenRecord, TombstoneHasher,
 };
-use crate::token::formats::{self, Format};
+use crate::token::template::{self, Templates, TokenFormat};
 use erasure::SubjectLocks;
 
 /// How many times a batch is retried when its random tokens collide with
@@ -112,6 +112,9 @@ pub struct Vault {
     /// Every built-in detector, built once: RedactText filters its
     /// findings by the requested kinds.
     scanner: Scanner,
+    /// The operator-defined formats (`[[formats]]`): Tokenize takes their
+    /// names, RestoreText looks for their tokens.
+    templates: Arc<Templates>,
     /// Keyed hash of an erased token (the store's tombstone key).
     tombstone_hasher: TombstoneHasher,
     subject_locks: SubjectLocks,
@@ -124,9 +127,15 @@ impl Vault {
     /// Opens the configured store and key provider and loads (or, on first
     /// start, creates) the system key.
     pub async fn open(config: &Config, dev: bool) -> Result<Self, VaultError> {
-        // Built first: a bad [[detectors]] entry fails before any key work.
+        // Built first: a bad [[formats]] or [[detectors]] entry fails
+        // before any key work.
+        let templates = Arc::new(
+            config
+                .templates()
+                .map_err(|e| VaultError::InvalidArgument(e.to_string()))?,
+        );
         let scanner = config
-            .scanner()
+            .scanner_with(&templates)
             .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             VaultError::Internal(format!(
@@ -145,6 +154,9 @@ impl Vault {
         let mut vault =
             Self::with_parts(store, kek, config.cache.max_subjects, config.limits.clone()).await?;
         vault.scanner = scanner;
+        // Masked reveal finds a template by the stored format name.
+        template::install(&templates);
+        vault.templates = templates;
         let ledger_path = config.ledger_path();
         vault.ledger = Some(
             ErasureLedger::open(&ledger_path)
@@ -198,6 +210,7 @@ impl Vault {
             limits,
             kek_stats,
             scanner: Scanner::all(),
+            templates: Arc::new(Templates::default()),
             tombstone_hasher: Arc::new(move |token: &str| tombstone_key.mac(&[token.as_bytes()])),
             subject_locks: SubjectLocks::new(),
             ledger: None,
@@ -353,8 +366,14 @@ impl Vault {
     }
 
     fn max_token_bytes(&self) -> usize {
-        // The longest token is an email's: the value plus ".invalid".
-        self.limits.max_value_bytes + 16
+        // The longest built-in token is an email's: the value plus
+        // ".invalid". A template token has the value's characters, each
+        // drawn from an alphabet that may mix 1- and 4-byte characters.
+        if self.templates.is_empty() {
+            self.limits.max_value_bytes + 16
+        } else {
+            self.limits.max_value_bytes * 4
+        }
     }
 
     fn check_subject(&self, subject_id: &str) -> Result<(), VaultError> {
@@ -377,9 +396,11 @@ impl Vault {
         Ok(())
     }
 
-    fn check_item(&self, i: usize, item: &TokenizeItem) -> Result<Format, VaultError> {
+    fn check_item(&self, i: usize, item: &TokenizeItem) -> Result<TokenFormat, VaultError> {
         let invalid = |reason: String| VaultError::InvalidArgument(format!("items[{i}]: {reason}"));
-        let format = Format::from_name(&item.format)
+        let format = self
+            .templates
+            .format(&item.format)
             .ok_or_else(|| invalid(format!("unknown format {:?}", truncate(&item.format, 32))))?;
         let max = self.limits.max_value_bytes;
         if item.value.len() > max {
@@ -388,7 +409,9 @@ impl Vault {
         if item.ttl_seconds > MAX_TTL_SECONDS {
             return Err(invalid(format!("ttl_seconds is over {MAX_TTL_SECONDS}")));
         }
-        formats::validate(format, &item.value).map_err(|e| invalid(e.to_string()))?;
+        format
+            .validate(&item.value)
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(format)
     }
 
@@ -428,7 +451,7 @@ impl Vault {
         &self,
         mut pending: Vec<usize>,
         items: &[TokenizeItem],
-        formats: &[Format],
+        formats: &[TokenFormat],
         plan: &DeterministicPlan,
         keys: &SubjectKeys,
         subject: SubjectHash,
@@ -444,7 +467,7 @@ impl Vault {
                 .map(|&i| {
                     new_token(
                         &items[i],
-                        formats[i],
+                        &formats[i],
                         keys,
                         subject,
                         now,
@@ -635,7 +658,7 @@ struct DeterministicPlan {
 impl DeterministicPlan {
     fn new(
         items: &[TokenizeItem],
-        formats: &[Format],
+        formats: &[TokenFormat],
         keys: &SubjectKeys,
         subject: &SubjectHash,
     ) -> Self {
@@ -662,13 +685,14 @@ impl DeterministicPlan {
 
 fn new_token(
     item: &TokenizeItem,
-    format: Format,
+    format: &TokenFormat,
     keys: &SubjectKeys,
     subject: SubjectHash,
     now: i64,
     index_key: Option<IndexKey>,
 ) -> Result<NewToken, VaultError> {
-    let token = formats::generate_token(format, &item.value, &mut rand::rng())
+    let token = format
+        .generate_token(&item.value, &mut rand::rng())
         .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
     let aad = token_aad(&token, format.name(), &subject);
     let sealed = crypto::seal(keys.seal_key(), &aad, item.value.as_bytes())?;

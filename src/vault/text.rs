@@ -36,11 +36,16 @@
 //!   digits with single spaces, 15 to 34 characters;
 //! - email-shaped strings whose domain ends with `.invalid`, each possible
 //!   start of the local part;
-//! - `tok_` followed by 26 base32 characters (opaque tokens).
+//! - `tok_` followed by 26 base32 characters (opaque tokens);
+//! - every match of each `[[formats]]` template's pattern (leftmost,
+//!   non-overlapping), so operator-defined tokens are restored, and left
+//!   alone by redaction, also where no detector finds them.
 //!
 //! Limits: found tokens that overlap keep the longest (then the first);
-//! tokens of formats without a shape here (`text`, or operator-defined
-//! detectors' formats the scanner does not find again) are not restored; a
+//! tokens of formats without a shape here (`text`, a built-in format named
+//! by a `[[detectors]]` entry that the scanner does not find again, or a
+//! template token that the pattern's leftmost match runs into from the
+//! text before it) are not restored; a
 //! string of the text that happens to equal a stored token of any subject is
 //! taken for that token (tokens are random, so only text that holds a token
 //! copied from elsewhere does this); a token written with other separators
@@ -62,6 +67,7 @@ use crate::scan::spans::{splice, token_candidates, EMAIL_TOKEN_SUFFIX};
 use crate::scan::Finding;
 use crate::store::TokenRecord;
 use crate::token::formats::Format;
+use crate::token::template::{Templates, TokenFormat};
 
 /// Rescans of a preview with grown email tokens (see
 /// `Vault::found_after_growth`); one is enough unless a new finding is
@@ -80,7 +86,7 @@ pub struct Redacted {
 /// One value replaced by a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedactedFinding {
-    pub kind: Format,
+    pub kind: TokenFormat,
     /// UTF-8 byte offsets of the token in the redacted text.
     pub start: usize,
     pub end: usize,
@@ -115,7 +121,7 @@ impl Vault {
     ) -> Result<Redacted, VaultError> {
         self.check_subject(subject_id)?;
         self.check_text(text)?;
-        let kinds = parse_kinds(kinds)?;
+        let kinds = parse_kinds(kinds, &self.templates)?;
         let findings: Vec<Finding> = self
             .scanner
             .scan(text)
@@ -171,7 +177,7 @@ impl Vault {
             .zip(offsets)
             .zip(tokens)
             .map(|((f, (start, end)), token)| RedactedFinding {
-                kind: f.kind,
+                kind: f.kind.clone(),
                 start,
                 end,
                 token,
@@ -255,7 +261,7 @@ impl Vault {
         &self,
         text: &str,
         findings: &[Finding],
-        kinds: &[Format],
+        kinds: &[TokenFormat],
     ) -> Vec<Finding> {
         if !findings.iter().any(|f| f.kind == Format::Email) {
             return Vec::new();
@@ -287,7 +293,7 @@ impl Vault {
                     .map(|((s, e), (os, oe))| (e - s) - (oe - os))
                     .sum();
                 Finding {
-                    kind: f.kind,
+                    kind: f.kind.clone(),
                     start: f.start - shift,
                     end: f.end - shift,
                 }
@@ -314,6 +320,7 @@ impl Vault {
         extra: &[(usize, usize)],
     ) -> Result<Vec<FoundToken>, VaultError> {
         let mut spans = token_candidates(text);
+        spans.extend(self.templates.candidates(text));
         spans.extend_from_slice(extra);
         spans.sort_unstable();
         spans.dedup();
@@ -352,18 +359,19 @@ impl Vault {
     }
 }
 
-/// The formats named by `kinds`; an unknown name, or one without a
-/// detector, is `InvalidArgument` naming it.
-fn parse_kinds(kinds: &[String]) -> Result<Vec<Format>, VaultError> {
+/// The formats named by `kinds` (built-in or operator-defined, whose
+/// findings come from `[[detectors]]`); an unknown name, or a built-in one
+/// without a detector, is `InvalidArgument` naming it.
+fn parse_kinds(kinds: &[String], templates: &Templates) -> Result<Vec<TokenFormat>, VaultError> {
     kinds
         .iter()
         .enumerate()
         .map(|(i, name)| {
             let shown: String = name.chars().take(32).collect();
-            match Format::from_name(name) {
-                Some(Format::Text | Format::Opaque) => Err(VaultError::InvalidArgument(format!(
-                    "kinds[{i}]: {shown:?} has no detector"
-                ))),
+            match templates.format(name) {
+                Some(TokenFormat::Builtin(Format::Text | Format::Opaque)) => Err(
+                    VaultError::InvalidArgument(format!("kinds[{i}]: {shown:?} has no detector")),
+                ),
                 Some(format) => Ok(format),
                 None => Err(VaultError::InvalidArgument(format!(
                     "kinds[{i}]: unknown kind {shown:?}"
@@ -400,11 +408,12 @@ mod tests {
     #[test]
     fn kinds_are_checked_by_name() {
         assert_eq!(
-            parse_kinds(&["card".into(), "phone".into()]).unwrap(),
-            vec![Format::Card, Format::Phone]
+            parse_kinds(&["card".into(), "phone".into()], &Templates::default()).unwrap(),
+            vec![TokenFormat::from(Format::Card), Format::Phone.into()]
         );
-        let error = parse_kinds(&["card".into(), "cardz".into()]).unwrap_err();
+        let error =
+            parse_kinds(&["card".into(), "cardz".into()], &Templates::default()).unwrap_err();
         assert!(error.to_string().contains("kinds[1]") && error.to_string().contains("cardz"));
-        assert!(parse_kinds(&["opaque".into()]).is_err());
+        assert!(parse_kinds(&["opaque".into()], &Templates::default()).is_err());
     }
 }

@@ -5,9 +5,9 @@
 #![allow(dead_code)]
 
 pub mod bao;
+pub mod postgres;
 pub mod rawh2;
 pub mod tmpfs;
-pub mod postgres;
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};

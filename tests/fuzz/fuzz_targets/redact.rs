@@ -4,7 +4,9 @@
 //! it may panic; the spliced text must hold each token exactly at the
 //! offsets `splice` reports (they are the `Finding.start/end` of the
 //! response), with the text between findings unchanged; and every
-//! candidate span must be in bounds and on char boundaries.
+//! candidate span (of the built-in formats and of the operator-defined
+//! template a custom detector uses) must be in bounds and on char
+//! boundaries.
 
 #![no_main]
 
@@ -23,11 +25,37 @@ mod scan;
 #[path = "../../../src/token/mod.rs"]
 mod token;
 
-use scan::spans::{splice, token_candidates};
-use scan::Scanner;
-use token::formats::generate_token;
+use std::collections::BTreeMap;
 
-static SCANNER: LazyLock<Scanner> = LazyLock::new(Scanner::all);
+use scan::spans::{splice, token_candidates};
+use scan::{CustomDetector, Scanner, Validator};
+use token::formats::Format;
+use token::template::{TemplateSpec, Templates, TokenFormat};
+
+/// One operator-defined format, as `[[formats]]` would give it.
+static TEMPLATES: LazyLock<Templates> = LazyLock::new(|| {
+    let spec = TemplateSpec {
+        name: "fuzz_fmt".into(),
+        pattern: r"LC-(\d{4})-([A-Z]{2})".into(),
+        alphabets: vec!["numeric".into(), "alpha_upper".into()],
+        keep: vec![],
+    };
+    Templates::new(&[spec], &BTreeMap::new()).expect("a valid template")
+});
+
+/// Every built-in detector and a `[[detectors]]` entry for the template.
+static SCANNER: LazyLock<Scanner> = LazyLock::new(|| {
+    let format = TEMPLATES.format("fuzz_fmt").expect("configured");
+    assert!(matches!(format, TokenFormat::Template(_)));
+    let detector = CustomDetector {
+        name: "fuzz".into(),
+        pattern: r"\bLC-\d{4}-[A-Z]{2}\b".into(),
+        validator: Validator::None,
+        context: Vec::new(),
+        format,
+    };
+    Scanner::with_custom(&Format::ALL, &[detector]).expect("a valid detector")
+});
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -39,7 +67,8 @@ fuzz_target!(|data: &[u8]| {
     let tokens: Vec<String> = findings
         .iter()
         .map(|f| {
-            generate_token(f.kind, &text[f.start..f.end], &mut rng)
+            f.kind
+                .generate_token(&text[f.start..f.end], &mut rng)
                 .expect("a finding validates, so it has a token")
         })
         .collect();
@@ -61,7 +90,9 @@ fuzz_target!(|data: &[u8]| {
     }
     original_kept.push_str(&text[at..]);
     assert_eq!(kept, original_kept, "text outside the findings changed");
-    for (start, end) in token_candidates(&redacted) {
+    let mut candidates = token_candidates(&redacted);
+    candidates.extend(TEMPLATES.candidates(&redacted));
+    for (start, end) in candidates {
         assert!(start < end && end <= redacted.len(), "candidate out of bounds");
         assert!(redacted.is_char_boundary(start) && redacted.is_char_boundary(end));
     }

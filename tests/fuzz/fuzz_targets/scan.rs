@@ -23,7 +23,6 @@ mod scan;
 mod token;
 
 use scan::{Finding, Scanner};
-use token::formats::{generate_token, validate};
 
 static SCANNER: LazyLock<Scanner> = LazyLock::new(Scanner::all);
 
@@ -35,7 +34,7 @@ fn check(text: &str, findings: &[Finding]) {
         assert!(f.start >= last_end, "unsorted or overlapping");
         last_end = f.end;
         assert!(
-            validate(f.kind, &text[f.start..f.end]).is_ok(),
+            f.kind.validate(&text[f.start..f.end]).is_ok(),
             "{:?} does not validate",
             f.kind
         );
@@ -51,7 +50,9 @@ fuzz_target!(|data: &[u8]| {
     let mut rng = StdRng::seed_from_u64(data.len() as u64);
     let mut redacted = text.to_owned();
     for f in findings.iter().rev() {
-        let token = generate_token(f.kind, &text[f.start..f.end], &mut rng)
+        let token = f
+            .kind
+            .generate_token(&text[f.start..f.end], &mut rng)
             .expect("a finding validates, so it has a token");
         redacted.replace_range(f.start..f.end, &token);
     }

@@ -1,0 +1,953 @@
+//! Operator-defined token formats (`[[formats]]` in the config), like
+//! Vault Transform templates: a regex whose capture groups are the secret
+//! parts, and an alphabet per group.
+//!
+//! This module owns [`Template`] (one compiled format), [`Templates`] (the
+//! configured set, looked up by name) and [`TokenFormat`], the format a
+//! value is tokenized with: a built-in [`Format`] or a template.
+//!
+//! A value of a template matches its whole `pattern`, and every character
+//! inside a capture group belongs to that group's alphabet. Its token
+//! replaces each character of each group by a character drawn from the
+//! group's alphabet with the caller's CSPRNG; groups named in `keep` and
+//! everything outside the groups (the fixed parts: prefixes, separators)
+//! are copied. So the token has the value's length in characters, the same
+//! fixed parts at the same places and the same alphabet at each position.
+//! A draw that equals the value or no longer matches the pattern is thrown
+//! away and redrawn (rejection sampling, as in `formats`).
+//!
+//! Patterns are checked when the config is loaded: they compile, have at
+//! least one group, match no empty string, and have no nested or repeated
+//! group (a repeated group captures only its last repetition, so the other
+//! repetitions would be copied into the token as if they were fixed parts).
+//! Whatever the pattern matches outside the groups IS copied: operators
+//! must put every secret character inside a group (README, `[[formats]]`).
+//!
+//! It must never: put any part of a value into an error ([`TemplateError`]
+//! carries only names and indices from the configuration); compute a token
+//! from a value; panic, whatever the input; or look at the vault.
+//!
+//! Masked reveal of a template value ([`Template::mask`]) shows the fixed
+//! parts and the kept groups, and `•` for every other group character. The
+//! policy module finds the template by the stored format name among the
+//! templates the server installed at start-up ([`install`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+use rand::Rng;
+use regex::{Regex, RegexBuilder};
+
+use super::formats::{self, Format, FormatError};
+
+/// Draws before a template gives up (see [`TemplateError::NoToken`]). A
+/// draw is rejected when it equals the value (at most 1/2 for the smallest
+/// allowed space) or fails the pattern.
+const MAX_DRAWS: usize = 64;
+/// Size limit of a template's compiled regex.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Longest format or alphabet name.
+const MAX_NAME_CHARS: usize = 64;
+/// What a masked group character shows (as `policy::mask::MASK`).
+const MASK: char = '•';
+
+/// The built-in alphabets, by name.
+const BUILTIN_ALPHABETS: [(&str, &str); 11] = [
+    ("numeric", "0123456789"),
+    ("alpha_upper", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+    ("alpha_lower", "abcdefghijklmnopqrstuvwxyz"),
+    (
+        "alpha",
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    ),
+    (
+        "alphanumeric",
+        "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    ),
+    ("alphanumeric_upper", "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+    ("alphanumeric_lower", "0123456789abcdefghijklmnopqrstuvwxyz"),
+    ("hex_upper", "0123456789ABCDEF"),
+    ("hex_lower", "0123456789abcdef"),
+    ("cyrillic_upper", "АБВГДЕЁЖЗИЙКЛМНОПРСТУФХЦЧШЩЪЫЬЭЮЯ"),
+    ("cyrillic_lower", "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"),
+];
+
+/// The names of the built-in alphabets, for the README and errors.
+pub fn builtin_alphabet_names() -> impl Iterator<Item = &'static str> {
+    BUILTIN_ALPHABETS.iter().map(|(name, _)| *name)
+}
+
+/// One `[[formats]]` entry as configured, before compiling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateSpec {
+    pub name: String,
+    /// A `regex` crate pattern; the whole value must match it.
+    pub pattern: String,
+    /// Alphabet names: one for every group, or one per group in order.
+    pub alphabets: Vec<String>,
+    /// 1-based numbers of the groups copied into the token unchanged.
+    pub keep: Vec<usize>,
+}
+
+/// Why a template could not be built. Names the format and the problem,
+/// from configuration only.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// A `[[formats]]` entry, by name.
+    #[error("format {name:?}: {reason}")]
+    Invalid { name: String, reason: String },
+    /// An `[alphabets]` entry (the reason names it).
+    #[error("alphabets: {reason}")]
+    Alphabet { reason: String },
+}
+
+/// Why a value is not acceptable for its format, or has no token.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ValueError {
+    /// A built-in format's rule.
+    #[error(transparent)]
+    Builtin(#[from] FormatError),
+    /// The value does not match the template's pattern.
+    #[error("value does not match the pattern of format {format:?}")]
+    NoMatch { format: String },
+    /// A character of a group is not in the group's alphabet.
+    #[error("value has a character outside the alphabet of group {group} of format {format:?}")]
+    OutsideAlphabet { format: String, group: usize },
+    /// No draw gave a token that matches the pattern and differs from the
+    /// value: the pattern constrains a group more than its alphabet does,
+    /// or every group is too small.
+    #[error("format {format:?} draws no token for this value that differs from it and matches its pattern (the value's replaced groups are absent or too small, or the pattern accepts less than their alphabets)")]
+    NoToken { format: String },
+}
+
+/// A compiled `[[formats]]` entry.
+pub struct Template {
+    name: String,
+    /// `^(?:pattern)$`: what a value must match.
+    whole: Regex,
+    /// The pattern as written, to find tokens in text.
+    search: Regex,
+    /// Per capture group (index 0 is group 1).
+    groups: Vec<Group>,
+}
+
+struct Group {
+    alphabet: Arc<[char]>,
+    kept: bool,
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Template")
+            .field("name", &self.name)
+            .field("pattern", &self.search.as_str())
+            .finish()
+    }
+}
+
+// Names are unique among the configured templates: a template is its name.
+impl PartialEq for Template {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for Template {}
+impl Hash for Template {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl Template {
+    /// Compiles `spec` with the built-in alphabets and the operator's
+    /// `alphabets` (name → characters).
+    ///
+    /// # Errors
+    ///
+    /// [`TemplateError`] naming the format and what is wrong.
+    pub fn new(
+        spec: &TemplateSpec,
+        alphabets: &BTreeMap<String, String>,
+    ) -> Result<Template, TemplateError> {
+        let invalid = |reason: String| TemplateError::Invalid {
+            name: spec.name.clone(),
+            reason,
+        };
+        check_name(&spec.name).map_err(|r| invalid(r.to_string()))?;
+        if Format::from_name(&spec.name).is_some() {
+            return Err(invalid("the name is a built-in format's".into()));
+        }
+        if spec.pattern.is_empty() {
+            return Err(invalid("pattern is empty".into()));
+        }
+        let compile = |pattern: &str| {
+            RegexBuilder::new(pattern)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| invalid(format!("invalid pattern: {e}")))
+        };
+        let search = compile(&spec.pattern)?;
+        let whole = compile(&format!("^(?:{})$", spec.pattern))?;
+        if search.is_match("") {
+            return Err(invalid("pattern matches the empty string".into()));
+        }
+        check_group_structure(&spec.pattern).map_err(|r| invalid(r.to_string()))?;
+        let count = search.captures_len() - 1;
+        if count == 0 {
+            return Err(invalid(
+                "pattern has no capture group: nothing would be replaced".into(),
+            ));
+        }
+        let names: Vec<&String> = match spec.alphabets.len() {
+            1 => vec![&spec.alphabets[0]; count],
+            n if n == count => spec.alphabets.iter().collect(),
+            n => {
+                return Err(invalid(format!(
+                    "alphabets has {n} entries; give one, or one per group ({count})"
+                )))
+            }
+        };
+        if let Some(bad) = spec.keep.iter().find(|&&k| k == 0 || k > count) {
+            return Err(invalid(format!(
+                "keep names group {bad}; groups are numbered 1 to {count}"
+            )));
+        }
+        let mut groups = Vec::with_capacity(count);
+        for (i, name) in names.into_iter().enumerate() {
+            groups.push(Group {
+                alphabet: resolve_alphabet(name, alphabets).map_err(invalid)?,
+                kept: spec.keep.contains(&(i + 1)),
+            });
+        }
+        if groups.iter().all(|g| g.kept) {
+            return Err(invalid(
+                "keep names every group: tokens would equal their values".into(),
+            ));
+        }
+        Ok(Template {
+            name: spec.name.clone(),
+            whole,
+            search,
+            groups,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checks that `value` is a value of this template.
+    ///
+    /// # Errors
+    ///
+    /// [`ValueError`] naming the format (and group), never the value.
+    pub fn validate(&self, value: &str) -> Result<(), ValueError> {
+        self.spans(value).map(drop)
+    }
+
+    /// A fresh random token for a valid value (validates first).
+    ///
+    /// # Errors
+    ///
+    /// As [`Template::validate`]; [`ValueError::NoToken`] when no draw
+    /// matches the pattern.
+    pub fn generate_token<R: Rng + ?Sized>(
+        &self,
+        value: &str,
+        rng: &mut R,
+    ) -> Result<String, ValueError> {
+        let spans = self.spans(value)?;
+        for _ in 0..MAX_DRAWS {
+            let token = self.draw(value, &spans, rng);
+            if token != value && self.whole.is_match(&token) {
+                return Ok(token);
+            }
+        }
+        Err(ValueError::NoToken {
+            format: self.name.clone(),
+        })
+    }
+
+    /// `value` masked: fixed parts and kept groups shown, every other group
+    /// character `•`. A value that no longer matches (the template was
+    /// changed since it was stored) shows nothing.
+    pub fn mask(&self, value: &str) -> Option<String> {
+        let spans = self.spans(value).ok()?;
+        Some(self.rebuild(value, &spans, |_| MASK))
+    }
+
+    /// Byte spans in `text` shaped like this template's values (and so its
+    /// tokens): the pattern's leftmost non-overlapping matches.
+    pub fn candidates(&self, text: &str, out: &mut Vec<(usize, usize)>) {
+        out.extend(
+            self.search
+                .find_iter(text)
+                .filter(|m| !m.is_empty())
+                .map(|m| (m.start(), m.end())),
+        );
+    }
+
+    /// The byte spans of the participating groups (with their group
+    /// index), sorted, after checking the value's characters.
+    fn spans(&self, value: &str) -> Result<Vec<(usize, usize, usize)>, ValueError> {
+        if value.is_empty() {
+            return Err(FormatError::Empty.into());
+        }
+        let captures = self
+            .whole
+            .captures(value)
+            .ok_or_else(|| ValueError::NoMatch {
+                format: self.name.clone(),
+            })?;
+        let mut spans = Vec::with_capacity(self.groups.len());
+        for (i, group) in self.groups.iter().enumerate() {
+            let Some(m) = captures.get(i + 1) else {
+                continue;
+            };
+            if !m.as_str().chars().all(|c| group.alphabet.contains(&c)) {
+                return Err(ValueError::OutsideAlphabet {
+                    format: self.name.clone(),
+                    group: i + 1,
+                });
+            }
+            spans.push((m.start(), m.end(), i));
+        }
+        spans.sort_unstable();
+        // Nested groups are refused at load time; this keeps a pattern
+        // the check missed from splicing overlapping spans.
+        if spans.windows(2).any(|w| w[0].1 > w[1].0) {
+            return Err(ValueError::NoMatch {
+                format: self.name.clone(),
+            });
+        }
+        Ok(spans)
+    }
+
+    fn draw<R: Rng + ?Sized>(
+        &self,
+        value: &str,
+        spans: &[(usize, usize, usize)],
+        rng: &mut R,
+    ) -> String {
+        self.rebuild(value, spans, |alphabet| {
+            alphabet[rng.random_range(0..alphabet.len())]
+        })
+    }
+
+    /// `value` with every character of every unkept group in `spans`
+    /// replaced by `replace(group's alphabet)`.
+    fn rebuild(
+        &self,
+        value: &str,
+        spans: &[(usize, usize, usize)],
+        mut replace: impl FnMut(&[char]) -> char,
+    ) -> String {
+        let mut out = String::with_capacity(value.len() + 8);
+        let mut at = 0;
+        for &(start, end, group) in spans {
+            let Some(group) = self.groups.get(group) else {
+                continue;
+            };
+            out.push_str(&value[at..start]);
+            let part = &value[start..end];
+            if group.kept {
+                out.push_str(part);
+            } else {
+                out.extend(part.chars().map(|_| replace(&group.alphabet)));
+            }
+            at = end;
+        }
+        out.push_str(&value[at..]);
+        out
+    }
+}
+
+/// The configured templates, by name.
+#[derive(Debug, Default)]
+pub struct Templates {
+    list: Vec<Arc<Template>>,
+    by_name: HashMap<String, Arc<Template>>,
+}
+
+impl Templates {
+    /// Compiles every spec.
+    ///
+    /// # Errors
+    ///
+    /// The first bad spec's [`TemplateError`], or a name given twice, or an
+    /// operator alphabet that is bad or shadows a built-in one.
+    pub fn new(
+        specs: &[TemplateSpec],
+        alphabets: &BTreeMap<String, String>,
+    ) -> Result<Templates, TemplateError> {
+        for (name, chars) in alphabets {
+            check_alphabet(name, chars).map_err(|reason| TemplateError::Alphabet { reason })?;
+        }
+        let mut templates = Templates::default();
+        for spec in specs {
+            let template = Arc::new(Template::new(spec, alphabets)?);
+            if templates.by_name.contains_key(&spec.name) {
+                return Err(TemplateError::Invalid {
+                    name: spec.name.clone(),
+                    reason: "the name is used twice".into(),
+                });
+            }
+            templates
+                .by_name
+                .insert(spec.name.clone(), Arc::clone(&template));
+            templates.list.push(template);
+        }
+        Ok(templates)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Template>> {
+        self.by_name.get(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The format named `name`: a built-in one, else a template.
+    pub fn format(&self, name: &str) -> Option<TokenFormat> {
+        match Format::from_name(name) {
+            Some(format) => Some(TokenFormat::Builtin(format)),
+            None => self.get(name).cloned().map(TokenFormat::Template),
+        }
+    }
+
+    /// Spans of `text` shaped like a value of any template (see
+    /// [`Template::candidates`]). May overlap.
+    pub fn candidates(&self, text: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for template in &self.list {
+            template.candidates(text, &mut out);
+        }
+        out
+    }
+}
+
+/// A format a value is tokenized with.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TokenFormat {
+    Builtin(Format),
+    Template(Arc<Template>),
+}
+
+impl From<Format> for TokenFormat {
+    fn from(format: Format) -> Self {
+        TokenFormat::Builtin(format)
+    }
+}
+
+impl PartialEq<Format> for TokenFormat {
+    fn eq(&self, other: &Format) -> bool {
+        *self == TokenFormat::Builtin(*other)
+    }
+}
+
+impl fmt::Display for TokenFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl TokenFormat {
+    /// The name used on the wire, in configuration and in stored records.
+    pub fn name(&self) -> &str {
+        match self {
+            TokenFormat::Builtin(format) => format.name(),
+            TokenFormat::Template(template) => template.name(),
+        }
+    }
+
+    /// The built-in format, if it is one.
+    pub fn builtin(&self) -> Option<Format> {
+        match self {
+            TokenFormat::Builtin(format) => Some(*format),
+            TokenFormat::Template(_) => None,
+        }
+    }
+
+    /// See [`formats::validate`] and [`Template::validate`].
+    ///
+    /// # Errors
+    ///
+    /// [`ValueError`] without any part of the value.
+    pub fn validate(&self, value: &str) -> Result<(), ValueError> {
+        match self {
+            TokenFormat::Builtin(format) => Ok(formats::validate(*format, value)?),
+            TokenFormat::Template(template) => template.validate(value),
+        }
+    }
+
+    /// See [`formats::generate_token`] and [`Template::generate_token`].
+    ///
+    /// # Errors
+    ///
+    /// As [`TokenFormat::validate`], and [`ValueError::NoToken`].
+    pub fn generate_token<R: Rng + ?Sized>(
+        &self,
+        value: &str,
+        rng: &mut R,
+    ) -> Result<String, ValueError> {
+        match self {
+            TokenFormat::Builtin(format) => Ok(formats::generate_token(*format, value, rng)?),
+            TokenFormat::Template(template) => template.generate_token(value, rng),
+        }
+    }
+}
+
+/// The templates the server runs with, by name, for masking stored values
+/// by their format name (the policy module sees only names). Filled at
+/// start-up by the vault. Installing adds (a name installed again is
+/// replaced) and never removes: tests open several vaults in one process.
+static INSTALLED: RwLock<Option<HashMap<String, Arc<Template>>>> = RwLock::new(None);
+
+/// Makes `templates` findable by [`installed`].
+pub fn install(templates: &Templates) {
+    if let Ok(mut slot) = INSTALLED.write() {
+        let map = slot.get_or_insert_with(HashMap::new);
+        for template in &templates.list {
+            map.insert(template.name.clone(), Arc::clone(template));
+        }
+    }
+}
+
+/// The installed template named `name`.
+pub fn installed(name: &str) -> Option<Arc<Template>> {
+    let slot = INSTALLED.read().ok()?;
+    slot.as_ref()?.get(name).cloned()
+}
+
+fn check_name(name: &str) -> Result<(), &'static str> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= MAX_NAME_CHARS
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err("the name must be 1 to 64 characters of a-z, 0-9, '_' and '-'")
+    }
+}
+
+fn check_alphabet(name: &str, chars: &str) -> Result<(), String> {
+    if builtin_alphabet_names().any(|b| b == name) {
+        return Err(format!("alphabet {name:?} is a built-in alphabet's name"));
+    }
+    check_name(name).map_err(|r| format!("alphabet {name:?}: {r}"))?;
+    let mut seen: Vec<char> = chars.chars().collect();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() < 2 {
+        return Err(format!(
+            "alphabet {name:?} needs at least 2 different characters"
+        ));
+    }
+    Ok(())
+}
+
+/// The characters of the alphabet named `name`, sorted and distinct.
+fn resolve_alphabet(
+    name: &str,
+    alphabets: &BTreeMap<String, String>,
+) -> Result<Arc<[char]>, String> {
+    let chars = BUILTIN_ALPHABETS
+        .iter()
+        .find(|(builtin, _)| *builtin == name)
+        .map(|(_, chars)| *chars)
+        .or_else(|| alphabets.get(name).map(String::as_str))
+        .ok_or_else(|| {
+            format!(
+                "unknown alphabet {name:?} (built-in: {}; or define it under [alphabets])",
+                builtin_alphabet_names().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+    let mut set: Vec<char> = chars.chars().collect();
+    set.sort_unstable();
+    set.dedup();
+    if set.len() < 2 {
+        return Err(format!(
+            "alphabet {name:?} needs at least 2 different characters"
+        ));
+    }
+    Ok(set.into())
+}
+
+/// Refuses nested capture groups and repeated groups (a capture group, or
+/// a group holding one, followed by `*`, `+` or `{n,m}` with m above 1):
+/// the regex reports only a repeated group's last repetition, so the
+/// others would be copied into the token. An optional group (`?`,
+/// `{0,1}`) captures at most once and is fine. `pattern` already compiles.
+fn check_group_structure(pattern: &str) -> Result<(), &'static str> {
+    struct Frame {
+        capture: bool,
+        holds_capture: bool,
+    }
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut class_depth = 0usize;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' {
+            i += 2;
+            continue;
+        }
+        if class_depth > 0 {
+            match c {
+                '[' => class_depth += 1,
+                ']' => class_depth -= 1,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            '[' => {
+                class_depth = 1;
+                // A `]` first in a class (after an optional `^`) is literal.
+                i += 1;
+                if chars.get(i) == Some(&'^') {
+                    i += 1;
+                }
+                if chars.get(i) == Some(&']') {
+                    i += 1;
+                }
+                continue;
+            }
+            '(' => {
+                let capture = chars.get(i + 1) != Some(&'?')
+                    || matches!(
+                        (chars.get(i + 2), chars.get(i + 3)),
+                        (Some('P'), Some('<')) | (Some('<'), _)
+                    );
+                if capture && stack.iter().any(|f| f.capture) {
+                    return Err("a capture group inside another is not allowed; use (?:...) for the inner one");
+                }
+                stack.push(Frame {
+                    capture,
+                    holds_capture: false,
+                });
+            }
+            ')' => {
+                let Some(frame) = stack.pop() else {
+                    return Ok(());
+                };
+                let holds = frame.capture || frame.holds_capture;
+                if let Some(parent) = stack.last_mut() {
+                    parent.holds_capture |= holds;
+                }
+                if holds && repeats(&chars[i + 1..]) {
+                    return Err("a repeated capture group captures only its last repetition; put the repetition inside the group, as in (\\d{4})");
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Whether the quantifier at the start of `rest` (if any) allows more
+/// than one repetition.
+fn repeats(rest: &[char]) -> bool {
+    match rest.first() {
+        Some('*' | '+') => true,
+        Some('{') => {
+            let body: String = rest[1..].iter().take_while(|&&c| c != '}').collect();
+            let max = body.rsplit(',').next().unwrap_or("").trim();
+            // `{n,}` is unbounded; `{n}` and `{n,m}` repeat up to their last
+            // number.
+            max.is_empty() || max.parse::<u32>().map_or(true, |m| m > 1)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn spec(name: &str, pattern: &str, alphabets: &[&str], keep: &[usize]) -> TemplateSpec {
+        TemplateSpec {
+            name: name.into(),
+            pattern: pattern.into(),
+            alphabets: alphabets.iter().map(|a| a.to_string()).collect(),
+            keep: keep.to_vec(),
+        }
+    }
+
+    fn loyalty() -> Template {
+        Template::new(
+            &spec(
+                "loyalty_card",
+                r"LC-(\d{4})-(\d{4})-([A-Z]{2})",
+                &["numeric", "numeric", "alpha_upper"],
+                &[1],
+            ),
+            &BTreeMap::new(),
+        )
+        .expect("valid")
+    }
+
+    fn error(spec: &TemplateSpec, alphabets: &BTreeMap<String, String>) -> String {
+        Templates::new(std::slice::from_ref(spec), alphabets)
+            .expect_err("invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn bad_templates_are_refused_with_the_format_named() {
+        let none = BTreeMap::new();
+        for (spec, expected) in [
+            (spec("f", r"(\d{4", &["numeric"], &[]), "invalid pattern"),
+            (spec("f", "", &["numeric"], &[]), "pattern is empty"),
+            (spec("f", r"(\d*)", &["numeric"], &[]), "empty string"),
+            (
+                spec("f", r"ID-\d{4}", &["numeric"], &[]),
+                "no capture group",
+            ),
+            (
+                spec("f", r"(\d{4})", &["digits"], &[]),
+                "unknown alphabet \"digits\"",
+            ),
+            (
+                spec("card", r"(\d{4})", &["numeric"], &[]),
+                "built-in format",
+            ),
+            (spec("", r"(\d{4})", &["numeric"], &[]), "the name must be"),
+            (spec("f", r"(\d{4})", &["numeric"], &[1]), "every group"),
+            (
+                spec("f", r"(\d{4})", &["numeric"], &[2]),
+                "keep names group 2",
+            ),
+            (
+                spec("f", r"(\d)-(\d)", &["numeric", "numeric", "alpha"], &[]),
+                "alphabets has 3 entries",
+            ),
+            (spec("f", r"(\d(\d))", &["numeric"], &[]), "inside another"),
+            (
+                spec("f", r"(\d)+", &["numeric"], &[]),
+                "repeated capture group",
+            ),
+            (
+                spec("f", r"(?:(\d)-){3}", &["numeric"], &[]),
+                "repeated capture group",
+            ),
+            (
+                spec("f", r"(\d){1,}", &["numeric"], &[]),
+                "repeated capture group",
+            ),
+        ] {
+            let message = error(&spec, &none);
+            let named = format!("format {:?}", spec.name);
+            assert!(message.contains(expected), "{message}");
+            assert!(message.starts_with(&named), "{message}");
+        }
+        let twice = spec("f", r"(\d{4})", &["numeric"], &[]);
+        let message = Templates::new(&[twice.clone(), twice], &none)
+            .expect_err("a name twice")
+            .to_string();
+        assert!(
+            message.contains("\"f\"") && message.contains("twice"),
+            "{message}"
+        );
+        let tiny = BTreeMap::from([("one".to_string(), "xx".to_string())]);
+        let message = error(&spec("f", r"(x{4})", &["one"], &[]), &tiny);
+        assert!(
+            message.contains("\"one\"") && message.contains("2 different"),
+            "{message}"
+        );
+        let shadow = BTreeMap::from([("numeric".to_string(), "ab".to_string())]);
+        assert!(error(&spec("f", r"([ab]{4})", &["numeric"], &[]), &shadow)
+            .contains("built-in alphabet"));
+    }
+
+    #[test]
+    fn classes_and_escaped_parens_are_not_groups() {
+        let none = BTreeMap::new();
+        // `(` inside a class and `\(` are literals; the one group is fine.
+        Template::new(&spec("f", r"[(]\((\d{3})\)[)\]]", &["numeric"], &[]), &none)
+            .expect("one group");
+        Template::new(&spec("f", r"(?i:x)-(?P<n>\d{3})", &["numeric"], &[]), &none)
+            .expect("a flag group and a named group");
+        // Optional groups capture at most once.
+        let t = Template::new(
+            &spec(
+                "f",
+                r"(\d{2})(?:/([A-Z]{2}))?-(\d){0,1}x",
+                &["numeric", "alpha_upper", "numeric"],
+                &[],
+            ),
+            &none,
+        )
+        .expect("optional groups");
+        let mut rng = StdRng::seed_from_u64(3);
+        let token = t.generate_token("12-x", &mut rng).expect("token");
+        assert!(token.len() == 4 && token.ends_with("-x") && token != "12-x");
+    }
+
+    #[test]
+    fn values_are_checked_against_pattern_and_alphabets() {
+        let t = loyalty();
+        t.validate("LC-1234-5678-AB").expect("valid");
+        for (value, expected) in [
+            ("", "value is empty"),
+            (
+                "LC-1234-5678-A",
+                "does not match the pattern of format \"loyalty_card\"",
+            ),
+            ("XLC-1234-5678-AB", "does not match"),
+            ("LC-1234-5678-ABC", "does not match"),
+        ] {
+            let message = t.validate(value).expect_err(value).to_string();
+            assert!(message.contains(expected), "{message}");
+        }
+        // The pattern allows it but the group's alphabet does not.
+        let t = Template::new(&spec("f", r"(\w{4})", &["numeric"], &[]), &BTreeMap::new())
+            .expect("valid");
+        let message = t.validate("12a4").expect_err("letter").to_string();
+        assert!(
+            message.contains("outside the alphabet of group 1"),
+            "{message}"
+        );
+        assert!(!message.contains("12a4"));
+    }
+
+    #[test]
+    fn operator_alphabets_and_unicode_keep_character_length() {
+        let alphabets = BTreeMap::from([("vowels".to_string(), "аеиоуэюя".to_string())]);
+        let t = Template::new(
+            &spec("f", r"№([аеиоуэюя]{3})", &["vowels"], &[]),
+            &alphabets,
+        )
+        .expect("valid");
+        let mut rng = StdRng::seed_from_u64(7);
+        let token = t.generate_token("№ааа", &mut rng).expect("token");
+        assert_eq!(token.chars().count(), 4);
+        assert!(token.starts_with('№'));
+        assert!(token.chars().skip(1).all(|c| "аеиоуэюя".contains(c)));
+    }
+
+    #[test]
+    fn a_pattern_stricter_than_its_alphabet_gets_tokens_that_match_or_none() {
+        let none = BTreeMap::new();
+        // Tokens must start with 9 like the values: drawn until they do.
+        let t = Template::new(&spec("f", r"(9\d{5})", &["numeric"], &[]), &none).expect("ok");
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..50 {
+            let token = t.generate_token("912345", &mut rng).expect("token");
+            assert!(token.starts_with('9') && token != "912345");
+        }
+        // No digit string but this one matches: refused, not looped.
+        let t = Template::new(&spec("f", r"(12345678)", &["numeric"], &[]), &none).expect("ok");
+        let message = t
+            .generate_token("12345678", &mut rng)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("draws no token"), "{message}");
+    }
+
+    #[test]
+    fn masks_show_fixed_parts_and_kept_groups_only() {
+        let t = loyalty();
+        assert_eq!(
+            t.mask("LC-1234-5678-AB").as_deref(),
+            Some("LC-1234-••••-••")
+        );
+        assert_eq!(t.mask("not a value"), None);
+    }
+
+    #[test]
+    fn candidates_find_values_in_text_and_formats_resolve_by_name() {
+        let templates = Templates::new(
+            &[spec(
+                "loyalty_card",
+                r"LC-(\d{4})-(\d{4})-([A-Z]{2})",
+                &["alphanumeric_upper"],
+                &[],
+            )],
+            &BTreeMap::new(),
+        )
+        .expect("valid");
+        let text = "карта LC-1234-5678-AB и LC-0000-1111-ZZ.";
+        let found: Vec<&str> = templates
+            .candidates(text)
+            .into_iter()
+            .map(|(s, e)| &text[s..e])
+            .collect();
+        assert_eq!(found, ["LC-1234-5678-AB", "LC-0000-1111-ZZ"]);
+        assert_eq!(
+            templates.format("card"),
+            Some(TokenFormat::Builtin(Format::Card))
+        );
+        assert_eq!(
+            templates
+                .format("loyalty_card")
+                .map(|f| f.name().to_string()),
+            Some("loyalty_card".into())
+        );
+        assert_eq!(templates.format("loyalty"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn tokens_keep_fixed_parts_kept_groups_and_alphabets(
+            a in "[0-9]{4}", b in "[0-9]{4}", c in "[A-Z]{2}", seed in any::<u64>(),
+        ) {
+            let t = loyalty();
+            let value = format!("LC-{a}-{b}-{c}");
+            let mut rng = StdRng::seed_from_u64(seed);
+            let token = t.generate_token(&value, &mut rng).expect("token");
+            prop_assert_ne!(&token, &value);
+            prop_assert_eq!(token.len(), value.len());
+            t.validate(&token).expect("a token is a value of its format");
+            // Fixed parts and the kept group 1 are copied.
+            prop_assert_eq!(&token[..8], &value[..8]);
+            prop_assert_eq!(&token[12..13], "-");
+            prop_assert!(token[8..12].bytes().all(|x| x.is_ascii_digit()));
+            prop_assert!(token[13..].bytes().all(|x| x.is_ascii_uppercase()));
+        }
+
+        #[test]
+        fn tokens_never_equal_even_tiny_values(v in "[01]", seed in any::<u64>()) {
+            let alphabets = BTreeMap::from([("bit".to_string(), "01".to_string())]);
+            let t = Template::new(&spec("bit", r"b([01])", &["bit"], &[]), &alphabets)
+                .expect("valid");
+            let value = format!("b{v}");
+            let mut rng = StdRng::seed_from_u64(seed);
+            let token = t.generate_token(&value, &mut rng).expect("token");
+            prop_assert_ne!(&token, &value);
+            prop_assert!(token.starts_with('b') && token.len() == 2);
+        }
+
+        #[test]
+        fn non_matching_input_is_refused_never_panics(value in "\\PC{0,24}") {
+            let t = loyalty();
+            let mut rng = StdRng::seed_from_u64(0);
+            let valid = t.validate(&value).is_ok();
+            prop_assert_eq!(valid, t.generate_token(&value, &mut rng).is_ok());
+            if !valid {
+                // A fixed message: no part of the value in it.
+                let message = t.validate(&value).unwrap_err().to_string();
+                prop_assert!(
+                    message == "value is empty"
+                        || message == "value does not match the pattern of format \"loyalty_card\""
+                        || message.starts_with("value has a character outside the alphabet"),
+                    "{}", message
+                );
+            }
+        }
+    }
+}
