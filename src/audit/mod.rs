@@ -12,11 +12,13 @@
 //! HMAC-SHA256 under the system's audit-hash key, so the shipped file
 //! cannot be joined with the store's keys or a token list without that key.
 //!
-//! Group commit without a hand-off: an append queues its record, and
+//! Group commit without a writer thread: an append queues its record, and
 //! whichever caller finds the writer free becomes the group's leader. It
 //! takes every record queued, seals them in sequence order, writes the
-//! group to both sinks and answers each caller, then looks again; the
-//! others only wait for their answer. An uncontended reveal thus writes
+//! group to both sinks and answers each caller; if records were queued
+//! meanwhile it wakes one of their callers to lead the next group (a
+//! leader that kept writing for others would hold its own reply and its
+//! runtime thread). The others only wait for their answer. An uncontended reveal thus writes
 //! its own record on its own thread, with no wake-up of another thread.
 //! A group that fails in one sink stays queued for it and is written
 //! again before the next group, so the two copies never diverge for long
@@ -144,6 +146,8 @@ pub struct AuditLog {
     queue: parking_lot::Mutex<Vec<Append>>,
     /// Held by the group's leader while it writes.
     writer: tokio::sync::Mutex<Writer>,
+    /// Wakes a waiting caller to lead the next group.
+    turn: tokio::sync::Notify,
     closed: AtomicBool,
     /// Whether the last periodic sync failed (written durability).
     health: Arc<SyncHealth>,
@@ -233,6 +237,7 @@ impl AuditLog {
             hasher: hash_key.keyed_mac(),
             queue: parking_lot::Mutex::new(Vec::new()),
             writer: tokio::sync::Mutex::new(writer),
+            turn: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
             health,
             sync_thread: parking_lot::Mutex::new(sync_thread),
@@ -275,36 +280,42 @@ impl AuditLog {
         let (reply, mut answer) = oneshot::channel();
         self.queue.lock().push(Append { record, reply });
         loop {
-            self.lead().await;
-            match tokio::time::timeout(LEADER_CHECK, &mut answer).await {
-                Ok(result) => return result.map_err(|_| stopped())?,
-                // Still queued: the leader may have been cancelled with
-                // its call; try to take over.
-                Err(_elapsed) => continue,
+            // Listening before leading, so a hand-over made while this
+            // caller leads or looks is not missed.
+            let turn = self.turn.notified();
+            tokio::pin!(turn);
+            turn.as_mut().enable();
+            self.lead_one_group().await;
+            tokio::select! {
+                biased;
+                result = &mut answer => return result.map_err(|_| stopped())?,
+                // Handed the lead: the queue holds records, maybe this one.
+                () = &mut turn => {}
+                // A leader's call can be cancelled mid-write; look again.
+                () = tokio::time::sleep(LEADER_CHECK) => {}
             }
         }
     }
 
-    /// Writes queued records while this caller holds the writer; returns at
-    /// once if another caller does (that one takes this caller's record).
-    /// After letting go it looks at the queue again: a record queued while
-    /// it let go would otherwise wait for the next caller.
-    async fn lead(&self) {
-        loop {
-            let Ok(mut writer) = self.writer.try_lock() else {
-                return;
-            };
-            loop {
-                let group = std::mem::take(&mut *self.queue.lock());
-                if group.is_empty() && !writer.has_waiting() {
-                    break;
-                }
-                writer.commit(group).await;
-            }
-            drop(writer);
-            if self.queue.lock().is_empty() {
-                return;
-            }
+    /// Writes one group (every record queued now) if no other caller is
+    /// writing; returns at once if one is (that one or a later leader
+    /// takes this caller's record). One group only, so that a caller's
+    /// own reveal is not held up writing for others while records keep
+    /// arriving: if more are queued when it lets go, it hands the lead to
+    /// a waiting caller.
+    async fn lead_one_group(&self) {
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return;
+        };
+        let group = std::mem::take(&mut *self.queue.lock());
+        if !group.is_empty() || writer.has_waiting() {
+            writer.commit(group).await;
+        }
+        drop(writer);
+        // A record queued while the writer was held found it busy: its
+        // caller waits for a turn.
+        if !self.queue.lock().is_empty() {
+            self.turn.notify_one();
         }
     }
 
