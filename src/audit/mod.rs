@@ -288,7 +288,14 @@ impl AuditLog {
             self.lead_one_group().await;
             tokio::select! {
                 biased;
-                result = &mut answer => return result.map_err(|_| stopped())?,
+                result = &mut answer => {
+                    // A turn handed to this caller just as its answer came
+                    // would be lost with it: pass it on while records wait.
+                    if !self.queue.lock().is_empty() {
+                        self.turn.notify_one();
+                    }
+                    return result.map_err(|_| stopped())?;
+                }
                 // Handed the lead: the queue holds records, maybe this one.
                 () = &mut turn => {}
                 // A leader's call can be cancelled mid-write; look again.
