@@ -45,8 +45,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // After the config, which chooses the log format; a config that does
     // not load is reported on stderr by main.
-    // Held to the end of `run`: dropping it writes out what is queued.
-    let _log_writer = init_logging(config.log.format);
+    init_logging(config.log.format);
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -85,22 +84,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Logging to stderr in the `[log] format`, filtered by `TOKENVAULT_LOG`.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(format: LogFormat) {
     // vaultrs and rustify log every failed Vault call at ERROR with their
     // own wording; the KEK provider logs what matters once, classified.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENVAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,vaultrs=off,rustify=off"));
-    // One line a request is a write(2) per call if made on the request's
-    // thread (10-20% of Tokenize at batch 1, measured); a writer thread
-    // takes them instead. Not lossy: when its queue is full, callers wait
-    // rather than lose log lines.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("tokenvault-log")
-        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder
             .with_ansi(std::io::stderr().is_terminal())
@@ -114,7 +105,6 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             .with_span_list(false)
             .try_init(),
     };
-    guard
 }
 
 /// Reads the dev admin key, or writes a new random one (mode 0600).
