@@ -3,7 +3,7 @@
 //! column family) and to a JSON-lines file a SIEM ships.
 //!
 //! It owns the record format ([`record`]), the chain checks ([`verify`])
-//! and the one writer task that numbers, chains and stores records. A call
+//! and the writer that numbers, chains and stores records. A call
 //! that reveals data waits for [`AuditLog::append`] and reveals nothing
 //! when it fails: the log is fail-closed, never best-effort.
 //!
@@ -169,9 +169,10 @@ struct Append {
 impl AuditLog {
     /// Opens the log: reads the chain's head from both sinks, brings the
     /// one that is behind (a crash between the two writes) up to the other,
-    /// and starts the writer task. Fails if either copy's last record is
-    /// not valid or the two disagree: the server must not start on a log
-    /// it cannot extend honestly.
+    /// and readies the writer (and, for written durability, the sync
+    /// thread). Fails if either copy's last record is not valid or the two
+    /// disagree: the server must not start on a log it cannot extend
+    /// honestly.
     pub async fn open(
         store: Arc<dyn Store>,
         hash_key: SecretKey,
@@ -469,8 +470,8 @@ async fn store_catch_up(
     Ok(())
 }
 
-/// The writer thread's state: the chain's head and what is not yet in
-/// both sinks.
+/// The writer's state, held by one leader at a time: the chain's head
+/// and what is not yet in both sinks.
 struct Writer {
     store: Arc<dyn Store>,
     file: FileSink,
