@@ -202,6 +202,8 @@ async fn an_unwritable_audit_file_stops_every_reveal() {
     let moved = file.with_extension("moved");
     std::fs::rename(&file, &moved).expect("move the file away");
     std::fs::create_dir(&file).expect("a directory in its place");
+    // The path is looked up at most every millisecond of writing.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 
     let status = client
         .detokenize(reveal.clone())

@@ -14,6 +14,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The file the sink currently writes, for the sync thread: replaced
 /// when the path is reopened.
@@ -21,6 +22,11 @@ pub(crate) type SharedFile = Arc<parking_lot::Mutex<Arc<File>>>;
 
 /// Bytes read per step when looking for the last line from the end.
 const TAIL_CHUNK: u64 = 64 * 1024;
+/// How often, at most, the path is looked up to see whether the file was
+/// moved, replaced or deleted. Records written in between go to the old
+/// file; a deleted one loses them from the file copy only (the store's
+/// copy takes them before the new file takes any).
+pub(crate) const PATH_CHECK_EVERY: Duration = Duration::from_millis(1);
 
 pub(crate) struct FileSink {
     path: PathBuf,
@@ -34,6 +40,8 @@ pub(crate) struct FileSink {
     good_len: u64,
     /// A write failed part-way: cut back to `good_len` before the next.
     dirty: bool,
+    /// When `path_moved` last looked at the path.
+    path_checked: Option<Instant>,
 }
 
 /// The file as found at start-up.
@@ -84,6 +92,7 @@ impl FileSink {
                 sync_each,
                 good_len: complete,
                 dirty: false,
+                path_checked: None,
             },
             last_line,
             torn_bytes: len - complete,
@@ -95,9 +104,40 @@ impl FileSink {
         Arc::clone(&self.shared)
     }
 
+    /// Whether the path no longer names the open file (moved away,
+    /// replaced or deleted): the next append opens the path again. An
+    /// error if it names something other than a regular file. Looked up
+    /// at most every [`PATH_CHECK_EVERY`] (a `stat` per batch cost more
+    /// than the write itself).
+    pub fn path_moved(&mut self) -> io::Result<bool> {
+        let now = Instant::now();
+        if self
+            .path_checked
+            .is_some_and(|checked| now.duration_since(checked) < PATH_CHECK_EVERY)
+        {
+            return Ok(false);
+        }
+        self.path_checked = Some(now);
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(metadata) if metadata.is_file() => Ok(identity(&metadata) != self.identity),
+            Ok(_) => Err(io::Error::other("audit file path is not a regular file")),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Appends whole lines, synced to disk if the sink syncs each batch.
     pub fn append(&mut self, lines: &[u8]) -> io::Result<()> {
-        self.follow_path()?;
+        let moved = self.path_moved()?;
+        self.append_checked(lines, moved)
+    }
+
+    /// [`FileSink::append`] with the path just checked by
+    /// [`FileSink::path_moved`] (one `stat` per batch, not two).
+    pub fn append_checked(&mut self, lines: &[u8], moved: bool) -> io::Result<()> {
+        if moved {
+            self.reopen()?;
+        }
         if self.dirty {
             self.file.set_len(self.good_len)?;
             self.dirty = false;
@@ -122,17 +162,8 @@ impl FileSink {
         }
     }
 
-    /// Reopens the path if it no longer names the open file.
-    fn follow_path(&mut self) -> io::Result<()> {
-        let current = match std::fs::symlink_metadata(&self.path) {
-            Ok(metadata) if metadata.is_file() => Some(identity(&metadata)),
-            Ok(_) => return Err(io::Error::other("audit file path is not a regular file")),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => return Err(error),
-        };
-        if current == Some(self.identity) {
-            return Ok(());
-        }
+    /// Opens the path again (it no longer names the open file).
+    fn reopen(&mut self) -> io::Result<()> {
         let file = open_append(&self.path)?;
         let metadata = file.metadata()?;
         if !metadata.is_file() {
@@ -149,6 +180,47 @@ impl FileSink {
         *self.shared.lock() = Arc::clone(&self.file);
         Ok(())
     }
+}
+
+/// The complete lines at the end of the file at `path` that come after the
+/// last line whose record number (`seq_of`) is `after` or less, oldest
+/// first. Read backwards from the end, so that catching the store up after
+/// a crash reads only the records it lacks, not the whole file. A line
+/// whose number cannot be read ends the search as if it were older.
+pub(crate) fn lines_after(
+    path: &Path,
+    after: u64,
+    seq_of: impl Fn(&[u8]) -> Option<u64>,
+) -> io::Result<Vec<Vec<u8>>> {
+    let file = File::open(path)?;
+    let mut end = complete_len(&file, file.metadata()?.len())?;
+    let mut newer = Vec::new();
+    // The start of a line whose beginning lies in a chunk not read yet.
+    let mut carry = Vec::new();
+    while end > 0 {
+        let start = end.saturating_sub(TAIL_CHUNK);
+        let mut chunk = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut chunk, start)?;
+        chunk.extend_from_slice(&carry);
+        let mut lines: Vec<&[u8]> = chunk.split(|&b| b == b'\n').collect();
+        carry = if start > 0 {
+            lines.remove(0).to_vec()
+        } else {
+            Vec::new()
+        };
+        for line in lines.into_iter().rev().filter(|line| !line.is_empty()) {
+            match seq_of(line) {
+                Some(seq) if seq > after => newer.push(line.to_vec()),
+                _ => {
+                    newer.reverse();
+                    return Ok(newer);
+                }
+            }
+        }
+        end = start;
+    }
+    newer.reverse();
+    Ok(newer)
 }
 
 /// The length of the file up to and including its last newline.
@@ -204,6 +276,33 @@ mod tests {
     }
 
     #[test]
+    fn lines_after_a_number_are_read_from_the_end_across_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        // Lines of about 1 KiB, so that a 64 KiB chunk ends mid-line.
+        let lines: Vec<String> = (1..=300)
+            .map(|n| format!("{n} {}", "x".repeat(1000 + n % 7)))
+            .collect();
+        std::fs::write(&path, format!("{}\ntorn", lines.join("\n"))).expect("write");
+        let seq_of = |line: &[u8]| {
+            std::str::from_utf8(line)
+                .ok()?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        };
+        for after in [0, 1, 100, 236, 299, 300] {
+            let found = lines_after(&path, after, seq_of).expect("read");
+            let expected: Vec<Vec<u8>> = lines[after as usize..]
+                .iter()
+                .map(|l| l.clone().into_bytes())
+                .collect();
+            assert_eq!(found, expected, "after {after}");
+        }
+    }
+
+    #[test]
     fn a_path_replaced_by_a_directory_fails_the_next_append() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
@@ -211,8 +310,10 @@ mod tests {
         sink.append(b"a\n").expect("append");
         std::fs::remove_file(&path).expect("remove");
         std::fs::create_dir(&path).expect("mkdir");
+        std::thread::sleep(PATH_CHECK_EVERY);
         assert!(sink.append(b"b\n").is_err());
         std::fs::remove_dir(&path).expect("rmdir");
+        std::thread::sleep(PATH_CHECK_EVERY);
         sink.append(b"c\n").expect("a new file at the path");
         assert_eq!(std::fs::read(&path).expect("read"), b"c\n");
     }

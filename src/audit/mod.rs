@@ -18,19 +18,22 @@
 //! group to both sinks and answers each caller; if records were queued
 //! meanwhile it wakes one of their callers to lead the next group (a
 //! leader that kept writing for others would hold its own reply and its
-//! runtime thread). The others only wait for their answer. An uncontended reveal thus writes
-//! its own record on its own thread, with no wake-up of another thread.
+//! runtime thread). The others only wait for their answer. An uncontended
+//! reveal writes its own record on its own thread, without the queue.
 //! A group that fails in one sink stays queued for it and is written
 //! again before the next group, so the two copies never diverge for long
 //! and the chain never has a hole; its callers get
 //! [`AuditError::Unavailable`] meanwhile.
 //!
-//! Durability ([`Durability`]): by default a record is *written* to both
-//! sinks (the database's WAL and the file; the kernel has it, so it
-//! survives the process being killed) before its reveal, and a sync
-//! thread makes both durable every `sync_interval`; a failed sync refuses
-//! reveals until a sync succeeds. With [`Durability::Synced`] each group
-//! is synced to disk in both before any of its reveals.
+//! Durability ([`Durability`]): by default a record is *written* to the
+//! file before its reveal (the kernel has it, so it survives the process
+//! being killed); the store's copy follows in batches of [`STORE_BATCH`]
+//! and at every tick of a sync thread, which then makes both durable
+//! every `sync_interval`. A failed store write or sync refuses reveals
+//! until one succeeds. The store takes every record of a moved file
+//! before the new file takes any, and a start after a crash copies what
+//! the store lacks from the file's tail. With [`Durability::Synced`] each
+//! group is synced to disk in both before any of its reveals.
 
 mod file;
 pub mod record;
@@ -60,6 +63,10 @@ const LEADER_CHECK: Duration = Duration::from_millis(50);
 /// Records sealed but not yet in both sinks (one sink down) before new
 /// appends are refused outright.
 const MAX_UNWRITTEN: usize = 100_000;
+/// Records the file may hold ahead of the store with written durability
+/// before a leader writes them to the store (the sync thread writes the
+/// rest every interval).
+const STORE_BATCH: u64 = 256;
 /// Records per store read when the file catches up at start-up.
 const CATCH_UP_PAGE: usize = 1024;
 /// Longest purpose kept in a record: a purpose is a short reason, and
@@ -120,8 +127,9 @@ pub struct AuditEvent {
 /// When a reveal may proceed relative to its record reaching the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// Written to both sinks before the reveal (survives the process
-    /// being killed); both synced at least every `sync_every`.
+    /// Written to the file before the reveal (survives the process being
+    /// killed), stored in the database after; both synced at least every
+    /// `sync_every`.
     Written { sync_every: Duration },
     /// Synced to disk in both sinks before the reveal.
     Synced,
@@ -144,8 +152,9 @@ pub struct AuditLog {
     hasher: KeyedMac,
     /// Records waiting for a leader.
     queue: parking_lot::Mutex<Vec<Append>>,
-    /// Held by the group's leader while it writes.
-    writer: tokio::sync::Mutex<Writer>,
+    /// Held by the group's leader while it writes (and by the sync thread
+    /// while it brings the store's copy up to the file).
+    writer: Arc<tokio::sync::Mutex<Writer>>,
     /// Wakes a waiting caller to lead the next group.
     turn: tokio::sync::Notify,
     closed: AtomicBool,
@@ -208,24 +217,12 @@ impl AuditLog {
         tracing::info!(path = %file.display(), records = head.0, "audit log open");
 
         let health = Arc::new(SyncHealth::default());
-        let sync_thread = match durability {
-            Durability::Synced => None,
-            Durability::Written { sync_every } => Some(
-                SyncThread::start(
-                    sync_every,
-                    sink.shared(),
-                    Arc::clone(&store),
-                    Arc::clone(&health),
-                )
-                .map_err(|e| {
-                    AuditError::Unavailable(format!("cannot start the audit sync thread: {e}"))
-                })?,
-            ),
-        };
-        let writer = Writer {
-            store,
+        let file = sink.shared();
+        let writer = Arc::new(tokio::sync::Mutex::new(Writer {
+            store: Arc::clone(&store),
             file: sink,
             synced: durability == Durability::Synced,
+            defer_store: durability != Durability::Synced,
             next_seq: head.0 + 1,
             prev: head.1,
             unwritten: VecDeque::new(),
@@ -233,11 +230,26 @@ impl AuditLog {
             in_file: head.0,
             waiting: Vec::new(),
             health: Arc::clone(&health),
+        }));
+        let sync_thread = match durability {
+            Durability::Synced => None,
+            Durability::Written { sync_every } => Some(
+                SyncThread::start(
+                    sync_every,
+                    file,
+                    store,
+                    store_catch_up_task(&writer),
+                    Arc::clone(&health),
+                )
+                .map_err(|e| {
+                    AuditError::Unavailable(format!("cannot start the audit sync thread: {e}"))
+                })?,
+            ),
         };
         Ok(AuditLog {
             hasher: hash_key.keyed_mac(),
             queue: parking_lot::Mutex::new(Vec::new()),
-            writer: tokio::sync::Mutex::new(writer),
+            writer,
             turn: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
             health,
@@ -255,6 +267,9 @@ impl AuditLog {
         let queued = std::mem::take(&mut *self.queue.lock());
         if !queued.is_empty() || writer.has_waiting() {
             writer.commit(queued).await;
+        }
+        if let Err(error) = writer.flush(true).await {
+            tracing::error!(%error, "audit records not stored at shutdown; the next start copies them from the file");
         }
         drop(writer);
         let thread = self.sync_thread.lock().take();
@@ -278,6 +293,21 @@ impl AuditLog {
         }
         self.health.check()?;
         let record = self.draft(event);
+        // Uncontended (the writer free, no one queued): this caller writes
+        // its own record, with no queue, reply channel or hand-over.
+        if let Ok(mut writer) = self.writer.try_lock() {
+            if self.queue.lock().is_empty()
+                && !writer.has_waiting()
+                && writer.unwritten.len() < MAX_UNWRITTEN
+            {
+                let written = writer.write_one(record).await;
+                drop(writer);
+                if !self.queue.lock().is_empty() {
+                    self.turn.notify_one();
+                }
+                return written;
+            }
+        }
         let (reply, mut answer) = oneshot::channel();
         self.queue.lock().push(Append { record, reply });
         loop {
@@ -363,6 +393,18 @@ impl AuditLog {
     }
 }
 
+/// What the sync thread runs before each sync: the store takes every
+/// record the file has (blocking: the thread is not the runtime's).
+fn store_catch_up_task(writer: &Arc<tokio::sync::Mutex<Writer>>) -> sync::StoreCatchUp {
+    let writer = Arc::clone(writer);
+    let runtime = tokio::runtime::Handle::current();
+    Box::new(move || {
+        runtime
+            .block_on(async { writer.lock().await.flush(true).await })
+            .map_err(|error| error.to_string())
+    })
+}
+
 fn truncated(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max;
@@ -432,37 +474,34 @@ async fn file_catch_up(
     Ok(())
 }
 
-/// Stores the file's records after the store's last one (a crash after the
-/// file write and before the store's). Reads the whole file: this happens
-/// only after such a crash.
+/// Stores the file's records after the store's last one: after a crash,
+/// those the store's deferred copy (or a write cut short) did not get.
 async fn store_catch_up(
     store: &dyn Store,
     path: &Path,
     store_head: &(u64, String),
 ) -> Result<(), AuditError> {
-    let text = std::fs::read(path)
+    let seq_of = |line: &[u8]| AuditRecord::open(line).ok().map(|record| record.seq);
+    let lines = file::lines_after(path, store_head.0, seq_of)
         .map_err(|e| AuditError::Unavailable(format!("{}: {e}", path.display())))?;
-    let mut verifier_prev = store_head.1.clone();
+    let mut prev = store_head.1.clone();
     let mut missing = Vec::new();
-    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(record) = AuditRecord::open(line) else {
-            continue;
-        };
-        if record.seq <= store_head.0 {
-            continue;
-        }
-        if record.seq != store_head.0 + 1 + missing.len() as u64 || record.prev != verifier_prev {
-            return Err(AuditError::Inconsistent(format!(
-                "record {}: the file's copy does not continue the database (run tokenvault audit verify)",
-                record.seq
-            )));
-        }
-        verifier_prev = record.hash().to_string();
-        missing.push((record.seq, line.to_vec()));
+    for line in lines {
+        let record = AuditRecord::open(&line)
+            .ok()
+            .filter(|r| r.seq == store_head.0 + 1 + missing.len() as u64 && r.prev == prev)
+            .ok_or_else(|| {
+                AuditError::Inconsistent(format!(
+                    "record {}: the file's copy does not continue the database (run tokenvault audit verify)",
+                    store_head.0 + 1 + missing.len() as u64
+                ))
+            })?;
+        prev = record.hash().to_string();
+        missing.push((record.seq, line));
     }
     tracing::warn!(
         records = missing.len(),
-        "audit database was behind the file (a crash between the two writes); stored the missing records"
+        "audit database was behind the file (the process stopped before it stored them); stored the missing records"
     );
     for page in missing.chunks(CATCH_UP_PAGE) {
         store.append_audit(page.to_vec()).await?;
@@ -477,6 +516,11 @@ struct Writer {
     file: FileSink,
     /// Each group synced before it counts (`Durability::Synced`).
     synced: bool,
+    /// Written durability: a reveal waits for the file only, and the
+    /// store's copy follows in batches (of [`STORE_BATCH`], and every sync
+    /// interval). A killed process leaves the store behind the file, and
+    /// the next start copies the rest from the file.
+    defer_store: bool,
     next_seq: u64,
     prev: String,
     /// Sealed records not yet durable in both sinks, in sequence order.
@@ -495,7 +539,7 @@ impl Writer {
         if self.unwritten.len() + group.len() > MAX_UNWRITTEN {
             // A sink has been failing for a while: retry the backlog, and
             // refuse rather than hold ever more records in memory.
-            if let Err(error) = self.flush().await {
+            if let Err(error) = self.flush(true).await {
                 for append in group {
                     let _ = append.reply.send(Err(error.clone()));
                 }
@@ -512,8 +556,8 @@ impl Writer {
         }
         // If the leader's call is cancelled during the flush, the sealed
         // records and their callers stay here for the next leader.
-        let flushed = self.flush().await;
-        let durable = self.in_store.min(self.in_file);
+        let flushed = self.flush(false).await;
+        let durable = self.revealable();
         for (seq, reply) in self.waiting.drain(..) {
             let answer = match &flushed {
                 Ok(()) if seq <= durable => Ok(seq),
@@ -521,6 +565,19 @@ impl Writer {
                 Err(error) => Err(error.clone()),
             };
             let _ = reply.send(answer);
+        }
+    }
+
+    /// Seals and writes one record with no one else waiting; its sequence
+    /// number once it is in both sinks. Cancelled mid-write, the record
+    /// stays unwritten for the next leader, as a group's would.
+    async fn write_one(&mut self, record: AuditRecord) -> Result<u64, AuditError> {
+        let seq = self.seal(record)?;
+        self.flush(false).await?;
+        if seq <= self.revealable() {
+            Ok(seq)
+        } else {
+            Err(AuditError::Unavailable("record not written".into()))
         }
     }
 
@@ -544,21 +601,33 @@ impl Writer {
         Ok(seq)
     }
 
-    /// Writes what each sink lacks, to both at once.
-    async fn flush(&mut self) -> Result<(), AuditError> {
-        let for_store: Vec<(u64, Vec<u8>)> = self
-            .unwritten
-            .iter()
-            .filter(|(seq, _)| *seq > self.in_store)
-            .cloned()
-            .collect();
+    /// Writes what each sink lacks: the file always, the store too unless
+    /// its copy is deferred and nothing calls for it yet (`store_now`, a
+    /// full batch, a moved file). Each sink's mark moves as soon as its
+    /// write ends, so a leader cancelled while it awaits the store leaves
+    /// nothing for the next one to write twice.
+    async fn flush(&mut self, store_now: bool) -> Result<(), AuditError> {
+        let path_moved = self.file.path_moved();
+        let moved = matches!(path_moved, Ok(true));
+        let last = self.unwritten.back().map_or(0, |(seq, _)| *seq);
+        let store_due = store_now
+            || !self.defer_store
+            || moved
+            || last.saturating_sub(self.in_store) >= STORE_BATCH;
+        let for_store: Vec<(u64, Vec<u8>)> = if store_due {
+            self.unwritten
+                .iter()
+                .filter(|(seq, _)| *seq > self.in_store)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut for_file = Vec::new();
         for (_, line) in self.unwritten.iter().filter(|(seq, _)| *seq > self.in_file) {
             for_file.extend_from_slice(line);
             for_file.push(b'\n');
         }
-        let last = self.unwritten.back().map_or(0, |(seq, _)| *seq);
-        let mut filed_result = Ok(());
         let store = Arc::clone(&self.store);
         let store_write = async move {
             if for_store.is_empty() {
@@ -567,16 +636,22 @@ impl Writer {
                 store.append_audit(for_store).await
             }
         };
-        // Synced, the store's write is queued to its writer thread by its
-        // first poll, then the file is written and synced here while the
-        // store syncs: the two syncs overlap. Each sink's mark moves as
-        // soon as its write ends, so a leader cancelled while it awaits
-        // the store leaves nothing for the next one to write twice.
         let mut store_write = std::pin::pin!(store_write);
-        let first_poll =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(store_write.as_mut().poll(cx))).await;
-        if !for_file.is_empty() {
-            let filed = self.write_file(&for_file);
+        let first_poll = if moved {
+            // The store takes every record the old file holds before the
+            // new file takes any: after a crash in between, the store would
+            // otherwise lack records that only the moved file has.
+            std::task::Poll::Ready(store_write.as_mut().await)
+        } else {
+            // Synced, the store's write is queued to its writer thread by
+            // its first poll, then the file is written and synced here
+            // while the store syncs: the two syncs overlap.
+            std::future::poll_fn(|cx| std::task::Poll::Ready(store_write.as_mut().poll(cx))).await
+        };
+        let unstored_move = moved && matches!(first_poll, std::task::Poll::Ready(Err(_)));
+        let mut filed_result = Ok(());
+        if !for_file.is_empty() && !unstored_move {
+            let filed = self.write_file(&for_file, path_moved);
             if filed.is_ok() {
                 self.in_file = last.max(self.in_file);
             }
@@ -589,7 +664,7 @@ impl Writer {
             std::task::Poll::Ready(stored) => stored,
             std::task::Poll::Pending => store_write.await,
         };
-        if stored.is_ok() {
+        if stored.is_ok() && store_due {
             self.in_store = last.max(self.in_store);
         }
         if !self.synced {
@@ -610,12 +685,27 @@ impl Writer {
         filed_result
     }
 
+    /// The highest sequence number a reveal may proceed on: in both sinks,
+    /// or, with the store's copy deferred, in the file.
+    fn revealable(&self) -> u64 {
+        if self.defer_store {
+            self.in_file
+        } else {
+            self.in_store.min(self.in_file)
+        }
+    }
+
     /// Appends lines to the file. Synced, its `fsync` blocks, so the
     /// runtime is told to move its other tasks off this thread.
-    fn write_file(&mut self, lines: &[u8]) -> Result<(), AuditError> {
+    fn write_file(
+        &mut self,
+        lines: &[u8],
+        path_moved: std::io::Result<bool>,
+    ) -> Result<(), AuditError> {
         let file = &mut self.file;
-        let mut append = || {
-            file.append(lines)
+        let append = || {
+            path_moved
+                .and_then(|moved| file.append_checked(lines, moved))
                 .map_err(|e| AuditError::Unavailable(format!("audit file: {e}")))
         };
         if self.synced && may_block_in_place() {

@@ -1,7 +1,9 @@
 //! The sync thread of written durability: every interval in which records
-//! were written, it syncs the audit file and the store's WAL, so a power
-//! loss or kernel crash loses at most one interval of records (a killed
-//! process loses none: the kernel already has them).
+//! were written, it writes the records the store's copy lacks (the writer
+//! defers them), then syncs the audit file and the store's WAL, so a
+//! power loss or kernel crash loses at most one interval of records (a
+//! killed process loses none: the file in the kernel has them, and the
+//! next start copies them to the store).
 //!
 //! It must never let a failed sync pass silently: [`SyncHealth`] then
 //! refuses every append, so nothing is revealed, until a sync succeeds.
@@ -61,6 +63,10 @@ impl SyncHealth {
     }
 }
 
+/// Brings the store's copy of the log up to the file (written durability
+/// defers it); run before each sync.
+pub(crate) type StoreCatchUp = Box<dyn Fn() -> Result<(), String> + Send>;
+
 /// The running sync thread; [`SyncThread::stop`] syncs once more and joins.
 pub(crate) struct SyncThread {
     stop: mpsc::Sender<()>,
@@ -72,6 +78,7 @@ impl SyncThread {
         every: Duration,
         file: SharedFile,
         store: Arc<dyn Store>,
+        store_catch_up: StoreCatchUp,
         health: Arc<SyncHealth>,
     ) -> std::io::Result<SyncThread> {
         let (stop, stopped) = mpsc::channel();
@@ -83,7 +90,11 @@ impl SyncThread {
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
                 };
                 if health.dirty.swap(false, Ordering::AcqRel) || last {
-                    health.record(sync_both(&file, store.as_ref()));
+                    health.record(
+                        store_catch_up()
+                            .map_err(|problem| format!("database: {problem}"))
+                            .and_then(|()| sync_both(&file, store.as_ref())),
+                    );
                 }
                 if last {
                     return;

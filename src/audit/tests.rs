@@ -201,6 +201,7 @@ async fn an_unwritable_file_fails_closed(durability: Durability) {
     // Replacing the path with a directory defeats root too (unlike chmod).
     std::fs::rename(&f.file, f.file.with_extension("old")).expect("move");
     std::fs::create_dir(&f.file).expect("mkdir");
+    std::thread::sleep(file::PATH_CHECK_EVERY);
     let error = log.append(reveal("t1")).await.expect_err("fail closed");
     assert!(matches!(error, AuditError::Unavailable(_)), "{error}");
 
@@ -208,6 +209,7 @@ async fn an_unwritable_file_fails_closed(durability: Durability) {
     // has no hole.
     std::fs::remove_dir(&f.file).expect("rmdir");
     std::fs::rename(f.file.with_extension("old"), &f.file).expect("move back");
+    std::thread::sleep(file::PATH_CHECK_EVERY);
     assert_eq!(log.append(reveal("t2")).await.expect("append"), 3);
     assert_eq!(verify(&store, &f.file).await, Ok(3));
 }
@@ -236,9 +238,10 @@ async fn a_lost_file_is_rebuilt_from_the_database() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_written_record_is_in_both_copies_when_append_returns() {
-    // What survives kill -9: the kernel has both copies before the reveal,
-    // with no sync yet (the interval is an hour).
+async fn a_written_record_is_in_the_file_when_append_returns_and_stored_at_close() {
+    // What survives kill -9: the kernel has the file's copy before the
+    // reveal, with no sync yet (the interval is an hour). The store's copy
+    // follows in batches; close stores the rest.
     let f = fixture();
     let store = open_store_with(&f.db, WRITTEN);
     let log = open_log_with(&store, &f.file, WRITTEN).await;
@@ -253,7 +256,69 @@ async fn a_written_record_is_in_both_copies_when_append_returns() {
         lines, 5,
         "every record is in the file before append returns"
     );
+    let stored = store.audit_records(1, 10).await.expect("read").len();
+    assert!(stored < 5, "the store's copy waits for a batch ({stored})");
+    log.close().await;
+    assert_eq!(store.audit_records(1, 10).await.expect("read").len(), 5);
     assert_eq!(verify(&store, &f.file).await, Ok(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_takes_deferred_records_in_batches_and_at_each_sync() {
+    let f = fixture();
+    let store = open_store_with(&f.db, WRITTEN);
+    let log = open_log_with(&store, &f.file, WRITTEN).await;
+    let batch = STORE_BATCH as usize;
+    for i in 0..=batch {
+        log.append(reveal(&format!("t{i}"))).await.expect("append");
+    }
+    let stored = store.audit_records(1, 2 * batch).await.expect("read").len();
+    assert!(
+        stored >= batch,
+        "a full batch is stored by the leader ({stored})"
+    );
+    log.close().await;
+
+    let ticking = Durability::Written {
+        sync_every: Duration::from_millis(20),
+    };
+    let log = open_log_with(&store, &f.file, ticking).await;
+    log.append(reveal("after")).await.expect("append");
+    let total = batch as u64 + 2;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (store.audit_records(1, 2 * batch).await.expect("read").len() as u64) < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sync thread stores the record"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    log.close().await;
+    assert_eq!(verify(&store, &f.file).await, Ok(total));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_file_gets_no_new_record_before_the_store_has_the_old_ones() {
+    // A rotation (move, then a new file at the path) followed by a crash
+    // must not leave the store without records only the moved file holds.
+    let f = fixture();
+    let store = open_store_with(&f.db, WRITTEN);
+    let log = open_log_with(&store, &f.file, WRITTEN).await;
+    for i in 0..3 {
+        log.append(reveal(&format!("t{i}"))).await.expect("append");
+    }
+    std::fs::rename(&f.file, f.file.with_extension("1")).expect("rotate");
+    std::thread::sleep(file::PATH_CHECK_EVERY);
+    assert_eq!(log.append(reveal("t3")).await.expect("append"), 4);
+    assert_eq!(
+        store.audit_records(1, 10).await.expect("read").len(),
+        4,
+        "the store took the old file's records first"
+    );
+    let new_file = std::fs::read_to_string(&f.file).expect("new file");
+    assert_eq!(new_file.lines().count(), 1);
+    assert!(new_file.contains("\"seq\":4,"), "{new_file}");
+    drop(log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
