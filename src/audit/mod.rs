@@ -67,6 +67,9 @@ const MAX_UNWRITTEN: usize = 100_000;
 /// before a leader writes them to the store (the sync thread writes the
 /// rest every interval).
 const STORE_BATCH: u64 = 256;
+/// The same in bytes (records of large batches): a leader that writes a
+/// large batch holds up the reveals behind it.
+const STORE_BATCH_BYTES: usize = 64 * 1024;
 /// Records per store read when the file catches up at start-up.
 const CATCH_UP_PAGE: usize = 1024;
 /// Longest purpose kept in a record: a purpose is a short reason, and
@@ -227,6 +230,7 @@ impl AuditLog {
             prev: head.1,
             unwritten: VecDeque::new(),
             in_store: head.0,
+            unstored_bytes: 0,
             in_file: head.0,
             waiting: Vec::new(),
             health: Arc::clone(&health),
@@ -527,6 +531,8 @@ struct Writer {
     unwritten: VecDeque<(u64, Vec<u8>)>,
     /// Highest sequence number durable in each sink.
     in_store: u64,
+    /// Bytes of the records sealed since the store's last write.
+    unstored_bytes: usize,
     in_file: u64,
     /// Callers of sealed records, answered once the flush ends.
     waiting: Vec<(u64, oneshot::Sender<Result<u64, AuditError>>)>,
@@ -597,6 +603,7 @@ impl Writer {
             .map_err(|e| AuditError::Unavailable(format!("record encoding: {e}")))?;
         self.next_seq += 1;
         self.prev = hash;
+        self.unstored_bytes += line.len();
         self.unwritten.push_back((seq, line));
         Ok(seq)
     }
@@ -613,7 +620,8 @@ impl Writer {
         let store_due = store_now
             || !self.defer_store
             || moved
-            || last.saturating_sub(self.in_store) >= STORE_BATCH;
+            || last.saturating_sub(self.in_store) >= STORE_BATCH
+            || self.unstored_bytes >= STORE_BATCH_BYTES;
         let for_store: Vec<(u64, Vec<u8>)> = if store_due {
             self.unwritten
                 .iter()
@@ -666,6 +674,7 @@ impl Writer {
         };
         if stored.is_ok() && store_due {
             self.in_store = last.max(self.in_store);
+            self.unstored_bytes = 0;
         }
         if !self.synced {
             self.health.wrote();
