@@ -363,7 +363,7 @@ impl AuditLog {
 
     /// The record of an event before the writer numbers and chains it.
     fn draft(&self, event: AuditEvent) -> AuditRecord {
-        let hash = |label: &[u8], bytes: &[u8]| hex::encode(self.hasher.mac(&[label, bytes]));
+        let hash = |label: &[u8], bytes: &[u8]| record::hex32(&self.hasher.mac(&[label, bytes]));
         AuditRecord {
             v: record::RECORD_VERSION,
             seq: 0,
