@@ -631,7 +631,13 @@ impl Writer {
         } else {
             Vec::new()
         };
-        let mut for_file = Vec::new();
+        let for_file_len = self
+            .unwritten
+            .iter()
+            .filter(|(seq, _)| *seq > self.in_file)
+            .map(|(_, line)| line.len() + 1)
+            .sum();
+        let mut for_file = Vec::with_capacity(for_file_len);
         for (_, line) in self.unwritten.iter().filter(|(seq, _)| *seq > self.in_file) {
             for_file.extend_from_slice(line);
             for_file.push(b'\n');
