@@ -575,8 +575,9 @@ impl Writer {
     }
 
     /// Seals and writes one record with no one else waiting; its sequence
-    /// number once it is in both sinks. Cancelled mid-write, the record
-    /// stays unwritten for the next leader, as a group's would.
+    /// number once it may be revealed ([`Writer::revealable`]). Cancelled
+    /// mid-write, the record stays unwritten for the next leader, as a
+    /// group's would.
     async fn write_one(&mut self, record: AuditRecord) -> Result<u64, AuditError> {
         let seq = self.seal(record)?;
         self.flush(false).await?;
