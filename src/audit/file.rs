@@ -106,9 +106,11 @@ impl FileSink {
 
     /// Whether the path no longer names the open file (moved away,
     /// replaced or deleted): the next append opens the path again. An
-    /// error if it names something other than a regular file. Looked up
-    /// at most every [`PATH_CHECK_EVERY`] (a `stat` per batch cost more
-    /// than the write itself).
+    /// error if it names something other than a regular file. While the
+    /// path names the open file it is looked up at most every
+    /// [`PATH_CHECK_EVERY`] (a `stat` per batch cost more than the write
+    /// itself); after a failed or moved look, at every batch, so that a
+    /// broken path refuses every batch until it is repaired.
     pub fn path_moved(&mut self) -> io::Result<bool> {
         let now = Instant::now();
         if self
@@ -117,13 +119,14 @@ impl FileSink {
         {
             return Ok(false);
         }
-        self.path_checked = Some(now);
-        match std::fs::symlink_metadata(&self.path) {
+        let moved = match std::fs::symlink_metadata(&self.path) {
             Ok(metadata) if metadata.is_file() => Ok(identity(&metadata) != self.identity),
             Ok(_) => Err(io::Error::other("audit file path is not a regular file")),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(true),
             Err(error) => Err(error),
-        }
+        };
+        self.path_checked = matches!(moved, Ok(false)).then_some(now);
+        moved
     }
 
     /// Appends whole lines, synced to disk if the sink syncs each batch.
@@ -312,6 +315,10 @@ mod tests {
         std::fs::create_dir(&path).expect("mkdir");
         std::thread::sleep(PATH_CHECK_EVERY);
         assert!(sink.append(b"b\n").is_err());
+        assert!(
+            sink.append(b"b\n").is_err(),
+            "a broken path is looked up again at once"
+        );
         std::fs::remove_dir(&path).expect("rmdir");
         std::thread::sleep(PATH_CHECK_EVERY);
         sink.append(b"c\n").expect("a new file at the path");
