@@ -638,6 +638,9 @@ impl Writer {
             .filter(|(seq, _)| *seq > self.in_file)
             .map(|(_, line)| line.len() + 1)
             .sum();
+        // Only a write gives the sync thread work: its own flush writes
+        // nothing when nothing waits, and must not keep it syncing.
+        let writes_any = for_file_len > 0 || !for_store.is_empty();
         let mut for_file = Vec::with_capacity(for_file_len);
         for (_, line) in self.unwritten.iter().filter(|(seq, _)| *seq > self.in_file) {
             for_file.extend_from_slice(line);
@@ -683,7 +686,7 @@ impl Writer {
             self.in_store = last.max(self.in_store);
             self.unstored_bytes = 0;
         }
-        if !self.synced {
+        if !self.synced && writes_any {
             self.health.wrote();
         }
         let durable = self.in_store.min(self.in_file);

@@ -33,6 +33,12 @@ impl SyncHealth {
         self.dirty.store(true, Ordering::Release);
     }
 
+    /// Whether the next tick syncs.
+    #[cfg(test)]
+    pub fn sync_due(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
     /// Refuses while the last sync failed.
     pub fn check(&self) -> Result<(), AuditError> {
         match &*self.failed.lock() {

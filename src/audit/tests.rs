@@ -299,6 +299,33 @@ async fn the_store_takes_deferred_records_in_batches_and_at_each_sync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_log_stops_syncing() {
+    // The sync thread's own flush writes nothing when nothing waits; it
+    // must not mark the log as written and sync every tick forever.
+    let f = fixture();
+    let store = open_store_with(&f.db, WRITTEN);
+    let ticking = Durability::Written {
+        sync_every: Duration::from_millis(10),
+    };
+    let log = open_log_with(&store, &f.file, ticking).await;
+    log.append(reveal("t0")).await.expect("append");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.audit_records(1, 10).await.expect("read").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sync thread stores the record"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !log.health.sync_due(),
+        "no sync is due with nothing written"
+    );
+    log.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_file_gets_no_new_record_before_the_store_has_the_old_ones() {
     // A rotation (move, then a new file at the path) followed by a crash
     // must not leave the store without records only the moved file holds.
