@@ -213,12 +213,18 @@ impl Bao {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if self.cli(&["status"]).status.success() {
+            let status = self.cli(&["status"]);
+            if status.status.success() {
                 return;
             }
+            // What `bao status` said, too: once (in CI) the server's log
+            // showed it unsealed while status kept failing for 30 s.
             assert!(
                 Instant::now() < deadline,
-                "bao did not become ready; log:\n{}",
+                "bao did not become ready; last `bao status` ({}): {}{}\nlog:\n{}",
+                status.status,
+                String::from_utf8_lossy(&status.stdout),
+                String::from_utf8_lossy(&status.stderr),
                 fs::read_to_string(self.dir.join("bao.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
