@@ -56,6 +56,13 @@ async fn open_log_with(store: &Arc<dyn Store>, file: &Path, durability: Durabili
         .expect("open log")
 }
 
+/// Appends `count` reveals of tokens `t0`, `t1`, ..., one after another.
+async fn append_reveals(log: &AuditLog, count: usize) {
+    for i in 0..count {
+        log.append(reveal(&format!("t{i}"))).await.expect("append");
+    }
+}
+
 fn reveal(token: &str) -> AuditEvent {
     AuditEvent {
         principal: "billing".into(),
@@ -123,9 +130,7 @@ async fn the_chain_continues_across_restarts() {
     let store = open_store(&f.db);
     {
         let log = open_log(&store, &f.file).await;
-        for i in 0..3 {
-            log.append(reveal(&format!("t{i}"))).await.expect("append");
-        }
+        append_reveals(&log, 3).await;
     }
     let log = open_log(&store, &f.file).await;
     assert_eq!(log.append(reveal("t3")).await.expect("append"), 4);
@@ -138,9 +143,7 @@ async fn a_file_behind_the_database_catches_up_at_open() {
     let store = open_store(&f.db);
     {
         let log = open_log(&store, &f.file).await;
-        for i in 0..5 {
-            log.append(reveal(&format!("t{i}"))).await.expect("append");
-        }
+        append_reveals(&log, 5).await;
     }
     // A crash after the store's write and before the file's: the last two
     // lines never reached the file.
@@ -158,9 +161,7 @@ async fn a_database_behind_the_file_catches_up_at_open() {
     let f = fixture();
     {
         let log = open_log(&open_store(&f.db), &f.file).await;
-        for i in 0..5 {
-            log.append(reveal(&format!("t{i}"))).await.expect("append");
-        }
+        append_reveals(&log, 5).await;
     }
     // A store that lost its copy stands in for a crash before its write.
     let fresh = open_store(&f.db.with_extension("fresh"));
@@ -226,9 +227,7 @@ async fn a_lost_file_is_rebuilt_from_the_database() {
     let store = open_store(&f.db);
     {
         let log = open_log(&store, &f.file).await;
-        for i in 0..3 {
-            log.append(reveal(&format!("t{i}"))).await.expect("append");
-        }
+        append_reveals(&log, 3).await;
     }
     // What an operator does with a damaged file: move it aside.
     std::fs::rename(&f.file, f.file.with_extension("damaged")).expect("move");
@@ -245,9 +244,7 @@ async fn a_written_record_is_in_the_file_when_append_returns_and_stored_at_close
     let f = fixture();
     let store = open_store_with(&f.db, WRITTEN);
     let log = open_log_with(&store, &f.file, WRITTEN).await;
-    for i in 0..5 {
-        log.append(reveal(&format!("t{i}"))).await.expect("append");
-    }
+    append_reveals(&log, 5).await;
     let lines = std::fs::read_to_string(&f.file)
         .expect("read")
         .lines()
@@ -269,9 +266,7 @@ async fn the_store_takes_deferred_records_in_batches_and_at_each_sync() {
     let store = open_store_with(&f.db, WRITTEN);
     let log = open_log_with(&store, &f.file, WRITTEN).await;
     let batch = STORE_BATCH as usize;
-    for i in 0..=batch {
-        log.append(reveal(&format!("t{i}"))).await.expect("append");
-    }
+    append_reveals(&log, batch + 1).await;
     let stored = store.audit_records(1, 2 * batch).await.expect("read").len();
     assert!(
         stored > 0 && batch + 1 - stored < batch,
@@ -332,9 +327,7 @@ async fn a_moved_file_gets_no_new_record_before_the_store_has_the_old_ones() {
     let f = fixture();
     let store = open_store_with(&f.db, WRITTEN);
     let log = open_log_with(&store, &f.file, WRITTEN).await;
-    for i in 0..3 {
-        log.append(reveal(&format!("t{i}"))).await.expect("append");
-    }
+    append_reveals(&log, 3).await;
     std::fs::rename(&f.file, f.file.with_extension("1")).expect("rotate");
     std::thread::sleep(file::PATH_CHECK_EVERY);
     assert_eq!(log.append(reveal("t3")).await.expect("append"), 4);
