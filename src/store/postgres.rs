@@ -201,9 +201,15 @@ impl Drop for PostgresStore {
 }
 
 fn engine(error: tokio_postgres::Error) -> StoreError {
-    // tokio-postgres errors name the operation and PostgreSQL's message;
-    // no statement here interpolates row data, so neither holds any.
-    StoreError::Engine(format!("postgres: {error}"))
+    // A server error displays as just "db error": its code and message are
+    // added. The message names constraints and tables, never row data
+    // (that is in the detail, left out).
+    match error.as_db_error() {
+        Some(db) => {
+            StoreError::Engine(format!("postgres: {} ({})", db.message(), db.code().code()))
+        }
+        None => StoreError::Engine(format!("postgres: {error}")),
+    }
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
@@ -584,27 +590,20 @@ async fn read_index(
 /// Applies the migrations not yet recorded, one transaction each.
 async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS tv_migrations (
-                 version integer PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .or_else(|error| {
-            // Two replicas creating it at once: one loses the race on the
-            // catalog's unique index; the table exists either way.
-            if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(error)
-            }
-        })
-        .map_err(engine)?;
     let tx = client.transaction().await.map_err(engine)?;
+    // The lock first, the migrations table under it: replicas starting
+    // together then never race on creating it (outside the lock, the loser
+    // of that race failed now and then with a catalog error).
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(engine)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tv_migrations (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(engine)?;
     let applied: HashSet<i32> = tx
         .query("SELECT version FROM tv_migrations", &[])
         .await
