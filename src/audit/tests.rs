@@ -321,6 +321,36 @@ async fn an_idle_log_stops_syncing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_thread_hands_the_turn_to_a_caller_that_found_it_writing() {
+    // A caller that finds the writer held queues its record and sleeps
+    // until whoever holds the writer passes the turn on. The sync thread
+    // holds it while it stores deferred records; if it let go without
+    // passing the turn, queued reveals slept until their 50 ms re-check.
+    let f = fixture();
+    let store = open_store_with(&f.db, WRITTEN);
+    let log = open_log_with(&store, &f.file, WRITTEN).await;
+    let catch_up = store_catch_up_task(&log.writer, &log.queue);
+    let held = log.writer.lock().await;
+    let (reply, _answer) = oneshot::channel();
+    log.queue.records.lock().push(Append {
+        record: log.draft(reveal("t0")),
+        reply,
+    });
+    let turn = log.queue.turn.notified();
+    tokio::pin!(turn);
+    turn.as_mut().enable();
+    let sync_thread = tokio::task::spawn_blocking(catch_up);
+    drop(held);
+    sync_thread.await.expect("joins").expect("stores");
+    assert!(
+        futures_util::FutureExt::now_or_never(turn.as_mut()).is_some(),
+        "the sync thread passed the turn on when it let go of the writer"
+    );
+    log.close().await;
+    assert_eq!(verify(&store, &f.file).await, Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_file_gets_no_new_record_before_the_store_has_the_old_ones() {
     // A rotation (move, then a new file at the path) followed by a crash
     // must not leave the store without records only the moved file holds.
