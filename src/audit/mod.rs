@@ -64,12 +64,15 @@ const LEADER_CHECK: Duration = Duration::from_millis(50);
 /// appends are refused outright.
 const MAX_UNWRITTEN: usize = 100_000;
 /// Records the file may hold ahead of the store with written durability
-/// before a leader writes them to the store (the sync thread writes the
-/// rest every interval).
+/// before the sync thread is woken to store them (it stores the rest
+/// every interval).
 const STORE_BATCH: u64 = 256;
-/// The same in bytes (records of large batches): a leader that writes a
-/// large batch holds up the reveals behind it.
+/// The same in bytes (records of large batches).
 const STORE_BATCH_BYTES: usize = 64 * 1024;
+/// Full batches the sync thread may fall behind before a leader stores
+/// them itself (holding up the reveals behind it), so that the records
+/// held in memory stay bounded.
+const BATCHES_BEHIND: u64 = 4;
 /// Records per store read when the file catches up at start-up.
 const CATCH_UP_PAGE: usize = 1024;
 /// Longest purpose kept in a record: a purpose is a short reason, and
@@ -246,6 +249,7 @@ impl AuditLog {
 
         let health = Arc::new(SyncHealth::default());
         let queue = Arc::new(Queue::default());
+        let wakes = sync::Wakes::new();
         let file = sink.shared();
         let writer = Arc::new(tokio::sync::Mutex::new(Writer {
             store: Arc::clone(&store),
@@ -256,7 +260,13 @@ impl AuditLog {
             prev: head.1,
             unwritten: VecDeque::new(),
             in_store: head.0,
-            unstored_bytes: 0,
+            store_claimed: head.0,
+            unclaimed_bytes: 0,
+            store_requests: match durability {
+                Durability::Synced => None,
+                Durability::Written { .. } => Some(wakes.store_requests()),
+            },
+            store_requested: false,
             in_file: head.0,
             waiting: Vec::new(),
             health: Arc::clone(&health),
@@ -266,9 +276,10 @@ impl AuditLog {
             Durability::Written { sync_every } => Some(
                 SyncThread::start(
                     sync_every,
+                    wakes,
                     file,
-                    store,
-                    store_catch_up_task(&writer, &queue),
+                    Arc::clone(&store),
+                    store_catch_up_task(&writer, &queue, store),
                     Arc::clone(&health),
                 )
                 .map_err(|e| {
@@ -416,22 +427,45 @@ impl AuditLog {
     }
 }
 
-/// What the sync thread runs before each sync: the store takes every
-/// record the file has (blocking: the thread is not the runtime's). Then
-/// it passes the turn on, as a leader does: callers that found the writer
-/// held by this thread would otherwise sleep until their 50 ms re-check
-/// (that stalled reveals for ~20 ms at every tick under load).
+/// What the sync thread runs for each full batch and before each sync:
+/// the store takes every record the writer has sealed (blocking: the
+/// thread is not the runtime's). The writer is held only to claim the
+/// records and to mark them stored, not during the store's write, which
+/// no reveal waits for. Each time it lets go it passes the turn on, as a
+/// leader does: callers that found the writer held by this thread would
+/// otherwise sleep until their 50 ms re-check.
 fn store_catch_up_task(
     writer: &Arc<tokio::sync::Mutex<Writer>>,
     queue: &Arc<Queue>,
+    store: Arc<dyn Store>,
 ) -> sync::StoreCatchUp {
     let writer = Arc::clone(writer);
     let queue = Arc::clone(queue);
     let runtime = tokio::runtime::Handle::current();
     Box::new(move || {
-        let stored = runtime.block_on(async { writer.lock().await.flush(true).await });
-        queue.pass_turn();
-        stored.map_err(|error| error.to_string())
+        runtime.block_on(async {
+            let (filed, claimed) = {
+                let mut writer = writer.lock().await;
+                // Retries a file write that failed, with no leader to.
+                let filed = writer.flush(false).await;
+                (filed, writer.claim_for_store())
+            };
+            queue.pass_turn();
+            let stored = match claimed.last().map(|(seq, _)| *seq) {
+                None => Ok(()),
+                Some(last) => {
+                    let stored = store.append_audit(claimed).await;
+                    writer.lock().await.claim_stored(last, stored.is_ok());
+                    queue.pass_turn();
+                    stored
+                }
+            };
+            if let Err(error) = &stored {
+                tracing::error!(%error, "audit records not stored; reveals are refused until the store takes them");
+            }
+            filed.map_err(|error| error.to_string())?;
+            stored.map_err(|error| error.to_string())
+        })
     })
 }
 
@@ -557,8 +591,15 @@ struct Writer {
     unwritten: VecDeque<(u64, Vec<u8>)>,
     /// Highest sequence number durable in each sink.
     in_store: u64,
-    /// Bytes of the records sealed since the store's last write.
-    unstored_bytes: usize,
+    /// Highest sequence number the store has or the sync thread is
+    /// storing; above `in_store` while it writes.
+    store_claimed: u64,
+    /// Bytes of the records sealed since the store's copy was last claimed.
+    unclaimed_bytes: usize,
+    /// Wakes the sync thread to store a full batch (written durability).
+    store_requests: Option<sync::StoreRequests>,
+    /// A batch was requested and not yet claimed.
+    store_requested: bool,
     in_file: u64,
     /// Callers of sealed records, answered once the flush ends.
     waiting: Vec<(u64, oneshot::Sender<Result<u64, AuditError>>)>,
@@ -630,25 +671,35 @@ impl Writer {
             .map_err(|e| AuditError::Unavailable(format!("record encoding: {e}")))?;
         self.next_seq += 1;
         self.prev = hash;
-        self.unstored_bytes += line.len();
+        self.unclaimed_bytes += line.len();
         self.unwritten.push_back((seq, line));
         Ok(seq)
     }
 
     /// Writes what each sink lacks: the file always, the store too unless
-    /// its copy is deferred and nothing calls for it yet (`store_now`, a
-    /// full batch, a moved file). Each sink's mark moves as soon as its
+    /// its copy is deferred and nothing calls for it now (`store_now`, a
+    /// moved file, the sync thread far behind). A full batch wakes the
+    /// sync thread to store it. Each sink's mark moves as soon as its
     /// write ends, so a leader cancelled while it awaits the store leaves
     /// nothing for the next one to write twice.
     async fn flush(&mut self, store_now: bool) -> Result<(), AuditError> {
         let path_moved = self.file.path_moved();
         let moved = matches!(path_moved, Ok(true));
         let last = self.unwritten.back().map_or(0, |(seq, _)| *seq);
+        let unclaimed = last.saturating_sub(self.store_claimed);
+        let batches =
+            (unclaimed / STORE_BATCH).max((self.unclaimed_bytes / STORE_BATCH_BYTES) as u64);
+        // Everything above `in_store` (records the sync thread is storing
+        // too: a second put of the same bytes changes nothing), so that
+        // `in_store` can move to `last`.
         let store_due = store_now
             || !self.defer_store
             || moved
-            || last.saturating_sub(self.in_store) >= STORE_BATCH
-            || self.unstored_bytes >= STORE_BATCH_BYTES;
+            || batches >= BATCHES_BEHIND
+            || (batches > 0 && self.store_requests.is_none());
+        if batches > 0 && !store_due {
+            self.request_store();
+        }
         let for_store: Vec<(u64, Vec<u8>)> = if store_due {
             self.unwritten
                 .iter()
@@ -710,11 +761,22 @@ impl Writer {
         };
         if stored.is_ok() && store_due {
             self.in_store = last.max(self.in_store);
-            self.unstored_bytes = 0;
+            self.store_claimed = last.max(self.store_claimed);
+            self.unclaimed_bytes = 0;
         }
         if !self.synced && writes_any {
             self.health.wrote();
         }
+        self.forget_durable();
+        if let Err(error) = &stored {
+            tracing::error!(%error, "audit records not stored; reveals are refused until the store takes them");
+        }
+        stored.map_err(AuditError::from)?;
+        filed_result
+    }
+
+    /// Drops the records both sinks have.
+    fn forget_durable(&mut self) {
         let durable = self.in_store.min(self.in_file);
         while self
             .unwritten
@@ -723,11 +785,45 @@ impl Writer {
         {
             self.unwritten.pop_front();
         }
-        if let Err(error) = &stored {
-            tracing::error!(%error, "audit records not stored; reveals are refused until the store takes them");
+    }
+
+    /// Wakes the sync thread to store a full batch, once per batch.
+    fn request_store(&mut self) {
+        if let Some(requests) = &self.store_requests {
+            if !self.store_requested {
+                requests.request();
+                self.store_requested = true;
+            }
         }
-        stored.map_err(AuditError::from)?;
-        filed_result
+    }
+
+    /// The records the store lacks, for the sync thread to store without
+    /// holding the writer. Everything above `in_store`: the thread stores
+    /// one claim at a time, so none is in flight when it claims.
+    fn claim_for_store(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.store_requested = false;
+        let claimed: Vec<(u64, Vec<u8>)> = self
+            .unwritten
+            .iter()
+            .filter(|(seq, _)| *seq > self.in_store)
+            .cloned()
+            .collect();
+        if let Some((last, _)) = claimed.last() {
+            self.store_claimed = *last;
+            self.unclaimed_bytes = 0;
+        }
+        claimed
+    }
+
+    /// The end of a claimed write: stored up to `last`, or to be claimed
+    /// again.
+    fn claim_stored(&mut self, last: u64, stored: bool) {
+        if stored {
+            self.in_store = last.max(self.in_store);
+            self.forget_durable();
+        } else {
+            self.store_claimed = self.in_store;
+        }
     }
 
     /// The highest sequence number a reveal may proceed on: in both sinks,

@@ -3,7 +3,8 @@
 //! defers them), then syncs the audit file and the store's WAL, so a
 //! power loss or kernel crash loses at most one interval of records (a
 //! killed process loses none: the file in the kernel has them, and the
-//! next start copies them to the store).
+//! next start copies them to the store). Between syncs, the writer wakes
+//! it to store each full batch, so that no reveal waits for the store.
 //!
 //! It must never let a failed sync pass silently: [`SyncHealth`] then
 //! refuses every append, so nothing is revealed, until a sync succeeds.
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::file::SharedFile;
 use super::AuditError;
@@ -70,48 +71,104 @@ impl SyncHealth {
 }
 
 /// Brings the store's copy of the log up to the file (written durability
-/// defers it); run before each sync.
+/// defers it); run for each full batch and before each sync.
 pub(crate) type StoreCatchUp = Box<dyn Fn() -> Result<(), String> + Send>;
+
+/// What wakes the sync thread before its next sync is due.
+enum Wake {
+    /// A full batch of deferred records waits for the store.
+    Store,
+    /// Sync once more and end.
+    Stop,
+}
+
+/// The writer's way to wake the sync thread to store a full batch.
+#[derive(Clone)]
+pub(crate) struct StoreRequests(mpsc::Sender<Wake>);
+
+impl StoreRequests {
+    pub fn request(&self) {
+        // A stopped thread stores nothing more; the writer stores the rest
+        // itself at close.
+        let _ = self.0.send(Wake::Store);
+    }
+}
 
 /// The running sync thread; [`SyncThread::stop`] syncs once more and joins.
 pub(crate) struct SyncThread {
-    stop: mpsc::Sender<()>,
+    wake: mpsc::Sender<Wake>,
     thread: JoinHandle<()>,
+}
+
+/// The sync thread's channel, made before the writer that sends on it.
+pub(crate) struct Wakes {
+    sender: mpsc::Sender<Wake>,
+    receiver: mpsc::Receiver<Wake>,
+}
+
+impl Wakes {
+    pub fn new() -> Wakes {
+        let (sender, receiver) = mpsc::channel();
+        Wakes { sender, receiver }
+    }
+
+    pub fn store_requests(&self) -> StoreRequests {
+        StoreRequests(self.sender.clone())
+    }
 }
 
 impl SyncThread {
     pub fn start(
         every: Duration,
+        wakes: Wakes,
         file: SharedFile,
         store: Arc<dyn Store>,
         store_catch_up: StoreCatchUp,
         health: Arc<SyncHealth>,
     ) -> std::io::Result<SyncThread> {
-        let (stop, stopped) = mpsc::channel();
+        let Wakes { sender, receiver } = wakes;
         let thread = std::thread::Builder::new()
             .name("tokenvault-audit-sync".into())
-            .spawn(move || loop {
-                let last = match stopped.recv_timeout(every) {
-                    Err(RecvTimeoutError::Timeout) => false,
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-                };
-                if health.dirty.swap(false, Ordering::AcqRel) || last {
-                    health.record(
-                        store_catch_up()
-                            .map_err(|problem| format!("database: {problem}"))
-                            .and_then(|()| sync_both(&file, store.as_ref())),
-                    );
-                }
-                if last {
-                    return;
+            .spawn(move || {
+                // A deadline, not a timeout per wait: batch requests come
+                // more often than syncs and must not put them off.
+                let mut sync_at = Instant::now() + every;
+                loop {
+                    let wait = sync_at.saturating_duration_since(Instant::now());
+                    let last = match receiver.recv_timeout(wait) {
+                        Ok(Wake::Store) => {
+                            // Stored without a sync; a failure refuses
+                            // reveals until the next sync succeeds.
+                            if let Err(problem) = store_catch_up() {
+                                health.record(Err(format!("database: {problem}")));
+                            }
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Timeout) => false,
+                        Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => true,
+                    };
+                    sync_at = Instant::now() + every;
+                    if health.dirty.swap(false, Ordering::AcqRel) || last {
+                        health.record(
+                            store_catch_up()
+                                .map_err(|problem| format!("database: {problem}"))
+                                .and_then(|()| sync_both(&file, store.as_ref())),
+                        );
+                    }
+                    if last {
+                        return;
+                    }
                 }
             })?;
-        Ok(SyncThread { stop, thread })
+        Ok(SyncThread {
+            wake: sender,
+            thread,
+        })
     }
 
     /// Syncs what was written and ends the thread.
     pub fn stop(self) {
-        let _ = self.stop.send(());
+        let _ = self.wake.send(Wake::Stop);
         let _ = self.thread.join();
     }
 }
