@@ -69,7 +69,7 @@ impl TokenVaultService {
 
     /// Appends the record of a reveal or erasure; UNAVAILABLE if it cannot
     /// be written, and then the caller must return no value.
-    async fn audit_done(&self, event: AuditEvent) -> Result<u64, Status> {
+    async fn audit_done(&self, event: AuditEvent<'_>) -> Result<u64, Status> {
         self.audit.append(event).await.map_err(audit_status)
     }
 }
@@ -125,7 +125,7 @@ async fn refused(audit: &AuditLog, principal: &Principal, rpc: Rpc, error: Polic
 }
 
 /// The audit record of a rate alert.
-fn alert_event(principal: &Principal, alert: &Alert) -> AuditEvent {
+fn alert_event(principal: &Principal, alert: &Alert) -> AuditEvent<'static> {
     AuditEvent {
         count: alert.values,
         outcome: Outcome::Alert {
@@ -142,7 +142,7 @@ fn alert_event(principal: &Principal, alert: &Alert) -> AuditEvent {
 }
 
 /// An audit event naming the caller (principal and actor) and the RPC.
-fn caller_event(principal: &Principal, rpc: Rpc) -> AuditEvent {
+fn caller_event(principal: &Principal, rpc: Rpc) -> AuditEvent<'static> {
     AuditEvent {
         principal: principal.name.to_string(),
         actor: principal.actor_name().map(str::to_string),
@@ -272,7 +272,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         self.audit_done(AuditEvent {
             purpose: request.purpose.clone(),
             subjects: distinct_subjects(outcomes.iter().filter_map(|o| o.subject)),
-            tokens: request.tokens.clone(),
+            tokens: request.tokens.iter().map(String::as_str).collect(),
             count: found as u64,
             ..caller_event(&principal, Rpc::Detokenize)
         })
@@ -360,7 +360,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         self.audit_done(AuditEvent {
             purpose: request.purpose.clone(),
             subjects: distinct_subjects(restored.subjects.iter().copied()),
-            tokens: std::mem::take(&mut restored.tokens),
+            tokens: restored.tokens.iter().map(String::as_str).collect(),
             count: u64::from(restored_count),
             ..caller_event(&principal, Rpc::RestoreText)
         })
@@ -485,11 +485,15 @@ struct Export {
 }
 
 /// The audit record of one export page (every page is a reveal).
-fn export_event(principal: &Principal, purpose: &str, page: &vault::ExportPage) -> AuditEvent {
+fn export_event<'a>(
+    principal: &Principal,
+    purpose: &str,
+    page: &'a vault::ExportPage,
+) -> AuditEvent<'a> {
     AuditEvent {
         purpose: purpose.to_string(),
         subjects: vec![page.subject],
-        tokens: page.tokens.iter().map(|e| e.token.clone()).collect(),
+        tokens: page.tokens.iter().map(|e| e.token.as_str()).collect(),
         count: page.tokens.len() as u64,
         ..caller_event(principal, Rpc::ExportSubject)
     }

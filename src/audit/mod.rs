@@ -53,6 +53,7 @@ use tokio::sync::oneshot;
 use crate::crypto::{KeyedMac, SecretKey, SubjectHash};
 use crate::store::{Store, StoreError};
 use file::FileSink;
+use record::HexDigest;
 pub use record::{AuditRecord, RecordOutcome, GENESIS_PREV};
 use sync::{SyncHealth, SyncThread};
 pub use verify::{ChainError, ChainVerifier};
@@ -115,7 +116,7 @@ pub enum Outcome {
 /// One audited call, as the service describes it. Subjects and tokens are
 /// hashed by the log before anything is written.
 #[derive(Debug, Clone, Default)]
-pub struct AuditEvent {
+pub struct AuditEvent<'a> {
     pub principal: String,
     /// The human behind the principal (actor token), if one was named.
     pub actor: Option<String>,
@@ -123,8 +124,9 @@ pub struct AuditEvent {
     pub rpc: &'static str,
     pub purpose: String,
     pub subjects: Vec<SubjectHash>,
-    /// Raw tokens; the log stores their keyed hashes only.
-    pub tokens: Vec<String>,
+    /// Raw tokens, borrowed from the call (a Detokenize answers with
+    /// them); the log stores their keyed hashes only.
+    pub tokens: Vec<&'a str>,
     /// Values revealed, tokens erased or exported.
     pub count: u64,
     pub outcome: Outcome,
@@ -202,7 +204,7 @@ impl Queue {
 
 /// An append waiting for the writer.
 struct Append {
-    record: AuditRecord,
+    record: AuditRecord<HexDigest>,
     reply: oneshot::Sender<Result<u64, AuditError>>,
 }
 
@@ -320,13 +322,13 @@ impl AuditLog {
 
     /// Appends a record; returns its sequence number once it is durable in
     /// the store and the file. On error the caller must reveal nothing.
-    pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+    pub async fn append(&self, event: AuditEvent<'_>) -> Result<u64, AuditError> {
         let appended = self.append_uncounted(event).await;
         crate::metrics::METRICS.audit_append(appended.is_ok());
         appended
     }
 
-    async fn append_uncounted(&self, event: AuditEvent) -> Result<u64, AuditError> {
+    async fn append_uncounted(&self, event: AuditEvent<'_>) -> Result<u64, AuditError> {
         let stopped = || AuditError::Unavailable("the audit log is closed".into());
         if self.closed.load(Ordering::SeqCst) {
             return Err(stopped());
@@ -392,8 +394,8 @@ impl AuditLog {
     }
 
     /// The record of an event before the writer numbers and chains it.
-    fn draft(&self, event: AuditEvent) -> AuditRecord {
-        let hash = |label: &[u8], bytes: &[u8]| record::hex32(&self.hasher.mac(&[label, bytes]));
+    fn draft(&self, event: AuditEvent<'_>) -> AuditRecord<HexDigest> {
+        let hash = |label: &[u8], bytes: &[u8]| HexDigest::of(&self.hasher.mac(&[label, bytes]));
         AuditRecord {
             v: record::RECORD_VERSION,
             seq: 0,
@@ -645,7 +647,7 @@ impl Writer {
     /// number once it may be revealed ([`Writer::revealable`]). Cancelled
     /// mid-write, the record stays unwritten for the next leader, as a
     /// group's would.
-    async fn write_one(&mut self, record: AuditRecord) -> Result<u64, AuditError> {
+    async fn write_one(&mut self, record: AuditRecord<HexDigest>) -> Result<u64, AuditError> {
         let seq = self.seal(record)?;
         self.flush(false).await?;
         if seq <= self.revealable() {
@@ -661,7 +663,7 @@ impl Writer {
     }
 
     /// Numbers, timestamps and chains a record; queues it for both sinks.
-    fn seal(&mut self, mut record: AuditRecord) -> Result<u64, AuditError> {
+    fn seal(&mut self, mut record: AuditRecord<HexDigest>) -> Result<u64, AuditError> {
         let seq = self.next_seq;
         record.seq = seq;
         record.time_unix_ms = unix_millis();

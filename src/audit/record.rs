@@ -18,7 +18,7 @@
 //! exactly its own bytes, so no byte can change without changing the hash
 //! input.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 /// The record format version.
@@ -27,9 +27,11 @@ pub const RECORD_VERSION: u32 = 1;
 /// `prev` of the first record.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// A record as read (`H` = `String`) or as the writer drafts it (`H` =
+/// [`HexDigest`], the same JSON without an allocation per listed hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuditRecord {
+pub struct AuditRecord<H = String> {
     pub v: u32,
     pub seq: u64,
     pub time_unix_ms: i64,
@@ -37,8 +39,8 @@ pub struct AuditRecord {
     pub actor: Option<String>,
     pub rpc: String,
     pub purpose: String,
-    pub subject_hashes: Vec<String>,
-    pub token_hashes: Vec<String>,
+    pub subject_hashes: Vec<H>,
+    pub token_hashes: Vec<H>,
     pub count: u64,
     pub outcome: RecordOutcome,
     pub prev: String,
@@ -67,7 +69,7 @@ pub enum LineProblem {
     HashMismatch,
 }
 
-impl AuditRecord {
+impl<H: Serialize> AuditRecord<H> {
     /// Seals the record: computes `hash` and returns the line (without a
     /// newline) and the hash.
     pub fn seal(mut self) -> Result<(Vec<u8>, String), serde_json::Error> {
@@ -89,23 +91,6 @@ impl AuditRecord {
         Ok((line, hash))
     }
 
-    /// Parses a stored line and checks it is canonical and its hash is
-    /// right. Chain links (`seq`, `prev`) are the verifier's business.
-    pub fn open(line: &[u8]) -> Result<AuditRecord, LineProblem> {
-        let record: AuditRecord =
-            serde_json::from_slice(line).map_err(|_| LineProblem::Malformed)?;
-        let stated = record.hash.clone().ok_or(LineProblem::Malformed)?;
-        let canonical = serde_json::to_vec(&record).map_err(|_| LineProblem::Malformed)?;
-        if canonical != line {
-            return Err(LineProblem::NotCanonical);
-        }
-        let (_, hash) = record.clone().seal().map_err(|_| LineProblem::Malformed)?;
-        if hash != stated {
-            return Err(LineProblem::HashMismatch);
-        }
-        Ok(record)
-    }
-
     /// About the length of the sealed line, so that it is written into one
     /// allocation (a 100-token record is 7 KB; growing to it from empty
     /// copied it ten times).
@@ -123,6 +108,25 @@ impl AuditRecord {
         // hash is 64 digits, two quotes and a comma.
         384 + 67 * hashes + text
     }
+}
+
+impl AuditRecord {
+    /// Parses a stored line and checks it is canonical and its hash is
+    /// right. Chain links (`seq`, `prev`) are the verifier's business.
+    pub fn open(line: &[u8]) -> Result<AuditRecord, LineProblem> {
+        let record: AuditRecord =
+            serde_json::from_slice(line).map_err(|_| LineProblem::Malformed)?;
+        let stated = record.hash.clone().ok_or(LineProblem::Malformed)?;
+        let canonical = serde_json::to_vec(&record).map_err(|_| LineProblem::Malformed)?;
+        if canonical != line {
+            return Err(LineProblem::NotCanonical);
+        }
+        let (_, hash) = record.clone().seal().map_err(|_| LineProblem::Malformed)?;
+        if hash != stated {
+            return Err(LineProblem::HashMismatch);
+        }
+        Ok(record)
+    }
 
     /// The record's own hash (set on every opened or sealed record).
     pub fn hash(&self) -> &str {
@@ -130,14 +134,42 @@ impl AuditRecord {
     }
 }
 
-/// Lower-case hex of a hash or MAC. `hex::encode` goes character by
-/// character through an iterator; a Detokenize of 100 tokens hashes 100
-/// of them per record.
+/// Lower-case hex of a hash or MAC.
 pub(crate) fn hex32(bytes: &[u8; 32]) -> String {
-    let mut digits = [0u8; 64];
-    // Cannot fail: the output is exactly twice the input.
-    let _ = hex::encode_to_slice(bytes, &mut digits);
-    digits.iter().map(|&digit| char::from(digit)).collect()
+    HexDigest::of(bytes).as_str().to_owned()
+}
+
+/// A 32-byte hash or MAC as 64 lower-case hex digits, held inline: a
+/// Detokenize of 100 tokens lists 100 of them per record, and a `String`
+/// each cost an allocation and a character-by-character copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HexDigest([u8; 64]);
+
+impl HexDigest {
+    pub fn of(bytes: &[u8; 32]) -> HexDigest {
+        let mut digits = [0u8; 64];
+        // Cannot fail: the output is exactly twice the input.
+        let _ = hex::encode_to_slice(bytes, &mut digits);
+        HexDigest(digits)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits are ASCII: this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for HexDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// As a string, exactly as the `String` it stands for.
+impl Serialize for HexDigest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +202,54 @@ pub(crate) mod tests {
         }
         assert_eq!(hex32(&bytes), hex::encode(bytes));
         assert_eq!(hex32(&[0xff; 32]), "ff".repeat(32));
+    }
+
+    fn with_digests(
+        record: &AuditRecord,
+        subjects: &[[u8; 32]],
+        tokens: &[[u8; 32]],
+    ) -> AuditRecord<HexDigest> {
+        AuditRecord {
+            v: record.v,
+            seq: record.seq,
+            time_unix_ms: record.time_unix_ms,
+            principal: record.principal.clone(),
+            actor: record.actor.clone(),
+            rpc: record.rpc.clone(),
+            purpose: record.purpose.clone(),
+            subject_hashes: subjects.iter().map(HexDigest::of).collect(),
+            token_hashes: tokens.iter().map(HexDigest::of).collect(),
+            count: record.count,
+            outcome: record.outcome.clone(),
+            prev: record.prev.clone(),
+            hash: None,
+        }
+    }
+
+    proptest::proptest! {
+        /// The writer's drafts seal to the very bytes (and hash) of the
+        /// record as read back, whatever the text fields hold.
+        #[test]
+        fn a_draft_seals_like_the_record_it_stands_for(
+            subjects in proptest::collection::vec(proptest::array::uniform32(proptest::num::u8::ANY), 0..3),
+            tokens in proptest::collection::vec(proptest::array::uniform32(proptest::num::u8::ANY), 0..120),
+            principal in "\\PC{0,20}",
+            purpose in "(?s).{0,40}",
+            actor in proptest::option::of("\\PC{0,10}"),
+        ) {
+            let mut record = sample(5, GENESIS_PREV);
+            record.principal = principal;
+            record.purpose = purpose;
+            record.actor = actor;
+            let draft = with_digests(&record, &subjects, &tokens);
+            record.subject_hashes = subjects.iter().map(hex::encode).collect();
+            record.token_hashes = tokens.iter().map(hex::encode).collect();
+            let drafted = draft.seal().expect("seal draft");
+            let sealed = record.seal().expect("seal record");
+            proptest::prop_assert_eq!(&drafted, &sealed);
+            let opened = AuditRecord::open(&drafted.0).expect("the draft's line opens");
+            proptest::prop_assert_eq!(opened.hash(), drafted.1.as_str());
+        }
     }
 
     #[test]

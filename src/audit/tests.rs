@@ -63,13 +63,13 @@ async fn append_reveals(log: &AuditLog, count: usize) {
     }
 }
 
-fn reveal(token: &str) -> AuditEvent {
+fn reveal(token: &str) -> AuditEvent<'_> {
     AuditEvent {
         principal: "billing".into(),
         rpc: "detokenize",
         purpose: "refund".into(),
         subjects: vec![SubjectHash([9; 32])],
-        tokens: vec![token.into()],
+        tokens: vec![token],
         count: 1,
         ..AuditEvent::default()
     }
