@@ -11,8 +11,9 @@
 //! "tokenvault/v1/value" | len | token | len | format | len | subject hash (32)
 //! ```
 
-use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+use aes_gcm_siv::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use zeroize::Zeroizing;
 
 use super::keys::{random_bytes, SecretKey, SubjectHash};
 use super::CryptoError;
@@ -69,19 +70,21 @@ fn seal_with_nonce(
     Ok(Sealed { nonce, ciphertext })
 }
 
-/// Opens a sealed value; any mismatch of key, nonce, ciphertext or
-/// associated data gives [`CryptoError::OpenFailed`].
-pub fn open(key: &SecretKey, aad: &[u8], sealed: &Sealed) -> Result<Vec<u8>, CryptoError> {
+/// Opens a sealed value in place: its ciphertext buffer becomes the
+/// plaintext, zeroized when dropped (a Detokenize of 100 values made two
+/// copies of each). Any mismatch of key, nonce, ciphertext or associated
+/// data gives [`CryptoError::OpenFailed`].
+pub fn open(
+    key: &SecretKey,
+    aad: &[u8],
+    sealed: Sealed,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let cipher = Aes256GcmSiv::new(key.expose().into());
+    let mut buffer = Zeroizing::new(sealed.ciphertext);
     cipher
-        .decrypt(
-            Nonce::from_slice(&sealed.nonce),
-            Payload {
-                msg: &sealed.ciphertext,
-                aad,
-            },
-        )
-        .map_err(|_| CryptoError::OpenFailed)
+        .decrypt_in_place(Nonce::from_slice(&sealed.nonce), aad, &mut *buffer)
+        .map_err(|_| CryptoError::OpenFailed)?;
+    Ok(buffer)
 }
 
 #[cfg(test)]
@@ -125,7 +128,7 @@ mod tests {
             "cacb3612a18d86b20d58c94f48d023c10d0b0e0e8c2fa53c09abf3e604f12766"
         );
         assert_eq!(
-            open(&counting_key(), &aad, &sealed).expect("open"),
+            *open(&counting_key(), &aad, sealed).expect("open"),
             b"4111111111111111"
         );
     }
@@ -148,7 +151,7 @@ mod tests {
                 let mut tampered = sealed.clone();
                 tampered.ciphertext[byte] ^= 1 << bit;
                 assert_eq!(
-                    open(&counting_key(), &aad, &tampered),
+                    open(&counting_key(), &aad, tampered),
                     Err(CryptoError::OpenFailed)
                 );
             }
@@ -157,7 +160,7 @@ mod tests {
             let mut tampered = sealed.clone();
             tampered.nonce[byte] ^= 0x80;
             assert_eq!(
-                open(&counting_key(), &aad, &tampered),
+                open(&counting_key(), &aad, tampered),
                 Err(CryptoError::OpenFailed)
             );
         }
@@ -176,7 +179,7 @@ mod tests {
             token_aad("tok_at", "ext", &subject),
         ] {
             assert_eq!(
-                open(&counting_key(), &other, &sealed),
+                open(&counting_key(), &other, sealed.clone()),
                 Err(CryptoError::OpenFailed)
             );
         }
@@ -187,6 +190,6 @@ mod tests {
         let aad = token_aad("tok", "text", &SubjectHash([1; 32]));
         let sealed = seal(&counting_key(), &aad, b"secret").expect("seal");
         let other = SecretKey::from_slice(&[9u8; 32]).expect("32 bytes");
-        assert_eq!(open(&other, &aad, &sealed), Err(CryptoError::OpenFailed));
+        assert_eq!(open(&other, &aad, sealed), Err(CryptoError::OpenFailed));
     }
 }

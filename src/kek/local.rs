@@ -78,10 +78,8 @@ impl LocalKek {
             nonce: nonce.try_into().map_err(|_| KekError::Malformed)?,
             ciphertext: ciphertext.to_vec(),
         };
-        let plain = Zeroizing::new(
-            envelope::open(&self.wrap_key, WRAP_AAD, &sealed)
-                .map_err(|_| KekError::UnwrapFailed("local"))?,
-        );
+        let plain = envelope::open(&self.wrap_key, WRAP_AAD, sealed)
+            .map_err(|_| KekError::UnwrapFailed("local"))?;
         SecretKey::from_slice(&plain).ok_or(KekError::Malformed)
     }
 }

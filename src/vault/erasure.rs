@@ -169,13 +169,11 @@ impl Vault {
             .into_iter()
             .map(|(token, record)| {
                 let aad = token_aad(&token, &record.format, &record.subject);
-                let plain = Zeroizing::new(crypto::open(keys.seal_key(), &aad, &record.sealed)?);
-                let value = std::str::from_utf8(&plain)
-                    .map_err(|_| VaultError::Internal("a sealed value is not UTF-8".into()))?;
+                let value = super::utf8_value(crypto::open(keys.seal_key(), &aad, record.sealed)?)?;
                 Ok(Exported {
                     token,
                     format: record.format,
-                    value: Zeroizing::new(value.to_string()),
+                    value,
                     created_at_unix: record.created_at,
                 })
             })

@@ -767,15 +767,25 @@ fn open_record(
         });
     };
     let aad = token_aad(token, &record.format, &record.subject);
-    let plain = Zeroizing::new(crypto::open(subject_keys.seal_key(), &aad, &record.sealed)?);
-    let value = String::from_utf8(plain.to_vec())
-        .map_err(|_| VaultError::Internal("a sealed value is not UTF-8".into()))?;
+    let value = utf8_value(crypto::open(subject_keys.seal_key(), &aad, record.sealed)?)?;
     Ok(Detokenized {
         status: TokenStatus::Found,
-        value: Some(Zeroizing::new(value)),
+        value: Some(value),
         format: Some(record.format),
         subject: Some(record.subject),
     })
+}
+
+/// An opened value as text, moved (not copied) out of its zeroizing
+/// buffer; bytes that are not UTF-8 are zeroized too.
+pub(crate) fn utf8_value(mut plain: Zeroizing<Vec<u8>>) -> Result<Zeroizing<String>, VaultError> {
+    match String::from_utf8(std::mem::take(&mut *plain)) {
+        Ok(value) => Ok(Zeroizing::new(value)),
+        Err(error) => {
+            drop(Zeroizing::new(error.into_bytes()));
+            Err(VaultError::Internal("a sealed value is not UTF-8".into()))
+        }
+    }
 }
 
 pub fn unix_now() -> i64 {
@@ -788,4 +798,20 @@ pub fn unix_now() -> i64 {
 /// Cuts caller-supplied names (never values) for error messages.
 fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_opened_value_becomes_text_or_an_internal_error() {
+        let text = utf8_value(Zeroizing::new("Иван 4111".as_bytes().to_vec())).expect("UTF-8");
+        assert_eq!(text.as_str(), "Иван 4111");
+        let broken = utf8_value(Zeroizing::new(vec![b'a', 0xff, b'b']));
+        assert!(
+            matches!(&broken, Err(VaultError::Internal(message)) if message.contains("not UTF-8")),
+            "{broken:?}"
+        );
+    }
 }
