@@ -27,10 +27,11 @@
 //!
 //! Durability ([`Durability`]): by default a record is *written* to the
 //! file before its reveal (the kernel has it, so it survives the process
-//! being killed); the store's copy follows in batches of [`STORE_BATCH`]
-//! and at every tick of a sync thread, which then makes both durable
-//! every `sync_interval`. A failed store write or sync refuses reveals
-//! until one succeeds. The store takes every record of a moved file
+//! being killed); the store's copy follows, written by a sync thread in
+//! batches of [`STORE_BATCH`] (a full batch wakes it) and at every tick,
+//! after which it makes both durable; no reveal waits for the store's
+//! write unless the thread falls [`BATCHES_BEHIND`] behind. A failed store
+//! write or sync refuses reveals until one succeeds. The store takes every record of a moved file
 //! before the new file takes any, and a start after a crash copies what
 //! the store lacks from the file's tail. With [`Durability::Synced`] each
 //! group is synced to disk in both before any of its reveals.
@@ -160,8 +161,8 @@ pub struct AuditLog {
     hasher: KeyedMac,
     /// Records waiting for a leader, and the turn to lead.
     queue: Arc<Queue>,
-    /// Held by the group's leader while it writes (and by the sync thread
-    /// while it brings the store's copy up to the file).
+    /// Held by the group's leader while it writes (and briefly by the sync
+    /// thread, to claim records for the store and to mark them stored).
     writer: Arc<tokio::sync::Mutex<Writer>>,
     closed: AtomicBool,
     /// Whether the last periodic sync failed (written durability).

@@ -134,8 +134,12 @@ impl SyncThread {
                 // more often than syncs and must not put them off.
                 let mut sync_at = Instant::now() + every;
                 loop {
-                    let wait = sync_at.saturating_duration_since(Instant::now());
-                    let last = match receiver.recv_timeout(wait) {
+                    // A due sync goes first, even with a request queued.
+                    let wake = match sync_at.checked_duration_since(Instant::now()) {
+                        Some(wait) if !wait.is_zero() => receiver.recv_timeout(wait),
+                        _ => Err(RecvTimeoutError::Timeout),
+                    };
+                    let last = match wake {
                         Ok(Wake::Store) => {
                             // Stored without a sync; a failure refuses
                             // reveals until the next sync succeeds.
