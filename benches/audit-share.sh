@@ -38,28 +38,11 @@ if grep -q TOKENVAULT_EXPERIMENT_UNAUDITED "$CARGO_TARGET_DIR/release/tokenvault
 fi
 bin="$work/tokenvault-experiment"
 
-head -c 32 /dev/urandom >"$work/kek.key"
-export TOKENVAULT_API_KEY=tvk_bench_audit_share_key
-digest=$(printf %s "$TOKENVAULT_API_KEY" | sha256sum | cut -d' ' -f1)
-cat >"$work/share.toml" <<EOF
-data_dir = "$work/@DATA@"
-[kek]
-provider = "local"
-path = "$work/kek.key"
-[audit]
-durability = "write"
-[[principals]]
-name = "bench-admin"
-api_key_sha256 = "$digest"
-allow = ["tokenize", "detokenize", "redact_text", "restore_text", "forget_subject", "export_subject"]
-reveal = { default = "full" }
-EOF
-
 # run NAME: one bench against a fresh data directory; its matrix in
 # $work/NAME.bench.
 run() {
   local name=$1; shift
-  sed "s|@DATA@|$name|" "$work/share.toml" >"$work/$name.toml"
+  audited_config "$name" write
   start_tokenvault "$name" --config "$work/$name.toml"
   "$bin" bench --addr "http://$addr" --seconds "${SECONDS_PER_CELL:-5}" "$@" >"$work/$name.bench"
   stop_tokenvault

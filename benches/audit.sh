@@ -14,25 +14,9 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bench_setup
 
-head -c 32 /dev/urandom >"$work/kek.key"
-export TOKENVAULT_API_KEY=tvk_bench_audit_admin_key
-digest=$(printf %s "$TOKENVAULT_API_KEY" | sha256sum | cut -d' ' -f1)
-
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); tokenvault $("$bin" --version | cut -d' ' -f2), synced token writes, local KEK"
 for durability in write sync; do
-  cat >"$work/$durability.toml" <<EOF
-data_dir = "$work/$durability"
-[kek]
-provider = "local"
-path = "$work/kek.key"
-[audit]
-durability = "$durability"
-[[principals]]
-name = "bench-admin"
-api_key_sha256 = "$digest"
-allow = ["tokenize", "detokenize", "redact_text", "restore_text", "forget_subject", "export_subject"]
-reveal = { default = "full" }
-EOF
+  audited_config "$durability" "$durability"
   start_tokenvault "$durability" --config "$work/$durability.toml"
   echo
   echo "## [audit] durability = \"$durability\""

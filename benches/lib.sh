@@ -49,3 +49,26 @@ start_tokenvault() {
 }
 
 stop_tokenvault() { kill -TERM "$tv_pid"; wait "$tv_pid" || true; tv_pid=; }
+
+# audited_config NAME DURABILITY: writes $work/NAME.toml, a server with its
+# data in $work/NAME, a local KEK ($work/kek.key, made once) and one
+# principal, bench-admin, allowed every RPC with full reveal, whose API key
+# is exported as TOKENVAULT_API_KEY for the load tool.
+audited_config() {
+  local name=$1 durability=$2
+  [ -f "$work/kek.key" ] || head -c 32 /dev/urandom >"$work/kek.key"
+  export TOKENVAULT_API_KEY=tvk_bench_audit_admin_key
+  cat >"$work/$name.toml" <<EOF
+data_dir = "$work/$name"
+[kek]
+provider = "local"
+path = "$work/kek.key"
+[audit]
+durability = "$durability"
+[[principals]]
+name = "bench-admin"
+api_key_sha256 = "$(printf %s "$TOKENVAULT_API_KEY" | sha256sum | cut -d' ' -f1)"
+allow = ["tokenize", "detokenize", "redact_text", "restore_text", "forget_subject", "export_subject"]
+reveal = { default = "full" }
+EOF
+}
