@@ -26,11 +26,12 @@ git worktree add --detach --quiet "$work/tree" HEAD
 git -C "$work/tree" apply "$PWD/benches/experiments/unaudited-detokenize.patch"
 (cd "$work/tree" && cargo build --release --bin tokenvault >&2)
 cp "$CARGO_TARGET_DIR/release/tokenvault" "$work/tokenvault-experiment"
-git worktree remove --force "$work/tree"
 # Cargo keys its freshness check on paths relative to the package and on
 # mtimes, so it would take the experiment's build for this tree's: the
-# patched file is touched to force the rebuild, and the result checked.
+# patched file is touched at once (so that any later build, even after a
+# failure here, rebuilds), the tree's binary rebuilt and checked.
 touch src/api/service.rs
+git worktree remove --force "$work/tree"
 cargo build --release --bin tokenvault >&2
 if grep -q TOKENVAULT_EXPERIMENT_UNAUDITED "$CARGO_TARGET_DIR/release/tokenvault"; then
   echo "audit-share: $CARGO_TARGET_DIR/release/tokenvault is still the experiment's build; rebuild it" >&2
@@ -48,14 +49,19 @@ run() {
   stop_tokenvault
 }
 
+# detokenize_records NAME: how many Detokenize records NAME's audit file has.
+detokenize_records() {
+  cat "$work/$1/audit.jsonl" 2>/dev/null | grep -c '"rpc":"detokenize"' || true
+}
+
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); tokenvault $("$bin" --version | cut -d' ' -f2) at $(git rev-parse --short HEAD) + the experiment patch, [audit] durability = \"write\""
 for round in $(seq 1 "${ROUNDS:-2}"); do
   run "audited-$round" "$@"
   TOKENVAULT_EXPERIMENT_UNAUDITED=1 run "unaudited-$round" "$@"
-  # The unaudited run must have written no Detokenize record, or it
-  # measured nothing.
-  if grep -q '"rpc":"detokenize"' "$work/unaudited-$round/audit.jsonl" 2>/dev/null; then
-    echo "audit-share: the unaudited run wrote Detokenize records; the experiment switch did not take" >&2
+  # The audited run must have written Detokenize records and the
+  # unaudited one none, or the pair measured nothing.
+  if [ "$(detokenize_records "audited-$round")" -eq 0 ] || [ "$(detokenize_records "unaudited-$round")" -ne 0 ]; then
+    echo "audit-share: round $round: the audited run wrote $(detokenize_records "audited-$round") Detokenize records, the unaudited $(detokenize_records "unaudited-$round"); the experiment switch did not take" >&2
     exit 1
   fi
   echo
@@ -66,7 +72,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   awk -F'|' '
     function trim(s) { gsub(/ /, "", s); return s }
     FNR == 1 { file++ }
-    trim($2) == "detokenize(audited)" { detok[file, trim($3), trim($4)] = trim($6); cells[trim($3) "|" trim($4)] = 1; order[++n] = trim($3) "|" trim($4) }
+    trim($2) == "detokenize(audited)" { detok[file, trim($3), trim($4)] = trim($6); order[++n] = trim($3) "|" trim($4) }
     trim($2) == "tokenize(knownvalues)" && file == 1 { known[trim($3), trim($4)] = trim($6) }
     END {
       for (i = 1; i <= n; i++) {
