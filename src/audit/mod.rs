@@ -54,7 +54,7 @@ use tokio::sync::oneshot;
 use crate::crypto::{KeyedMac, SecretKey, SubjectHash};
 use crate::store::{Store, StoreError};
 use file::FileSink;
-use record::HexDigest;
+use record::ListedHash;
 pub use record::{AuditRecord, RecordOutcome, GENESIS_PREV};
 use sync::{SyncHealth, SyncThread};
 pub use verify::{ChainError, ChainVerifier};
@@ -205,7 +205,7 @@ impl Queue {
 
 /// An append waiting for the writer.
 struct Append {
-    record: AuditRecord<HexDigest>,
+    record: AuditRecord<ListedHash>,
     reply: oneshot::Sender<Result<u64, AuditError>>,
 }
 
@@ -395,8 +395,8 @@ impl AuditLog {
     }
 
     /// The record of an event before the writer numbers and chains it.
-    fn draft(&self, event: AuditEvent<'_>) -> AuditRecord<HexDigest> {
-        let hash = |label: &[u8], bytes: &[u8]| HexDigest::of(&self.hasher.mac(&[label, bytes]));
+    fn draft(&self, event: AuditEvent<'_>) -> AuditRecord<ListedHash> {
+        let hash = |label: &[u8], bytes: &[u8]| ListedHash::of(&self.hasher.mac(&[label, bytes]));
         AuditRecord {
             v: record::RECORD_VERSION,
             seq: 0,
@@ -648,7 +648,7 @@ impl Writer {
     /// number once it may be revealed ([`Writer::revealable`]). Cancelled
     /// mid-write, the record stays unwritten for the next leader, as a
     /// group's would.
-    async fn write_one(&mut self, record: AuditRecord<HexDigest>) -> Result<u64, AuditError> {
+    async fn write_one(&mut self, record: AuditRecord<ListedHash>) -> Result<u64, AuditError> {
         let seq = self.seal(record)?;
         self.flush(false).await?;
         if seq <= self.revealable() {
@@ -664,7 +664,7 @@ impl Writer {
     }
 
     /// Numbers, timestamps and chains a record; queues it for both sinks.
-    fn seal(&mut self, mut record: AuditRecord<HexDigest>) -> Result<u64, AuditError> {
+    fn seal(&mut self, mut record: AuditRecord<ListedHash>) -> Result<u64, AuditError> {
         let seq = self.next_seq;
         record.seq = seq;
         record.time_unix_ms = unix_millis();

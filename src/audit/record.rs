@@ -7,9 +7,14 @@
 //! ```text
 //! {"v":1,"seq":7,"time_unix_ms":1764090000000,"principal":"billing",
 //!  "actor":null,"rpc":"detokenize","purpose":"refund",
-//!  "subject_hashes":[],"token_hashes":["<hex HMAC>",..],"count":2,
+//!  "subject_hashes":[],"token_hashes":["<hex HMAC, 128 bits>",..],"count":2,
 //!  "outcome":{"result":"ok"},"prev":"<hex SHA-256>","hash":"<hex SHA-256>"}
 //! ```
+//!
+//! Listed subject and token hashes are the first 128 bits of the keyed
+//! hash ([`ListedHash`]); records written before that list all 256 bits,
+//! whose hex begins with the same 32 digits, so one prefix finds a token
+//! in old and new records alike. The chain's `prev` and `hash` are whole.
 //!
 //! `hash` is SHA-256 over the canonical bytes of the record without its
 //! `hash` field (the same JSON, ending after `prev`), so it covers `prev`
@@ -28,7 +33,7 @@ pub const RECORD_VERSION: u32 = 1;
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// A record as read (`H` = `String`) or as the writer drafts it (`H` =
-/// [`HexDigest`], the same JSON without an allocation per listed hash).
+/// [`ListedHash`], the same JSON without an allocation per listed hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRecord<H = String> {
@@ -105,8 +110,8 @@ impl<H: Serialize> AuditRecord<H> {
                 RecordOutcome::Alert { kind, detail } => kind.len() + detail.len(),
             };
         // Field names, numbers and the two 64-digit hashes; each listed
-        // hash is 64 digits, two quotes and a comma.
-        384 + 67 * hashes + text
+        // hash is 32 digits, two quotes and a comma.
+        384 + (LISTED_HASH_DIGITS + 3) * hashes + text
     }
 }
 
@@ -139,18 +144,35 @@ pub(crate) fn hex32(bytes: &[u8; 32]) -> String {
     HexDigest::of(bytes).as_str().to_owned()
 }
 
-/// A 32-byte hash or MAC as 64 lower-case hex digits, held inline: a
-/// Detokenize of 100 tokens lists 100 of them per record, and a `String`
-/// each cost an allocation and a character-by-character copy.
+/// The first `N / 2` bytes of a 32-byte hash or MAC as `N` lower-case hex
+/// digits, held inline: a Detokenize of 100 tokens lists 100 of them per
+/// record, and a `String` each cost an allocation and a
+/// character-by-character copy.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct HexDigest([u8; 64]);
+pub struct HexDigits<const N: usize>([u8; N]);
 
-impl HexDigest {
-    pub fn of(bytes: &[u8; 32]) -> HexDigest {
-        let mut digits = [0u8; 64];
+/// A whole 32-byte hash as 64 hex digits (the chain's `prev` and `hash`).
+pub type HexDigest = HexDigits<64>;
+
+/// Hex digits of a listed subject or token hash.
+pub const LISTED_HASH_DIGITS: usize = 32;
+
+/// A subject or token hash as listed in a record: the first 128 bits of
+/// its HMAC-SHA256. The list is most of a batch reveal's record (100
+/// tokens: 6.7 KB of 7.1 KB at 256 bits), and every byte of it is written
+/// twice, hashed into the chain and shipped to a SIEM. 128 bits keep a
+/// collision between two of a vault's tokens out of reach (about 2^64
+/// tokens before one is likely), and without the audit-hash key nobody
+/// can compute a hash to look for.
+pub type ListedHash = HexDigits<LISTED_HASH_DIGITS>;
+
+impl<const N: usize> HexDigits<N> {
+    pub fn of(bytes: &[u8; 32]) -> Self {
+        const { assert!(N % 2 == 0 && N <= 64, "at most 64 digits of 32 bytes") };
+        let mut digits = [0u8; N];
         // Cannot fail: the output is exactly twice the input.
-        let _ = hex::encode_to_slice(bytes, &mut digits);
-        HexDigest(digits)
+        let _ = hex::encode_to_slice(&bytes[..N / 2], &mut digits);
+        HexDigits(digits)
     }
 
     pub fn as_str(&self) -> &str {
@@ -159,14 +181,14 @@ impl HexDigest {
     }
 }
 
-impl std::fmt::Debug for HexDigest {
+impl<const N: usize> std::fmt::Debug for HexDigits<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
 /// As a string, exactly as the `String` it stands for.
-impl Serialize for HexDigest {
+impl<const N: usize> Serialize for HexDigits<N> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
@@ -208,7 +230,7 @@ pub(crate) mod tests {
         record: &AuditRecord,
         subjects: &[[u8; 32]],
         tokens: &[[u8; 32]],
-    ) -> AuditRecord<HexDigest> {
+    ) -> AuditRecord<ListedHash> {
         AuditRecord {
             v: record.v,
             seq: record.seq,
@@ -217,8 +239,8 @@ pub(crate) mod tests {
             actor: record.actor.clone(),
             rpc: record.rpc.clone(),
             purpose: record.purpose.clone(),
-            subject_hashes: subjects.iter().map(HexDigest::of).collect(),
-            token_hashes: tokens.iter().map(HexDigest::of).collect(),
+            subject_hashes: subjects.iter().map(ListedHash::of).collect(),
+            token_hashes: tokens.iter().map(ListedHash::of).collect(),
             count: record.count,
             outcome: record.outcome.clone(),
             prev: record.prev.clone(),
@@ -242,8 +264,8 @@ pub(crate) mod tests {
             record.purpose = purpose;
             record.actor = actor;
             let draft = with_digests(&record, &subjects, &tokens);
-            record.subject_hashes = subjects.iter().map(hex::encode).collect();
-            record.token_hashes = tokens.iter().map(hex::encode).collect();
+            record.subject_hashes = subjects.iter().map(|s| hex::encode(&s[..16])).collect();
+            record.token_hashes = tokens.iter().map(|t| hex::encode(&t[..16])).collect();
             let drafted = draft.seal().expect("seal draft");
             let sealed = record.seal().expect("seal record");
             proptest::prop_assert_eq!(&drafted, &sealed);

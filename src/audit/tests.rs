@@ -420,3 +420,37 @@ async fn close_writes_what_was_queued_and_refuses_after() {
     assert!(matches!(error, AuditError::Unavailable(_)), "{error}");
     assert_eq!(verify(&store, &f.file).await, Ok(1));
 }
+
+/// HMAC-SHA256 under the test's audit-hash key, computed here with the
+/// `hmac` crate directly (not through `KeyedMac`), over the length-prefixed
+/// parts `KeyedMac` documents.
+fn reference_mac(label: &[u8], value: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&[7; 32]).expect("any key length");
+    for part in [label, value] {
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+#[tokio::test]
+async fn records_list_the_first_128_bits_of_each_keyed_hash() {
+    // An investigator who holds the audit-hash key finds a token's records
+    // by the first 32 hex digits of its HMAC; records of earlier versions
+    // list all 64, which begin with the same digits.
+    let f = fixture();
+    let store = open_store(&f.db);
+    let log = open_log(&store, &f.file).await;
+    log.append(reveal("4111 1111 1111 1111"))
+        .await
+        .expect("append");
+    log.close().await;
+    let text = std::fs::read_to_string(&f.file).expect("read file");
+    let record: AuditRecord = serde_json::from_str(text.trim_end()).expect("one record");
+    let token = hex::encode(reference_mac(b"token", b"4111 1111 1111 1111"));
+    let subject = hex::encode(reference_mac(b"subject", &[9; 32]));
+    assert_eq!(record.token_hashes, vec![token[..32].to_string()]);
+    assert_eq!(record.subject_hashes, vec![subject[..32].to_string()]);
+    assert_eq!(record.hash().len(), 64, "the chain hash stays whole");
+}
