@@ -168,7 +168,12 @@ pub type ListedHash = HexDigits<LISTED_HASH_DIGITS>;
 
 impl<const N: usize> HexDigits<N> {
     pub fn of(bytes: &[u8; 32]) -> Self {
-        const { assert!(N % 2 == 0 && N <= 64, "at most 64 digits of 32 bytes") };
+        const {
+            assert!(
+                N.is_multiple_of(2) && N <= 64,
+                "at most 64 digits of 32 bytes"
+            )
+        };
         let mut digits = [0u8; N];
         // Cannot fail: the output is exactly twice the input.
         let _ = hex::encode_to_slice(&bytes[..N / 2], &mut digits);
