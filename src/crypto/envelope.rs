@@ -45,46 +45,84 @@ pub fn token_aad(token: &str, format: &str, subject: &SubjectHash) -> Vec<u8> {
     aad
 }
 
-/// Seals `plaintext` with a fresh random nonce.
-pub fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
-    let nonce = random_bytes::<NONCE_LEN>()?;
-    seal_with_nonce(key, nonce, aad, plaintext)
+/// A sealing key made ready once: AES-GCM-SIV's key schedule is expanded
+/// here, so each value sealed or opened under it pays only its own
+/// per-nonce key derivation (a Detokenize of 100 values expanded the same
+/// subject key 100 times). The round keys are zeroized when it is dropped
+/// (the `aes` crate's `zeroize` feature); `Debug` shows nothing of them.
+pub struct SealingKey(Aes256GcmSiv);
+
+impl SealingKey {
+    pub fn new(key: &SecretKey) -> Self {
+        SealingKey(Aes256GcmSiv::new(key.expose().into()))
+    }
+
+    /// Seals `plaintext` with a fresh random nonce.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
+        let nonce = random_bytes::<NONCE_LEN>()?;
+        self.seal_with_nonce(nonce, aad, plaintext)
+    }
+
+    fn seal_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Sealed, CryptoError> {
+        let ciphertext = self
+            .0
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|_| CryptoError::SealFailed)?;
+        Ok(Sealed { nonce, ciphertext })
+    }
+
+    /// Opens a sealed value in place: its ciphertext buffer becomes the
+    /// plaintext, zeroized when dropped (a Detokenize of 100 values made
+    /// two copies of each). Any mismatch of key, nonce, ciphertext or
+    /// associated data gives [`CryptoError::OpenFailed`].
+    pub fn open(&self, aad: &[u8], sealed: Sealed) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let mut buffer = Zeroizing::new(sealed.ciphertext);
+        self.0
+            .decrypt_in_place(Nonce::from_slice(&sealed.nonce), aad, &mut *buffer)
+            .map_err(|_| CryptoError::OpenFailed)?;
+        Ok(buffer)
+    }
 }
 
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey(<redacted>)")
+    }
+}
+
+/// Seals `plaintext` with a fresh random nonce under a key used once.
+pub fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
+    SealingKey::new(key).seal(aad, plaintext)
+}
+
+#[cfg(test)]
 fn seal_with_nonce(
     key: &SecretKey,
     nonce: [u8; NONCE_LEN],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Sealed, CryptoError> {
-    let cipher = Aes256GcmSiv::new(key.expose().into());
-    let ciphertext = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| CryptoError::SealFailed)?;
-    Ok(Sealed { nonce, ciphertext })
+    SealingKey::new(key).seal_with_nonce(nonce, aad, plaintext)
 }
 
-/// Opens a sealed value in place: its ciphertext buffer becomes the
-/// plaintext, zeroized when dropped (a Detokenize of 100 values made two
-/// copies of each). Any mismatch of key, nonce, ciphertext or associated
-/// data gives [`CryptoError::OpenFailed`].
+/// [`SealingKey::open`] under a key used once.
 pub fn open(
     key: &SecretKey,
     aad: &[u8],
     sealed: Sealed,
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let cipher = Aes256GcmSiv::new(key.expose().into());
-    let mut buffer = Zeroizing::new(sealed.ciphertext);
-    cipher
-        .decrypt_in_place(Nonce::from_slice(&sealed.nonce), aad, &mut *buffer)
-        .map_err(|_| CryptoError::OpenFailed)?;
-    Ok(buffer)
+    SealingKey::new(key).open(aad, sealed)
 }
 
 #[cfg(test)]
@@ -131,6 +169,32 @@ mod tests {
             *open(&counting_key(), &aad, sealed).expect("open"),
             b"4111111111111111"
         );
+    }
+
+    #[test]
+    fn a_key_made_ready_once_seals_and_opens_like_a_fresh_one_every_time() {
+        // SubjectKeys keeps one SealingKey per subject for every value it
+        // seals or opens: reuse must give the known answer each time.
+        let ready = SealingKey::new(&counting_key());
+        let subject = SubjectHash([7; 32]);
+        let aad = token_aad("4111 11XX", "card", &subject);
+        for _ in 0..3 {
+            let sealed = ready
+                .seal_with_nonce(counting_nonce(), &aad, b"4111111111111111")
+                .expect("seal");
+            assert_eq!(
+                hex::encode(&sealed.ciphertext),
+                "cacb3612a18d86b20d58c94f48d023c10d0b0e0e8c2fa53c09abf3e604f12766"
+            );
+            let mut tampered = sealed.clone();
+            tampered.ciphertext[0] ^= 1;
+            assert_eq!(ready.open(&aad, tampered), Err(CryptoError::OpenFailed));
+            assert_eq!(
+                *ready.open(&aad, sealed).expect("open"),
+                b"4111111111111111"
+            );
+        }
+        assert_eq!(format!("{ready:?}"), "SealingKey(<redacted>)");
     }
 
     #[test]

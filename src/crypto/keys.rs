@@ -155,7 +155,7 @@ impl fmt::Debug for IndexKey {
 /// and the MAC key of the deterministic index. Both die with the DEK, which
 /// is what makes forgetting a subject unlink its index too.
 pub struct SubjectKeys {
-    seal: SecretKey,
+    seal: super::SealingKey,
     index: SecretKey,
 }
 
@@ -165,12 +165,12 @@ const INDEX_LABEL: &[u8] = b"tokenvault/v1/subject/index";
 impl SubjectKeys {
     pub fn from_dek(dek: &SecretKey) -> Self {
         SubjectKeys {
-            seal: dek.derive(SEAL_LABEL),
+            seal: super::SealingKey::new(&dek.derive(SEAL_LABEL)),
             index: dek.derive(INDEX_LABEL),
         }
     }
 
-    pub fn seal_key(&self) -> &SecretKey {
+    pub fn seal_key(&self) -> &super::SealingKey {
         &self.seal
     }
 
@@ -283,10 +283,21 @@ mod tests {
 
     #[test]
     fn derived_keys_differ_by_label_and_input() {
+        assert_ne!(
+            key(1).derive(SEAL_LABEL).expose(),
+            key(1).derive(INDEX_LABEL).expose()
+        );
+        assert_ne!(
+            key(1).derive(SEAL_LABEL).expose(),
+            key(2).derive(SEAL_LABEL).expose()
+        );
+        // What SubjectKeys holds: one subject's sealed value does not open
+        // under another subject's key.
         let a = SubjectKeys::from_dek(&key(1));
         let b = SubjectKeys::from_dek(&key(2));
-        assert_ne!(a.seal.expose(), a.index.expose());
-        assert_ne!(a.seal.expose(), b.seal.expose());
+        let sealed = a.seal_key().seal(b"aad", b"value").expect("seal");
+        assert!(b.seal_key().open(b"aad", sealed.clone()).is_err());
+        assert_eq!(*a.seal_key().open(b"aad", sealed).expect("open"), b"value");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 pub mod envelope;
 pub mod keys;
 
-pub use envelope::{open, seal, token_aad, Sealed, NONCE_LEN};
+pub use envelope::{open, seal, token_aad, Sealed, SealingKey, NONCE_LEN};
 pub use keys::{
     random_bytes, IndexKey, KeyedMac, SecretKey, SubjectHash, SubjectKeys, SystemKeys, KEY_LEN,
 };

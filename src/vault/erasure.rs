@@ -17,7 +17,7 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use zeroize::Zeroizing;
 
 use super::{unix_now, Vault, VaultError};
-use crate::crypto::{self, token_aad, SubjectHash};
+use crate::crypto::{token_aad, SubjectHash};
 use crate::erasure::{ErasureLedger, Receipt, ReceiptError, SignedReceipt};
 use crate::store::BackupInfo;
 
@@ -169,7 +169,7 @@ impl Vault {
             .into_iter()
             .map(|(token, record)| {
                 let aad = token_aad(&token, &record.format, &record.subject);
-                let value = super::utf8_value(crypto::open(keys.seal_key(), &aad, record.sealed)?)?;
+                let value = super::utf8_value(keys.seal_key().open(&aad, record.sealed)?)?;
                 Ok(Exported {
                     token,
                     format: record.format,

@@ -27,7 +27,7 @@ pub use rotation::{KeyStatus, RotationProgress};
 pub use text::{Redacted, RedactedFinding, Restored};
 
 use crate::config::{AuditDurability, Config, Limits};
-use crate::crypto::{self, token_aad, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys};
+use crate::crypto::{token_aad, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys};
 use crate::erasure::ErasureLedger;
 use crate::kek::{self, KekProvider};
 use crate::scan::Scanner;
@@ -695,7 +695,7 @@ fn new_token(
         .generate_token(&item.value, &mut rand::rng())
         .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
     let aad = token_aad(&token, format.name(), &subject);
-    let sealed = crypto::seal(keys.seal_key(), &aad, item.value.as_bytes())?;
+    let sealed = keys.seal_key().seal(&aad, item.value.as_bytes())?;
     let expires_at = (item.ttl_seconds > 0).then(|| now.saturating_add(item.ttl_seconds as i64));
     Ok(NewToken {
         token,
@@ -767,7 +767,7 @@ fn open_record(
         });
     };
     let aad = token_aad(token, &record.format, &record.subject);
-    let value = utf8_value(crypto::open(subject_keys.seal_key(), &aad, record.sealed)?)?;
+    let value = utf8_value(subject_keys.seal_key().open(&aad, record.sealed)?)?;
     Ok(Detokenized {
         status: TokenStatus::Found,
         value: Some(value),
