@@ -197,6 +197,15 @@ mod tests {
         assert_eq!(format!("{ready:?}"), "SealingKey(<redacted>)");
     }
 
+    /// A compile-time guard: SealingKey keeps AES round keys for as long as
+    /// a subject's keys are cached, and relies on the `aes` crate wiping
+    /// them on drop. Without its `zeroize` feature this does not build.
+    #[test]
+    fn the_kept_key_schedule_is_wiped_on_drop() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<aes::Aes256>();
+    }
+
     #[test]
     fn random_nonces_differ() {
         let aad = token_aad("t", "text", &SubjectHash([0; 32]));
