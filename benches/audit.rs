@@ -4,9 +4,10 @@
 //!
 //! `append/written` is the default durability: the record written to the
 //! file before the append returns, stored in the database by the sync
-//! thread in batches (its CPU is not in the timing, though it runs on the
-//! same cores). `seal/draft` is the record's encoding and hash alone, as
-//! the writer seals a draft.
+//! thread in batches (its CPU is not in the timing unless the bench is
+//! pinned to one core: `taskset -c 0 target/release/deps/audit-* --bench`).
+//! `seal/draft` is the record's encoding and hash alone, as the writer
+//! seals a draft.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,8 @@ use tokenvault::crypto::{SecretKey, SubjectHash};
 use tokenvault::store::rocks::{RocksOptions, RocksStore};
 use tokenvault::store::Store;
 
-/// Tokens of the shape a Detokenize reveals (card tokens).
+/// Tokens about as long as a card's (the log only hashes them, so what
+/// they hold does not change the cost).
 fn tokens(count: usize) -> Vec<String> {
     (0..count).map(|i| format!("tok_4111{i:08}1111")).collect()
 }
