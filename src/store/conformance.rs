@@ -41,13 +41,20 @@ fn new_token(token: &str, subject: u8, index: Option<u8>) -> NewToken {
 async fn insert(store: &dyn Store, batch: Vec<NewToken>, now: i64) -> InsertOutcome {
     let subjects: std::collections::BTreeSet<[u8; 32]> =
         batch.iter().map(|item| item.record.subject.0).collect();
+    let mut keys = Vec::new();
     for subject in subjects {
-        store
+        let key = store
             .insert_subject_key(SubjectHash(subject), wrapped(subject[0]))
             .await
             .expect("subject key");
+        keys.push((SubjectHash(subject), key));
     }
-    store.insert_tokens(batch, now).await.expect("insert")
+    let sealed_under: Vec<(SubjectHash, &WrappedKey)> =
+        keys.iter().map(|(subject, key)| (*subject, key)).collect();
+    store
+        .insert_tokens(batch, &sealed_under, now)
+        .await
+        .expect("insert")
 }
 
 pub async fn subject_key_first_writer_wins(store: &dyn Store) {
@@ -182,7 +189,10 @@ pub async fn concurrent_writers_of_one_index_key_store_one_token(store: std::syn
             let store = std::sync::Arc::clone(&store);
             tokio::spawn(async move {
                 let batch = vec![new_token(&format!("e{i}"), 5, Some(5))];
-                store.insert_tokens(batch, 100).await.expect("insert")
+                store
+                    .insert_tokens(batch, &[(SubjectHash([5; 32]), &wrapped(5))], 100)
+                    .await
+                    .expect("insert")
             })
         })
         .collect();
@@ -329,7 +339,11 @@ pub async fn forget_erases_one_subject_and_leaves_tombstones(store: &dyn Store) 
     for (subject, prefix) in [(7, "gone"), (8, "kept")] {
         assert_eq!(
             store
-                .insert_tokens(batch(subject, prefix), 100)
+                .insert_tokens(
+                    batch(subject, prefix),
+                    &[(SubjectHash([subject; 32]), &wrapped(subject))],
+                    100
+                )
                 .await
                 .expect("insert"),
             InsertOutcome::Committed
@@ -470,7 +484,11 @@ pub async fn key_rotation_leaves_tokens_readable(store: &dyn Store) {
         .expect("replace"));
     assert_eq!(
         store
-            .insert_tokens(vec![new_token("r2", 6, None)], 100)
+            .insert_tokens(
+                vec![new_token("r2", 6, None)],
+                &[(subject, &wrapped(16))],
+                100
+            )
             .await
             .expect("insert"),
         InsertOutcome::Committed

@@ -34,9 +34,10 @@ pub enum StoreError {
     /// The caller broke an interface rule (a bug, not bad user input).
     #[error("store misuse: {0}")]
     Misuse(&'static str),
-    /// A token batch's subject has no key (any more): a forget, possibly
-    /// on another replica, erased it while the batch was being sealed.
-    /// Nothing was stored; a retry creates a new key.
+    /// A token batch's subject has no key any more, or not the one its
+    /// tokens were sealed under: a forget (and maybe a new key) on another
+    /// replica, or a rewrap by a KEK rotation. Nothing was stored; a retry
+    /// with the subject's key read again stores the batch.
     #[error("the subject was erased while its tokens were being stored")]
     SubjectErased,
     /// This store cannot do that; the message says what to use instead.
@@ -176,13 +177,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts all tokens atomically, or none. Tokens must be new and index
     /// keys unused (an entry expired before `now` counts as unused);
-    /// otherwise nothing is stored and the conflicts are returned. The
-    /// subjects' keys must exist: a shared store fails the batch with
-    /// [`StoreError::SubjectErased`] when one is gone (a forget on another
-    /// process); RocksDB relies on the vault's per-subject lock instead.
+    /// otherwise nothing is stored and the conflicts are returned.
+    ///
+    /// `sealed_under` names, for every subject of the batch, the wrapped
+    /// key its tokens were sealed under. A shared store fails the batch
+    /// with [`StoreError::SubjectErased`] unless each is still the
+    /// subject's stored key: gone (a forget on another process) or another
+    /// one (a forget and a new key since this process cached it, or a KEK
+    /// rotation's rewrap, after which the caller reads the key again).
+    /// RocksDB has one process and relies on the vault's per-subject lock.
     async fn insert_tokens(
         &self,
         batch: Vec<NewToken>,
+        sealed_under: &[(SubjectHash, &WrappedKey)],
         now: i64,
     ) -> Result<InsertOutcome, StoreError>;
 

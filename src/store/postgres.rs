@@ -321,6 +321,13 @@ impl PostgresStore {
         })
     }
 
+    /// Stops passing invalidations on, as if this replica's notices were
+    /// late: for tests of what a stale DEK cache must not do.
+    #[cfg(test)]
+    pub(crate) fn drop_invalidations(&self) {
+        *self.sink.lock() = None;
+    }
+
     /// Whether the LISTEN connection is up (for health and tests).
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::SeqCst)
@@ -344,6 +351,7 @@ impl PostgresStore {
     async fn try_insert_tokens(
         &self,
         batch: &[NewToken],
+        keys: &SealingKeys,
         now: i64,
     ) -> Result<Result<InsertOutcome, StoreError>, tokio_postgres::Error> {
         let mut client = match self.client().await {
@@ -358,13 +366,6 @@ impl PostgresStore {
             Ok(records) => records,
             Err(error) => return Ok(Err(error)),
         };
-        let subjects: Vec<Vec<u8>> = batch
-            .iter()
-            .map(|item| item.record.subject.0.to_vec())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-
         // Rows in key order (stable, so a repeated token keeps its first
         // item): concurrent batches then lock rows in one order.
         let mut order: Vec<usize> = (0..batch.len()).collect();
@@ -391,8 +392,13 @@ impl PostgresStore {
 
         let tx = client.transaction().await?;
         let (check, insert_tokens, upsert_index) = tokio::try_join!(
+            // The key share holds off a forget until the commit; a rewrap
+            // meanwhile (an update of `wrapped` only) keeps the same key.
             tx.prepare_cached(
-                "SELECT count(*) FROM (SELECT 1 FROM tv_subjects WHERE subject = ANY($1) FOR KEY SHARE) AS live",
+                "SELECT count(*) FROM (SELECT 1 FROM tv_subjects AS s
+                     JOIN unnest($1::bytea[], $2::bytea[]) AS k(subject, wrapped)
+                       ON s.subject = k.subject AND s.wrapped = k.wrapped
+                     FOR KEY SHARE OF s) AS live",
             ),
             tx.prepare_cached(
                 "INSERT INTO tv_tokens (token, subject, record, expires_at)
@@ -409,7 +415,8 @@ impl PostgresStore {
             ),
         )?;
         // One pipelined round trip: PostgreSQL runs them in order.
-        let check_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&subjects];
+        let check_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&keys.subjects, &keys.wrapped];
         let token_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&tokens, &token_subjects, &token_records, &expiries];
         let (live, inserted, upserted) = tokio::try_join!(
@@ -428,7 +435,7 @@ impl PostgresStore {
             },
         )?;
         let live: i64 = live.get(0);
-        if live != subjects.len() as i64 {
+        if live != keys.subjects.len() as i64 {
             // The transaction rolls back as it drops.
             return Ok(Err(StoreError::SubjectErased));
         }
@@ -544,6 +551,37 @@ impl PostgresStore {
                 Err(error) => return Err(engine(error)),
             }
         }
+    }
+}
+
+/// The subjects of a token batch and, in the same order, the encoded
+/// wrapped keys its tokens were sealed under.
+struct SealingKeys {
+    subjects: Vec<Vec<u8>>,
+    wrapped: Vec<Vec<u8>>,
+}
+
+impl SealingKeys {
+    fn of_batch(
+        batch: &[NewToken],
+        sealed_under: &[(SubjectHash, &WrappedKey)],
+    ) -> Result<SealingKeys, StoreError> {
+        let subjects: HashSet<SubjectHash> = batch.iter().map(|item| item.record.subject).collect();
+        let mut keys = SealingKeys {
+            subjects: Vec::with_capacity(subjects.len()),
+            wrapped: Vec::with_capacity(subjects.len()),
+        };
+        for subject in subjects {
+            let (_, key) = sealed_under
+                .iter()
+                .find(|(named, _)| *named == subject)
+                .ok_or(StoreError::Misuse(
+                    "a token batch names no sealing key for one of its subjects",
+                ))?;
+            keys.subjects.push(subject.0.to_vec());
+            keys.wrapped.push(key.encode());
+        }
+        Ok(keys)
     }
 }
 
@@ -977,6 +1015,7 @@ impl Store for PostgresStore {
     async fn insert_tokens(
         &self,
         batch: Vec<NewToken>,
+        sealed_under: &[(SubjectHash, &WrappedKey)],
         now: i64,
     ) -> Result<InsertOutcome, StoreError> {
         let keys: HashSet<&[u8]> = batch
@@ -989,7 +1028,9 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(InsertOutcome::Committed);
         }
-        self.retrying(|| self.try_insert_tokens(&batch, now)).await
+        let keys = SealingKeys::of_batch(&batch, sealed_under)?;
+        self.retrying(|| self.try_insert_tokens(&batch, &keys, now))
+            .await
     }
 
     async fn subject_tokens(
@@ -1157,4 +1198,4 @@ impl Store for PostgresStore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1298,6 +1298,7 @@ impl Store for RocksStore {
     async fn insert_tokens(
         &self,
         batch: Vec<NewToken>,
+        _sealed_under: &[(SubjectHash, &WrappedKey)],
         now: i64,
     ) -> Result<InsertOutcome, StoreError> {
         self.write(|reply| WriteRequest::Tokens { batch, now, reply })
@@ -1488,7 +1489,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            store.insert_tokens(batch, 1).await.expect("insert"),
+            store.insert_tokens(batch, &[], 1).await.expect("insert"),
             InsertOutcome::Committed
         );
         let cf = store.inner.cf(CF_INDEX).expect("cf");

@@ -1,5 +1,5 @@
 //! The bounded cache of unwrapped subject keys, so the KEK provider is off
-//! the hot path for known subjects. Entries are `Arc<SubjectKeys>`; the
+//! the hot path for known subjects. Entries are `Arc<CachedKeys>`; the
 //! keys zeroize when the last reference drops, i.e. on eviction (once no
 //! call in flight still uses them) and on [`DekCache::clear`] at shutdown.
 
@@ -11,9 +11,19 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::crypto::{SubjectHash, SubjectKeys};
+use crate::kek::WrappedKey;
+
+/// A subject's unwrapped keys and the wrapped key they were opened from.
+/// Tokens sealed under them are stored only while that wrapped key is
+/// still the subject's: on a store shared by replicas, a forget and a new
+/// key for the subject elsewhere may not have reached this cache yet.
+pub struct CachedKeys {
+    pub keys: SubjectKeys,
+    pub wrapped: WrappedKey,
+}
 
 pub struct DekCache {
-    entries: Mutex<LruCache<SubjectHash, Arc<SubjectKeys>>>,
+    entries: Mutex<LruCache<SubjectHash, Arc<CachedKeys>>>,
     stats: CacheStats,
     /// Off while a shared store cannot deliver invalidations (its LISTEN
     /// connection is down): then every call fetches and unwraps the key.
@@ -53,7 +63,7 @@ impl DekCache {
         }
     }
 
-    pub fn get(&self, subject: &SubjectHash) -> Option<Arc<SubjectKeys>> {
+    pub fn get(&self, subject: &SubjectHash) -> Option<Arc<CachedKeys>> {
         let found = if self.suspended.load(Ordering::SeqCst) {
             None
         } else {
@@ -68,8 +78,13 @@ impl DekCache {
         found
     }
 
-    pub fn insert(&self, subject: SubjectHash, keys: SubjectKeys) -> Arc<SubjectKeys> {
-        let keys = Arc::new(keys);
+    pub fn insert(
+        &self,
+        subject: SubjectHash,
+        keys: SubjectKeys,
+        wrapped: WrappedKey,
+    ) -> Arc<CachedKeys> {
+        let keys = Arc::new(CachedKeys { keys, wrapped });
         if self.suspended.load(Ordering::SeqCst) {
             return keys;
         }
@@ -111,6 +126,14 @@ mod tests {
         SubjectKeys::from_dek(&SecretKey::generate().expect("random"))
     }
 
+    fn wrapped() -> WrappedKey {
+        WrappedKey {
+            kind: crate::kek::KekKind::Local,
+            kek_version: 1,
+            ciphertext: vec![7; 60],
+        }
+    }
+
     #[test]
     fn evicts_least_recently_used_and_counts() {
         let cache = DekCache::new(NonZeroUsize::new(2).expect("non-zero"));
@@ -119,10 +142,10 @@ mod tests {
             SubjectHash([2; 32]),
             SubjectHash([3; 32]),
         );
-        cache.insert(a, keys());
-        cache.insert(b, keys());
+        cache.insert(a, keys(), wrapped());
+        cache.insert(b, keys(), wrapped());
         assert!(cache.get(&a).is_some());
-        cache.insert(c, keys());
+        cache.insert(c, keys(), wrapped());
         assert!(cache.get(&b).is_none(), "b was least recently used");
         assert!(cache.get(&a).is_some() && cache.get(&c).is_some());
         assert_eq!(cache.stats().evictions.load(Ordering::Relaxed), 1);
@@ -136,26 +159,26 @@ mod tests {
         use crate::store::Invalidation;
         let cache = DekCache::new(NonZeroUsize::new(4).expect("non-zero"));
         let (a, b) = (SubjectHash([1; 32]), SubjectHash([2; 32]));
-        cache.insert(a, keys());
-        cache.insert(b, keys());
+        cache.insert(a, keys(), wrapped());
+        cache.insert(b, keys(), wrapped());
         cache.invalidate(Invalidation::Subject(a));
         assert!(cache.get(&a).is_none() && cache.get(&b).is_some());
         cache.invalidate(Invalidation::Suspend);
         assert!(cache.is_empty());
-        cache.insert(a, keys());
+        cache.insert(a, keys(), wrapped());
         assert!(cache.get(&a).is_none(), "nothing is cached while suspended");
         cache.invalidate(Invalidation::Resume);
-        cache.insert(a, keys());
+        cache.insert(a, keys(), wrapped());
         assert!(cache.get(&a).is_some());
     }
 
     #[test]
     fn evicted_keys_are_dropped_when_unused() {
         let cache = DekCache::new(NonZeroUsize::new(1).expect("non-zero"));
-        let held = cache.insert(SubjectHash([1; 32]), keys());
+        let held = cache.insert(SubjectHash([1; 32]), keys(), wrapped());
         let weak = Arc::downgrade(&held);
         drop(held);
-        cache.insert(SubjectHash([2; 32]), keys());
+        cache.insert(SubjectHash([2; 32]), keys(), wrapped());
         // No strong reference is left, so SubjectKeys ran its zeroizing drop.
         assert!(weak.upgrade().is_none());
     }

@@ -169,7 +169,7 @@ impl Vault {
             .into_iter()
             .map(|(token, record)| {
                 let aad = token_aad(&token, &record.format, &record.subject);
-                let value = super::utf8_value(keys.seal_key().open(&aad, record.sealed)?)?;
+                let value = super::utf8_value(keys.keys.seal_key().open(&aad, record.sealed)?)?;
                 Ok(Exported {
                     token,
                     format: record.format,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-pub use cache::DekCache;
+pub use cache::{CachedKeys, DekCache};
 pub use erasure::{ExportPage, Exported, Forgotten};
 pub use error::VaultError;
 pub use rotation::{KeyStatus, RotationProgress};
@@ -29,7 +29,7 @@ pub use text::{Redacted, RedactedFinding, Restored};
 use crate::config::{AuditDurability, Config, Limits};
 use crate::crypto::{token_aad, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys};
 use crate::erasure::ErasureLedger;
-use crate::kek::{self, KekProvider};
+use crate::kek::{self, KekProvider, WrappedKey};
 use crate::scan::Scanner;
 use crate::store::disk::DiskGuard;
 use crate::store::postgres::PostgresStore;
@@ -282,8 +282,29 @@ impl Vault {
         // so no token is sealed with a key the forget has destroyed.
         let _shared = self.subject_locks.read(&subject).await;
         let keys = self.keys_for_write(subject).await?;
+        match self.tokenize_under(&keys, subject, items, &formats).await {
+            // A shared store found the cached key no longer the subject's
+            // (a forget and a new key on another replica whose notice has
+            // not arrived, or a KEK rotation's rewrap). Nothing was stored
+            // and the entry is dropped: seal again under the stored key.
+            Err(VaultError::StorageUnavailable(StoreError::SubjectErased)) => {
+                let keys = self.keys_for_write(subject).await?;
+                self.tokenize_under(&keys, subject, items, &formats).await
+            }
+            done => done,
+        }
+    }
+
+    /// One attempt of [`Vault::tokenize_items`] with the subject's keys.
+    async fn tokenize_under(
+        &self,
+        keys: &CachedKeys,
+        subject: SubjectHash,
+        items: &[TokenizeItem],
+        formats: &[TokenFormat],
+    ) -> Result<Vec<String>, VaultError> {
         let now = unix_now();
-        let plan = DeterministicPlan::new(items, &formats, &keys, &subject);
+        let plan = DeterministicPlan::new(items, formats, &keys.keys, &subject);
 
         let mut tokens: Vec<Option<String>> = vec![None; items.len()];
         self.resolve_index_hits(&plan, now, &mut tokens).await?;
@@ -293,9 +314,9 @@ impl Vault {
         self.insert_new_tokens(
             pending,
             items,
-            &formats,
+            formats,
             &plan,
-            &keys,
+            keys,
             subject,
             now,
             &mut tokens,
@@ -453,7 +474,7 @@ impl Vault {
         items: &[TokenizeItem],
         formats: &[TokenFormat],
         plan: &DeterministicPlan,
-        keys: &SubjectKeys,
+        keys: &CachedKeys,
         subject: SubjectHash,
         now: i64,
         tokens: &mut [Option<String>],
@@ -468,7 +489,7 @@ impl Vault {
                     new_token(
                         &items[i],
                         &formats[i],
-                        keys,
+                        &keys.keys,
                         subject,
                         now,
                         plan.index_keys[i].clone(),
@@ -484,11 +505,12 @@ impl Vault {
             let minted: Vec<String> = batch.iter().map(|new| new.token.clone()).collect();
             let outcome = self
                 .store
-                .insert_tokens(batch, now)
+                .insert_tokens(batch, &[(subject, &keys.wrapped)], now)
                 .await
                 .inspect_err(|error| {
                     if matches!(error, StoreError::SubjectErased) {
-                        // The cached key was destroyed by a forget elsewhere.
+                        // The cached key was destroyed by a forget
+                        // elsewhere, or rewrapped.
                         self.cache.remove(&subject);
                     }
                 })?;
@@ -513,19 +535,26 @@ impl Vault {
     }
 
     /// The subject's keys, creating its DEK on first use.
-    async fn keys_for_write(&self, subject: SubjectHash) -> Result<Arc<SubjectKeys>, VaultError> {
+    async fn keys_for_write(&self, subject: SubjectHash) -> Result<Arc<CachedKeys>, VaultError> {
         if let Some(keys) = self.cache.get(&subject) {
             return Ok(keys);
         }
         let stored = self.store.subject_keys(&[subject]).await?.pop().flatten();
-        let dek = match stored {
-            Some(wrapped) => self.unwrap_keys(&[&wrapped]).await?.remove(0),
+        let (dek, wrapped) = match stored {
+            Some(wrapped) => (self.unwrap_keys(&[&wrapped]).await?.remove(0), wrapped),
             None => self.create_subject_key(subject).await?,
         };
-        Ok(self.cache.insert(subject, SubjectKeys::from_dek(&dek)))
+        Ok(self
+            .cache
+            .insert(subject, SubjectKeys::from_dek(&dek), wrapped))
     }
 
-    async fn create_subject_key(&self, subject: SubjectHash) -> Result<SecretKey, VaultError> {
+    /// A new DEK for the subject, or the one another call created first;
+    /// with the wrapped key in force.
+    async fn create_subject_key(
+        &self,
+        subject: SubjectHash,
+    ) -> Result<(SecretKey, WrappedKey), VaultError> {
         let dek = SecretKey::generate()?;
         self.kek_stats.wrap_calls.fetch_add(1, Ordering::Relaxed);
         self.kek_stats.keys_wrapped.fetch_add(1, Ordering::Relaxed);
@@ -535,10 +564,10 @@ impl Vault {
             .insert_subject_key(subject, wrapped.clone())
             .await?;
         if in_force == wrapped {
-            Ok(dek)
+            Ok((dek, in_force))
         } else {
             // Another call created the subject's key first: use that one.
-            Ok(self.unwrap_keys(&[&in_force]).await?.remove(0))
+            Ok((self.unwrap_keys(&[&in_force]).await?.remove(0), in_force))
         }
     }
 
@@ -547,7 +576,7 @@ impl Vault {
     async fn keys_for_read(
         &self,
         subjects: &[SubjectHash],
-    ) -> Result<HashMap<SubjectHash, Arc<SubjectKeys>>, VaultError> {
+    ) -> Result<HashMap<SubjectHash, Arc<CachedKeys>>, VaultError> {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         for subject in subjects {
@@ -576,10 +605,11 @@ impl Vault {
         let deks = self
             .unwrap_keys(&wrapped.iter().collect::<Vec<_>>())
             .await?;
-        for (subject, dek) in present.into_iter().zip(deks) {
+        for ((subject, dek), wrapped) in present.into_iter().zip(deks).zip(wrapped) {
             found.insert(
                 subject,
-                self.cache.insert(subject, SubjectKeys::from_dek(&dek)),
+                self.cache
+                    .insert(subject, SubjectKeys::from_dek(&dek), wrapped),
             );
         }
         Ok(found)
@@ -737,7 +767,7 @@ fn settle_conflicts(
 fn open_record(
     token: &str,
     record: Option<TokenRecord>,
-    keys: &HashMap<SubjectHash, Arc<SubjectKeys>>,
+    keys: &HashMap<SubjectHash, Arc<CachedKeys>>,
     now: i64,
 ) -> Result<Detokenized, VaultError> {
     let Some(record) = record else {
@@ -767,7 +797,7 @@ fn open_record(
         });
     };
     let aad = token_aad(token, &record.format, &record.subject);
-    let value = utf8_value(subject_keys.seal_key().open(&aad, record.sealed)?)?;
+    let value = utf8_value(subject_keys.keys.seal_key().open(&aad, record.sealed)?)?;
     Ok(Detokenized {
         status: TokenStatus::Found,
         value: Some(value),
@@ -803,6 +833,8 @@ fn truncate(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kek::local::LocalKek;
+    use crate::store::postgres::tests::{fresh_database, options};
 
     #[test]
     fn an_opened_value_becomes_text_or_an_internal_error() {
@@ -812,6 +844,74 @@ mod tests {
         assert!(
             matches!(&broken, Err(VaultError::Internal(message)) if message.contains("not UTF-8")),
             "{broken:?}"
+        );
+    }
+
+    fn text(value: &str) -> TokenizeItem {
+        TokenizeItem {
+            value: value.into(),
+            format: "text".into(),
+            mode: TokenMode::Random,
+            ttl_seconds: 0,
+        }
+    }
+
+    /// One replica of a vault on a shared PostgreSQL database.
+    async fn replica(url: &str, name: &str) -> (Vault, Arc<PostgresStore>) {
+        let store = Arc::new(
+            PostgresStore::open(&options(url, name))
+                .await
+                .expect("postgres store"),
+        );
+        let kek = LocalKek::from_key(&SecretKey::from_slice(&[9; 32]).expect("key"));
+        let vault = Vault::with_parts(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::new(kek),
+            16,
+            Limits::default(),
+        )
+        .await
+        .expect("vault");
+        (vault, store)
+    }
+
+    /// C has the subject's key cached and has not heard of A's forget yet
+    /// (its notice is late), and B has made the subject a new key. C's
+    /// next Tokenize must seal under the new key: tokens sealed under the
+    /// destroyed one would never open again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_with_a_stale_cached_key_seals_under_the_subjects_new_key() {
+        let url = fresh_database().await;
+        let ((a, _), (b, _), (c, c_store)) =
+            tokio::join!(replica(&url, "a"), replica(&url, "b"), replica(&url, "c"));
+        let mut tokens = c
+            .tokenize("subject-s", &[text("before the forget")])
+            .await
+            .expect("tokenize on C");
+        c_store.drop_invalidations();
+        a.forget("subject-s").await.expect("forget on A");
+        tokens.extend(
+            b.tokenize("subject-s", &[text("new key on B")])
+                .await
+                .expect("tokenize on B"),
+        );
+        tokens.extend(
+            c.tokenize("subject-s", &[text("stale cache on C")])
+                .await
+                .expect("tokenize on C with a stale cached key"),
+        );
+        let opened = a.detokenize(&tokens).await.expect("detokenize on A");
+        let seen: Vec<(TokenStatus, Option<&str>)> = opened
+            .iter()
+            .map(|d| (d.status, d.value.as_deref().map(String::as_str)))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (TokenStatus::Erased, None),
+                (TokenStatus::Found, Some("new key on B")),
+                (TokenStatus::Found, Some("stale cache on C")),
+            ]
         );
     }
 }

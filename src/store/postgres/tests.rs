@@ -127,9 +127,13 @@ async fn tokens_of_a_forgotten_subject_are_refused_on_every_replica() {
         .await
         .expect("key");
     assert_eq!(
-        b.insert_tokens(vec![new_token("t1", 3, Some(3))], 100)
-            .await
-            .expect("insert"),
+        b.insert_tokens(
+            vec![new_token("t1", 3, Some(3))],
+            &[(subject, &wrapped(3))],
+            100
+        )
+        .await
+        .expect("insert"),
         InsertOutcome::Committed
     );
     assert_eq!(
@@ -141,7 +145,11 @@ async fn tokens_of_a_forgotten_subject_are_refused_on_every_replica() {
     // B still holds the old key (as its cache would): its batch must not
     // land sealed under the destroyed key.
     let refused = b
-        .insert_tokens(vec![new_token("t2", 3, Some(3))], 300)
+        .insert_tokens(
+            vec![new_token("t2", 3, Some(3))],
+            &[(subject, &wrapped(3))],
+            300,
+        )
         .await;
     assert!(
         matches!(refused, Err(StoreError::SubjectErased)),
@@ -156,6 +164,85 @@ async fn tokens_of_a_forgotten_subject_are_refused_on_every_replica() {
     assert_eq!(
         a.tombstones(&[hasher()("t1")]).await.expect("read"),
         vec![true]
+    );
+}
+
+/// A replica whose cached key is no longer the subject's (a forget and a
+/// new key elsewhere, or a rewrap) must not store tokens sealed under it:
+/// under a destroyed key they would never open again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_sealed_under_a_key_that_is_not_the_subjects_are_refused() {
+    let url = fresh_database().await;
+    let (a, b) = tokio::join!(open(&url, "a"), open(&url, "b"));
+    let subject = SubjectHash([4; 32]);
+    let insert = |token: &'static str, key: WrappedKey| {
+        let b = &b;
+        async move {
+            b.insert_tokens(vec![new_token(token, 4, None)], &[(subject, &key)], 100)
+                .await
+        }
+    };
+    a.insert_subject_key(subject, wrapped(4))
+        .await
+        .expect("key");
+    assert_eq!(
+        insert("t1", wrapped(4)).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+
+    // Forgotten on A, then a new key made for the subject (as by another
+    // replica's Tokenize); B still holds the old one.
+    a.forget_subject(subject, hasher(), 200)
+        .await
+        .expect("forget");
+    a.insert_subject_key(subject, wrapped(14))
+        .await
+        .expect("new key");
+    let stale = insert("t2", wrapped(4)).await;
+    assert!(
+        matches!(stale, Err(StoreError::SubjectErased)),
+        "got {stale:?}"
+    );
+    assert_eq!(
+        insert("t3", wrapped(14)).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+
+    // A KEK rotation rewraps the key: the old wrapping is refused too, so
+    // the caller reads the key again.
+    assert!(a
+        .replace_subject_key(subject, &wrapped(14), wrapped(24))
+        .await
+        .expect("rewrap"));
+    let rewrapped = insert("t4", wrapped(14)).await;
+    assert!(
+        matches!(rewrapped, Err(StoreError::SubjectErased)),
+        "got {rewrapped:?}"
+    );
+    assert_eq!(
+        insert("t5", wrapped(24)).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+
+    let stored = a
+        .token_records(&[
+            "t1".into(),
+            "t2".into(),
+            "t3".into(),
+            "t4".into(),
+            "t5".into(),
+        ])
+        .await
+        .expect("read");
+    let present: Vec<bool> = stored.iter().map(Option::is_some).collect();
+    assert_eq!(present, [false, false, true, false, true]);
+
+    let unnamed = b
+        .insert_tokens(vec![new_token("t6", 4, None)], &[], 100)
+        .await;
+    assert!(
+        matches!(unnamed, Err(StoreError::Misuse(_))),
+        "a batch must name its sealing key: {unnamed:?}"
     );
 }
 
@@ -176,7 +263,11 @@ async fn racing_forgets_and_batches_never_leave_a_token_without_its_key() {
                 for i in 0..10 {
                     let token = format!("r{round}-{i}");
                     match b
-                        .insert_tokens(vec![new_token(&token, round, None)], 100)
+                        .insert_tokens(
+                            vec![new_token(&token, round, None)],
+                            &[(subject, &wrapped(round))],
+                            100,
+                        )
                         .await
                     {
                         Ok(InsertOutcome::Committed) => stored.push(token),
