@@ -17,7 +17,7 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use zeroize::Zeroizing;
 
 use super::{unix_now, Vault, VaultError};
-use crate::crypto::{token_aad, SubjectHash};
+use crate::crypto::{token_aad, CryptoError, SubjectHash};
 use crate::erasure::{ErasureLedger, Receipt, ReceiptError, SignedReceipt};
 use crate::store::BackupInfo;
 
@@ -139,6 +139,26 @@ impl Vault {
     ) -> Result<ExportPage, VaultError> {
         self.check_subject(subject_id)?;
         let subject = self.system.subject_hash(subject_id);
+        if let Some(page) = self.export_page_with_key(subject, cursor.clone()).await? {
+            return Ok(page);
+        }
+        // The cached key did not open a value: a stale key, as in
+        // `Vault::open_records`. Read the page and the key again, once.
+        self.cache.remove(&subject);
+        self.export_page_with_key(subject, cursor)
+            .await?
+            .ok_or_else(|| {
+                VaultError::Internal("a sealed value does not open under its subject's key".into())
+            })
+    }
+
+    /// [`Vault::export_page`] with the subject's key as found (cached or
+    /// stored); None if that key does not open one of the page's values.
+    async fn export_page_with_key(
+        &self,
+        subject: SubjectHash,
+        cursor: Option<Vec<u8>>,
+    ) -> Result<Option<ExportPage>, VaultError> {
         let page = self
             .store
             .subject_tokens(subject, cursor, EXPORT_PAGE)
@@ -150,39 +170,41 @@ impl Vault {
             .filter(|(_, record)| !record.is_expired(now))
             .collect();
         if live.is_empty() {
-            return Ok(ExportPage {
+            return Ok(Some(ExportPage {
                 subject,
                 tokens: Vec::new(),
                 next: page.next,
-            });
+            }));
         }
         let keys = self.keys_for_read(&[subject]).await?;
         let Some(keys) = keys.get(&subject) else {
             // Forgotten between the page read and the key read.
-            return Ok(ExportPage {
+            return Ok(Some(ExportPage {
                 subject,
                 tokens: Vec::new(),
                 next: None,
-            });
+            }));
         };
-        let tokens = live
-            .into_iter()
-            .map(|(token, record)| {
-                let aad = token_aad(&token, &record.format, &record.subject);
-                let value = super::utf8_value(keys.keys.seal_key().open(&aad, record.sealed)?)?;
-                Ok(Exported {
-                    token,
-                    format: record.format,
-                    value,
-                    created_at_unix: record.created_at,
-                })
-            })
-            .collect::<Result<Vec<_>, VaultError>>()?;
-        Ok(ExportPage {
+        let mut tokens = Vec::with_capacity(live.len());
+        for (token, record) in live {
+            let aad = token_aad(&token, &record.format, &record.subject);
+            let plain = match keys.keys.seal_key().open(&aad, record.sealed) {
+                Ok(plain) => plain,
+                Err(CryptoError::OpenFailed) => return Ok(None),
+                Err(other) => return Err(other.into()),
+            };
+            tokens.push(Exported {
+                token,
+                format: record.format,
+                value: super::utf8_value(plain)?,
+                created_at_unix: record.created_at,
+            });
+        }
+        Ok(Some(ExportPage {
             subject,
             tokens,
             next: page.next,
-        })
+        }))
     }
 
     /// Which of the given (not found) tokens belonged to forgotten subjects.

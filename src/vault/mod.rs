@@ -27,7 +27,9 @@ pub use rotation::{KeyStatus, RotationProgress};
 pub use text::{Redacted, RedactedFinding, Restored};
 
 use crate::config::{AuditDurability, Config, Limits};
-use crate::crypto::{token_aad, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys};
+use crate::crypto::{
+    token_aad, CryptoError, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys,
+};
 use crate::erasure::ErasureLedger;
 use crate::kek::{self, KekProvider, WrappedKey};
 use crate::scan::Scanner;
@@ -350,11 +352,46 @@ impl Vault {
 
     /// Opens looked-up records of `tokens` (same order), unwrapping the
     /// subjects' keys in one provider call.
+    ///
+    /// A value its subject's cached key does not open is looked up again,
+    /// once, with that key read from the store: on a store shared by
+    /// replicas the subject may have been forgotten and given a new key
+    /// elsewhere, and the notice not have reached this cache yet. A value
+    /// that still does not open is corrupt (INTERNAL).
     async fn open_records(
         &self,
         tokens: &[String],
         records: Vec<Option<TokenRecord>>,
     ) -> Result<Vec<Detokenized>, VaultError> {
+        let (mut opened, unopened) = self.open_with_keys(tokens, records).await?;
+        if unopened.is_empty() {
+            return Ok(opened);
+        }
+        for (_, subject) in &unopened {
+            self.cache.remove(subject);
+        }
+        let again: Vec<String> = unopened.iter().map(|(i, _)| tokens[*i].clone()).collect();
+        let records = self.store.token_records(&again).await?;
+        let (reopened, still_unopened) = self.open_with_keys(&again, records).await?;
+        if !still_unopened.is_empty() {
+            return Err(VaultError::Internal(
+                "a sealed value does not open under its subject's key".into(),
+            ));
+        }
+        for ((i, _), result) in unopened.into_iter().zip(reopened) {
+            opened[i] = result;
+        }
+        Ok(opened)
+    }
+
+    /// One pass of [`Vault::open_records`]: the results, and the positions
+    /// (with subjects) of values the subject's key did not open, whose
+    /// results are placeholders.
+    async fn open_with_keys(
+        &self,
+        tokens: &[String],
+        records: Vec<Option<TokenRecord>>,
+    ) -> Result<(Vec<Detokenized>, Vec<(usize, SubjectHash)>), VaultError> {
         let now = unix_now();
         let subjects: Vec<SubjectHash> = records
             .iter()
@@ -371,19 +408,32 @@ impl Vault {
             .collect();
         let mut erased = self.erased(&missing).await?.into_iter();
 
-        tokens
-            .iter()
-            .zip(records)
-            .map(|(token, record)| match record {
-                None if erased.next().unwrap_or(false) => Ok(Detokenized {
+        let mut opened = Vec::with_capacity(tokens.len());
+        let mut unopened = Vec::new();
+        for (i, (token, record)) in tokens.iter().zip(records).enumerate() {
+            let result = match record {
+                None if erased.next().unwrap_or(false) => Detokenized {
                     status: TokenStatus::Erased,
                     value: None,
                     format: None,
                     subject: None,
-                }),
-                record => open_record(token, record, &keys, now),
-            })
-            .collect()
+                },
+                record => match open_record(token, record, &keys, now)? {
+                    Opened::Value(result) => result,
+                    Opened::KeyMismatch(subject) => {
+                        unopened.push((i, subject));
+                        Detokenized {
+                            status: TokenStatus::NotFound,
+                            value: None,
+                            format: None,
+                            subject: None,
+                        }
+                    }
+                },
+            };
+            opened.push(result);
+        }
+        Ok((opened, unopened))
     }
 
     fn max_token_bytes(&self) -> usize {
@@ -764,46 +814,58 @@ fn settle_conflicts(
         .collect()
 }
 
+/// What opening one looked-up record gave.
+enum Opened {
+    Value(Detokenized),
+    /// The subject's key did not open the value (see
+    /// [`Vault::open_records`]).
+    KeyMismatch(SubjectHash),
+}
+
 fn open_record(
     token: &str,
     record: Option<TokenRecord>,
     keys: &HashMap<SubjectHash, Arc<CachedKeys>>,
     now: i64,
-) -> Result<Detokenized, VaultError> {
+) -> Result<Opened, VaultError> {
     let Some(record) = record else {
-        return Ok(Detokenized {
+        return Ok(Opened::Value(Detokenized {
             status: TokenStatus::NotFound,
             value: None,
             format: None,
             subject: None,
-        });
+        }));
     };
     if record.is_expired(now) {
-        return Ok(Detokenized {
+        return Ok(Opened::Value(Detokenized {
             status: TokenStatus::Expired,
             value: None,
             format: Some(record.format),
             subject: Some(record.subject),
-        });
+        }));
     }
     let Some(subject_keys) = keys.get(&record.subject) else {
         // The record was read just before a forget of its subject removed
         // the key: the token is erased.
-        return Ok(Detokenized {
+        return Ok(Opened::Value(Detokenized {
             status: TokenStatus::Erased,
             value: None,
             format: None,
             subject: None,
-        });
+        }));
     };
     let aad = token_aad(token, &record.format, &record.subject);
-    let value = utf8_value(subject_keys.keys.seal_key().open(&aad, record.sealed)?)?;
-    Ok(Detokenized {
+    let plain = match subject_keys.keys.seal_key().open(&aad, record.sealed) {
+        Ok(plain) => plain,
+        Err(CryptoError::OpenFailed) => return Ok(Opened::KeyMismatch(record.subject)),
+        Err(other) => return Err(other.into()),
+    };
+    Ok(Opened::Value(Detokenized {
         status: TokenStatus::Found,
-        value: Some(value),
+        value: Some(utf8_value(plain)?),
         format: Some(record.format),
         subject: Some(record.subject),
-    })
+    }))
 }
 
 /// An opened value as text, moved (not copied) out of its zeroizing
@@ -875,31 +937,58 @@ mod tests {
         (vault, store)
     }
 
-    /// C has the subject's key cached and has not heard of A's forget yet
-    /// (its notice is late), and B has made the subject a new key. C's
-    /// next Tokenize must seal under the new key: tokens sealed under the
-    /// destroyed one would never open again.
+    /// C has three subjects' keys cached and has not heard of A's forgets
+    /// yet (its notices are late), and B has made each subject a new key.
+    /// C's next Tokenize must seal under the new key: tokens sealed under
+    /// the destroyed one would never open again. C's Detokenize and export
+    /// of B's new tokens must open them with the new key, not fail on the
+    /// old one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_replica_with_a_stale_cached_key_seals_under_the_subjects_new_key() {
+    async fn a_replica_with_stale_cached_keys_uses_the_subjects_new_keys() {
         let url = fresh_database().await;
         let ((a, _), (b, _), (c, c_store)) =
             tokio::join!(replica(&url, "a"), replica(&url, "b"), replica(&url, "c"));
-        let mut tokens = c
-            .tokenize("subject-s", &[text("before the forget")])
-            .await
-            .expect("tokenize on C");
+        let mut tokens = Vec::new();
+        for subject in ["writes-on-c", "reads-on-c", "exports-on-c"] {
+            tokens.extend(
+                c.tokenize(subject, &[text("before the forget")])
+                    .await
+                    .expect("tokenize on C"),
+            );
+        }
         c_store.drop_invalidations();
-        a.forget("subject-s").await.expect("forget on A");
+        for subject in ["writes-on-c", "reads-on-c", "exports-on-c"] {
+            a.forget(subject).await.expect("forget on A");
+            tokens.extend(
+                b.tokenize(subject, &[text("new key on B")])
+                    .await
+                    .expect("tokenize on B"),
+            );
+        }
         tokens.extend(
-            b.tokenize("subject-s", &[text("new key on B")])
-                .await
-                .expect("tokenize on B"),
-        );
-        tokens.extend(
-            c.tokenize("subject-s", &[text("stale cache on C")])
+            c.tokenize("writes-on-c", &[text("stale cache on C")])
                 .await
                 .expect("tokenize on C with a stale cached key"),
         );
+        let read_on_c = c
+            .detokenize(&tokens[4..5])
+            .await
+            .expect("detokenize on C with a stale cached key");
+        assert_eq!(
+            read_on_c[0].value.as_deref().map(String::as_str),
+            Some("new key on B")
+        );
+        let exported_on_c = c
+            .export_page("exports-on-c", None)
+            .await
+            .expect("export on C with a stale cached key");
+        let exported: Vec<(&str, &str)> = exported_on_c
+            .tokens
+            .iter()
+            .map(|e| (e.token.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(exported, [(tokens[5].as_str(), "new key on B")]);
+
         let opened = a.detokenize(&tokens).await.expect("detokenize on A");
         let seen: Vec<(TokenStatus, Option<&str>)> = opened
             .iter()
@@ -909,6 +998,10 @@ mod tests {
             seen,
             [
                 (TokenStatus::Erased, None),
+                (TokenStatus::Erased, None),
+                (TokenStatus::Erased, None),
+                (TokenStatus::Found, Some("new key on B")),
+                (TokenStatus::Found, Some("new key on B")),
                 (TokenStatus::Found, Some("new key on B")),
                 (TokenStatus::Found, Some("stale cache on C")),
             ]
