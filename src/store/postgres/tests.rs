@@ -182,6 +182,20 @@ async fn tokens_sealed_under_a_key_that_is_not_the_subjects_are_refused() {
                 .await
         }
     };
+    // A batch under `stale` stores nothing; the same under `current` does.
+    let refused_then_stored = |stale: (&'static str, u8), current: (&'static str, u8)| {
+        let insert = &insert;
+        async move {
+            let refused = insert(stale.0, wrapped(stale.1)).await;
+            assert!(
+                matches!(refused, Err(StoreError::SubjectErased)),
+                "{}: got {refused:?}",
+                stale.0
+            );
+            let stored = insert(current.0, wrapped(current.1)).await;
+            assert_eq!(stored.expect("insert"), InsertOutcome::Committed);
+        }
+    };
     a.insert_subject_key(subject, wrapped(4))
         .await
         .expect("key");
@@ -198,15 +212,7 @@ async fn tokens_sealed_under_a_key_that_is_not_the_subjects_are_refused() {
     a.insert_subject_key(subject, wrapped(14))
         .await
         .expect("new key");
-    let stale = insert("t2", wrapped(4)).await;
-    assert!(
-        matches!(stale, Err(StoreError::SubjectErased)),
-        "got {stale:?}"
-    );
-    assert_eq!(
-        insert("t3", wrapped(14)).await.expect("insert"),
-        InsertOutcome::Committed
-    );
+    refused_then_stored(("t2", 4), ("t3", 14)).await;
 
     // A KEK rotation rewraps the key: the old wrapping is refused too, so
     // the caller reads the key again.
@@ -214,15 +220,7 @@ async fn tokens_sealed_under_a_key_that_is_not_the_subjects_are_refused() {
         .replace_subject_key(subject, &wrapped(14), wrapped(24))
         .await
         .expect("rewrap"));
-    let rewrapped = insert("t4", wrapped(14)).await;
-    assert!(
-        matches!(rewrapped, Err(StoreError::SubjectErased)),
-        "got {rewrapped:?}"
-    );
-    assert_eq!(
-        insert("t5", wrapped(24)).await.expect("insert"),
-        InsertOutcome::Committed
-    );
+    refused_then_stored(("t4", 14), ("t5", 24)).await;
 
     let stored = a
         .token_records(&[
