@@ -347,6 +347,27 @@ impl PostgresStore {
         Ok(row.map(|row| row.get(0)))
     }
 
+    /// The (key, bytes) rows of a two-column `... WHERE key = ANY($1)`
+    /// query, by key.
+    async fn rows_by_key<K>(
+        &self,
+        sql: &str,
+        keys: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Result<HashMap<K, Vec<u8>>, StoreError>
+    where
+        K: for<'a> tokio_postgres::types::FromSql<'a> + std::hash::Hash + Eq,
+    {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(engine)?;
+        Ok(client
+            .query(&stmt, &[keys])
+            .await
+            .map_err(engine)?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
+    }
+
     /// One attempt at a token batch; Err(retryable) is retried by the caller.
     async fn try_insert_tokens(
         &self,
@@ -812,19 +833,13 @@ impl Store for PostgresStore {
         &self,
         subjects: &[SubjectHash],
     ) -> Result<Vec<Option<WrappedKey>>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT subject, wrapped FROM tv_subjects WHERE subject = ANY($1)")
-            .await
-            .map_err(engine)?;
         let keys: Vec<&[u8]> = subjects.iter().map(|s| s.0.as_slice()).collect();
-        let mut found: HashMap<Vec<u8>, Vec<u8>> = client
-            .query(&stmt, &[&keys])
-            .await
-            .map_err(engine)?
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
+        let mut found: HashMap<Vec<u8>, Vec<u8>> = self
+            .rows_by_key(
+                "SELECT subject, wrapped FROM tv_subjects WHERE subject = ANY($1)",
+                &keys,
+            )
+            .await?;
         subjects
             .iter()
             .map(|s| {
@@ -894,18 +909,12 @@ impl Store for PostgresStore {
         &self,
         tokens: &[String],
     ) -> Result<Vec<Option<TokenRecord>>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT token, record FROM tv_tokens WHERE token = ANY($1)")
-            .await
-            .map_err(engine)?;
-        let found: HashMap<String, Vec<u8>> = client
-            .query(&stmt, &[&tokens])
-            .await
-            .map_err(engine)?
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
+        let found: HashMap<String, Vec<u8>> = self
+            .rows_by_key(
+                "SELECT token, record FROM tv_tokens WHERE token = ANY($1)",
+                &tokens,
+            )
+            .await?;
         tokens
             .iter()
             .map(|token| {
