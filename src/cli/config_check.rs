@@ -7,8 +7,8 @@
 //! and certificate files that cannot be read, plaintext connections off
 //! loopback and a missing `[kek]` (`crate::exposure`), audit and ledger
 //! locations that cannot be written, and with `--connect` a Vault that
-//! cannot be reached. It changes nothing (a write probe is removed at once) and
-//! prints no secret: files are named by path, never shown.
+//! cannot be reached. It changes nothing (a write probe is removed at
+//! once) and prints no secret: files are named by path, never shown.
 
 use std::fs;
 use std::path::{Path, PathBuf};
