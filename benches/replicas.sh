@@ -70,7 +70,7 @@ run() {
   rest=$(IFS=,; echo "${addrs[*]:1}")
   echo
   echo "## $label"
-  "$bin" bench --addr "$first" ${rest:+--also-addr "$rest"} --api-key "$api_key" \
+  TOKENVAULT_API_KEY="$api_key" "$bin" bench --addr "$first" ${rest:+--also-addr "$rest"} \
     --seconds "${SECONDS_PER_CELL:-5}" --concurrency 64 --batch 1,100 "$@" 2>&1 | grep -v '^audit' || true
 }
 

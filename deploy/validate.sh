@@ -13,7 +13,9 @@
 # 3. consistency the schemas cannot see: every tokenvault.toml embedded in a
 #    ConfigMap parses as TOML and uses only the agreed [kek] keys; workload
 #    selectors match their pod labels; Services, the PDB and the
-#    NetworkPolicies select the tokenvault pods; probes use the grpc port;
+#    NetworkPolicies select the tokenvault pods; every config speaks TLS
+#    (gRPC, Vault, PostgreSQL); probes use the metrics port's /healthz and
+#    /readyz (a kubelet grpc probe cannot speak TLS);
 #    the pods run non-root with a read-only root fs and no capabilities;
 # 4. `bash -n` on every shell script, and shellcheck when it is installed.
 set -euo pipefail
@@ -76,7 +78,7 @@ for f in files:
 
 KEK = {"provider", "address", "mount", "key_name", "ca_cert", "timeout_ms", "token_env", "approle", "path"}
 APPROLE = {"role_id", "secret_id_file", "mount"}
-TOP = {"listen", "data_dir", "shutdown_grace_seconds", "storage", "kek", "cache", "limits", "principals", "tls", "audit"}
+TOP = {"listen", "data_dir", "shutdown_grace_seconds", "storage", "kek", "cache", "limits", "principals", "tls", "audit", "metrics"}
 RPCS = {"tokenize", "detokenize", "redact_text", "restore_text", "forget_subject", "export_subject"}
 def sub(sel, labels): return all(labels.get(k) == v for k, v in (sel or {}).items())
 
@@ -94,6 +96,13 @@ for f, d in docs:
         if set(k) - KEK: problems.append(f"{f}: unknown [kek] keys {sorted(set(k) - KEK)}")
         if set(k.get("approle", {})) - APPROLE: problems.append(f"{f}: unknown [kek.approle] keys")
         if ("token_env" in k) == ("approle" in k): problems.append(f"{f}: need exactly one of token_env, [kek.approle]")
+        t = c.get("tls", {})
+        if not (t.get("cert") and t.get("key")): problems.append(f"{f}: no [tls] cert and key: the gRPC port must speak TLS")
+        if c.get("allow_plaintext_on_non_loopback"): problems.append(f"{f}: allow_plaintext_on_non_loopback in a shipped config")
+        if not str(k.get("address", "")).startswith("https://"): problems.append(f"{f}: kek.address is not https://")
+        if c.get("storage", {}).get("backend") == "postgres" and not c.get("storage", {}).get("postgres", {}).get("tls"):
+            problems.append(f"{f}: storage.postgres.tls is not true")
+        if c.get("metrics", {}).get("listen", "").rsplit(":", 1)[-1] != "9090": problems.append(f"{f}: [metrics] listen is not on port 9090 (the probes' port)")
         for p in c.get("principals", []):
             if set(p.get("allow", [])) - RPCS: problems.append(f"{f}: principal {p.get('name')}: unknown RPCs")
     if kind in ("Deployment", "StatefulSet"):
@@ -110,8 +119,12 @@ for f, d in docs:
             if not sc.get("readOnlyRootFilesystem"): problems.append(f"{f}: {c['name']}: root fs writable")
             if sc.get("capabilities", {}).get("drop") != ["ALL"]: problems.append(f"{f}: {c['name']}: caps not dropped")
             if sc.get("allowPrivilegeEscalation") is not False: problems.append(f"{f}: {c['name']}: privilege escalation")
+            # The gRPC port speaks TLS, which a kubelet's grpc probe cannot:
+            # the probes go to the metrics port's /healthz and /readyz.
             for pr in ("startupProbe", "readinessProbe", "livenessProbe"):
-                if c.get(pr, {}).get("grpc", {}).get("port") != 50051: problems.append(f"{f}: {c['name']}: {pr} is not a grpc probe on 50051")
+                g = c.get(pr, {}).get("httpGet", {})
+                if g.get("port") != 9090 or g.get("path") not in ("/healthz", "/readyz"):
+                    problems.append(f"{f}: {c['name']}: {pr} is not an httpGet of /healthz or /readyz on 9090")
             mounts = {m["name"] for m in c.get("volumeMounts", [])}
             vols = {v["name"] for v in ps.get("volumes", [])} | {v["metadata"]["name"] for v in spec.get("volumeClaimTemplates", [])}
             if mounts - vols: problems.append(f"{f}: mounts without a volume: {sorted(mounts - vols)}")

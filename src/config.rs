@@ -51,6 +51,11 @@ pub struct Config {
     pub limits: Limits,
     /// Server TLS, and mTLS when `client_ca` is set.
     pub tls: Option<TlsConfig>,
+    /// Lets a plaintext gRPC port, Vault or PostgreSQL connection off
+    /// loopback through (a mesh that terminates mTLS), with a warning at
+    /// start; see `crate::exposure`.
+    #[serde(default)]
+    pub allow_plaintext_on_non_loopback: bool,
     /// Verifying keys of the actor tokens privileged services send.
     pub actor_tokens: Option<ActorTokensConfig>,
     #[serde(default)]
@@ -411,7 +416,8 @@ pub struct PrincipalConfig {
     #[serde(default)]
     pub api_key_sha256: Option<String>,
     /// The name in its client certificate: a URI or DNS SAN, or `CN=...`
-    /// for the subject's common name (needs `[tls] client_ca`).
+    /// for the subject's common name, matched only in a certificate with
+    /// no URI or DNS SAN (needs `[tls] client_ca`).
     #[serde(default)]
     pub mtls_subject: Option<String>,
     /// RPCs it may call, in snake_case (`tokenize`, `detokenize`, ...).
@@ -590,8 +596,22 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses a config. An error names the line and column and never
+    /// shows the line itself, and a URL password or `password=` in the
+    /// parser's message is redacted ([`redact_secrets`]).
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+        toml::from_str(text).map_err(|e| {
+            let message = redact_secrets(e.message().trim()).replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: {message}")
+                }
+                None => message,
+            }
+        })
     }
 
     /// Checks what serde cannot: values in range, names known.
@@ -713,6 +733,25 @@ impl Config {
     }
 }
 
+/// `text` with the password of every `scheme://user:password@` URL and
+/// every libpq `password=` value replaced by `***`: for parse errors,
+/// which quote the values they reject.
+pub fn redact_secrets(text: &str) -> String {
+    static SECRETS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(?i)(?P<url>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@|(?P<kv>password\s*=\s*)('[^']*'|[^\s'"]+)"#)
+            .expect("constant pattern")
+    });
+    SECRETS
+        .replace_all(text, |c: &regex::Captures<'_>| {
+            match (c.name("url"), c.name("kv")) {
+                (Some(url), _) => format!("{}***@", url.as_str()),
+                (None, Some(kv)) => format!("{}***", kv.as_str()),
+                (None, None) => String::new(),
+            }
+        })
+        .into_owned()
+}
+
 /// A principal's `reveal` keys name formats (built-in or `[[formats]]`) or
 /// `default`.
 fn check_reveal_formats(
@@ -813,6 +852,30 @@ mod tests {
             let err = Config::parse(text).expect_err(text);
             assert!(err.contains(key), "{err} should name {key}");
         }
+    }
+
+    #[test]
+    fn parse_errors_show_no_line_and_no_password() {
+        for text in [
+            "[storage.postgres]\ntls = \"postgres://tv:s3cr3t-pw@db:5432/tv\"",
+            "[storage.postgres]\nurl = \"postgres://tv:s3cr3t-pw@db:5432/tv\" x",
+            "[storage.postgres]\ntls = \"host=db password=s3cr3t-pw\"",
+        ] {
+            let error = Config::parse(text).expect_err(text);
+            assert!(!error.contains("s3cr3t-pw"), "{error}");
+            assert!(error.contains("line 2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn postgres_config_debug_shows_no_url() {
+        let config = Config::parse(
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://tv:s3cr3t-pw@db/tv\"",
+        )
+        .expect("parses");
+        let shown = format!("{config:?}");
+        assert!(shown.contains("PostgresConfig"), "{shown}");
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod erasure;
+pub mod exposure;
 pub mod kek;
 pub mod metrics;
 pub mod policy;

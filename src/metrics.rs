@@ -3,7 +3,8 @@
 //! Owns the process's Prometheus registry ([`METRICS`]), the tower layer
 //! that counts, times and logs every gRPC call ([`ObserveLayer`]), the
 //! per-call facts the handlers add to ([`CallRecord`]) and the plain-HTTP
-//! `/metrics` endpoint on `[metrics] listen` ([`serve_endpoint`]).
+//! `/metrics` endpoint on `[metrics] listen` ([`serve_endpoint`]), which
+//! also answers `/healthz` and `/readyz` for probes that cannot speak TLS.
 //!
 //! It must never put request data in a label, a value or a log line:
 //! labels come only from fixed sets (RPC names, gRPC code names, KEK
@@ -427,8 +428,9 @@ fn code_label(headers: &http::HeaderMap) -> &'static str {
     }
 }
 
-/// Serves `GET /metrics` on `listener` (plain HTTP/1.1) until the task is
-/// aborted. Anything else is 404.
+/// Serves `GET /metrics`, and `GET /healthz` and `/readyz` for probes, on
+/// `listener` (plain HTTP/1.1) until the task is aborted. Anything else is
+/// 404.
 pub async fn serve_endpoint(listener: TcpListener, vault: Arc<Vault>) {
     use hyper::server::conn::http1;
     use hyper_util::rt::TokioIo;
@@ -461,20 +463,26 @@ fn respond<B>(
     request: &http::Request<B>,
     vault: &Vault,
 ) -> http::Response<http_body_util::Full<hyper::body::Bytes>> {
-    let (status, content_type, body) =
-        if request.method() == http::Method::GET && request.uri().path() == "/metrics" {
-            (
-                http::StatusCode::OK,
-                prometheus::TEXT_FORMAT,
-                METRICS.render(vault),
-            )
-        } else {
-            (
-                http::StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found; try /metrics\n".to_string(),
-            )
-        };
+    let get = request.method() == http::Method::GET;
+    let (status, content_type, body) = if get && request.uri().path() == "/metrics" {
+        (
+            http::StatusCode::OK,
+            prometheus::TEXT_FORMAT,
+            METRICS.render(vault),
+        )
+    } else if get && matches!(request.uri().path(), "/healthz" | "/readyz") {
+        // For probes that cannot speak TLS (a kubelet's gRPC probe is
+        // plaintext): the endpoint answers from the moment the audit
+        // log is open until shutdown, as `tokenvault.v1.TokenVault`'s
+        // gRPC health does.
+        (http::StatusCode::OK, "text/plain", "ok\n".to_string())
+    } else {
+        (
+            http::StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics\n".to_string(),
+        )
+    };
     let mut response = http::Response::new(http_body_util::Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -115,3 +115,89 @@ async fn no_value_or_subject_id_is_stored_or_logged_in_the_clear() {
         "only {bytes_searched} bytes searched: was anything stored?"
     );
 }
+
+/// Every path under `dir` (directories, files, sockets) with its mode.
+fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("metadata");
+        out.push((path.clone(), meta.permissions().mode()));
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read dir").flatten() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_file_the_server_creates_is_owner_only() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::create_dir_all(root).expect("root");
+    let kek = root.join("kek.key");
+    std::fs::write(&kek, [7u8; 32]).expect("kek");
+    // The ledger and the audit file outside the data directory, in
+    // directories the server creates.
+    let (ledger_dir, audit_dir) = (root.join("ledger"), root.join("audit"));
+    std::fs::create_dir_all(&audit_dir).expect("audit dir");
+    let config = format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n[erasure]\nledger = \"{}\"\n[audit]\nfile = \"{}\"\n{}",
+        kek.display(),
+        ledger_dir.join("nested/erasure-ledger.jsonl").display(),
+        audit_dir.join("audit.jsonl").display(),
+        common::admin_principal_toml()
+    );
+    let mut server = Server::start_with_config(root, &config);
+    let mut client = server.client().await;
+    let tokens = tokenize(
+        &mut client,
+        "subject-modes-1",
+        vec![item("4111 1111 1111 1111", "card")],
+    )
+    .await;
+    detokenize(&mut client, &tokens).await;
+    client
+        .forget_subject(tokenvault::pb::ForgetSubjectRequest {
+            subject_id: "subject-modes-1".into(),
+            reason: "test".into(),
+        })
+        .await
+        .expect("forget");
+
+    // While it runs: the admin socket too.
+    let socket = server.data_dir().join("admin.sock");
+    let socket_mode = modes_under(&socket)[0].1;
+    assert!(
+        std::fs::symlink_metadata(&socket)
+            .expect("socket")
+            .file_type()
+            .is_socket(),
+        "admin socket"
+    );
+    assert_eq!(
+        socket_mode & 0o077,
+        0,
+        "admin.sock has mode {socket_mode:o}"
+    );
+
+    let mut seen = 0;
+    for top in [server.data_dir(), ledger_dir, audit_dir.join("audit.jsonl")] {
+        for (path, mode) in modes_under(&top) {
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "{} has mode {:o}: group or others can reach it",
+                path.display(),
+                mode & 0o7777
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen > 10, "only {seen} paths checked");
+    server.stop().await;
+}

@@ -239,8 +239,13 @@ async fn an_unwritable_audit_file_stops_every_reveal() {
     // A server does not start without a writable audit file.
     std::fs::rename(&file, &moved).expect("move the file away");
     std::fs::create_dir(&file).expect("a directory in its place");
+    let config = format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n{}",
+        server.data_dir().join("kek.key").display(),
+        admin_principal_toml()
+    );
     drop(server);
-    let mut refused = Server::prepared_with_config(dir.path(), &admin_principal_toml(), &[]);
+    let mut refused = Server::prepared_with_config(dir.path(), &config, &[]);
     let (status, log) = refused.run_to_exit();
     assert!(!status.success(), "started without an audit file: {log}");
     assert!(

@@ -1,6 +1,7 @@
 //! `deploy/local/run.sh`, the production-shaped stack on one machine
-//! (OpenBao with transit and AppRole, tokenvault on the vault KEK), runs to
-//! a working `tokenvault tokenize` / `detokenize` and stops cleanly.
+//! (OpenBao with transit and AppRole, tokenvault on the vault KEK, TLS on
+//! its gRPC port), runs to a working `tokenvault tokenize` / `detokenize`
+//! over TLS and stops cleanly.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -42,6 +43,7 @@ fn the_local_stack_script_serves_tokenize_and_detokenize_through_vault() {
         .filter_map(|field| field.split_once('='))
         .collect();
     let addr = fields["TOKENVAULT_ADDR"];
+    assert!(addr.starts_with("https://"), "the stack speaks TLS: {addr}");
     let api_key = std::fs::read_to_string(fields["TOKENVAULT_API_KEY_FILE"])
         .expect("api key file")
         .trim()
@@ -51,6 +53,7 @@ fn the_local_stack_script_serves_tokenize_and_detokenize_through_vault() {
         let out = Command::new(bin)
             .args(args)
             .env("TOKENVAULT_ADDR", addr)
+            .env("TOKENVAULT_CA_FILE", fields["TOKENVAULT_CA_FILE"])
             .env("TOKENVAULT_API_KEY", &api_key)
             .output()
             .expect("run client");

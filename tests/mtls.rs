@@ -6,32 +6,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{admin_principal_toml, item, Server};
+use common::{admin_principal_toml, dev_certs, item, Server};
 use tokenvault::pb;
 use tokenvault::pb::token_vault_client::TokenVaultClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Code;
 
 const SUBJECT: &str = "subject-mtls-51d2aa";
-
-/// Runs `keys/dev-certs.sh` into `out` for `principals`.
-fn dev_certs(out: &Path, principals: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/dev-certs.sh");
-    let output = Command::new("bash")
-        .arg(script)
-        .arg("--out")
-        .arg(out)
-        .args(principals)
-        .output()
-        .expect("run dev-certs.sh");
-    assert!(
-        output.status.success(),
-        "dev-certs.sh failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 fn start(root: &Path, certs: &Path) -> Server {
     std::fs::create_dir_all(root).expect("root");
@@ -56,7 +38,13 @@ reveal = {{ default = "full" }}
 
 [[principals]]
 name = "chat-backend"
-mtls_subject = "CN=chat-backend"
+mtls_subject = "chat-backend"
+allow = ["tokenize"]
+
+# The stranger's certificate has SANs: its CN must not be matched.
+[[principals]]
+name = "by-common-name"
+mtls_subject = "CN=stranger"
 allow = ["tokenize"]
 {admin}"#,
         kek = kek.display(),
@@ -135,7 +123,7 @@ async fn a_client_certificate_from_the_ca_names_its_principal() {
         .expect_err("not allowed");
     assert_eq!(denied.code(), Code::PermissionDenied);
 
-    // chat-backend by its subject CN: tokenize only.
+    // chat-backend by its DNS SAN: tokenize only.
     let channel = connect(&server, &certs, Some("client-chat-backend"))
         .await
         .expect("connect");
@@ -151,7 +139,9 @@ async fn a_client_certificate_from_the_ca_names_its_principal() {
         .expect_err("chat may not detokenize");
     assert_eq!(denied.code(), Code::PermissionDenied);
 
-    // A good certificate that names no principal, and no API key.
+    // A good certificate that names no principal by a SAN (its CN names
+    // one, but a certificate with SANs is matched by them only), and no
+    // API key.
     let channel = connect(&server, &certs, Some("client-stranger"))
         .await
         .expect("connect");
@@ -190,4 +180,132 @@ async fn foreign_expired_and_missing_client_certificates_are_refused() {
         .await
         .expect("connect");
     tokenize_over(channel).await.expect("billing tokenizes");
+}
+
+/// A server with `[tls]` but no `client_ca`: TLS, callers by API key.
+fn start_tls_only(root: &Path, certs: &Path) -> Server {
+    std::fs::create_dir_all(root).expect("root");
+    let kek = root.join("kek.key");
+    std::fs::write(&kek, [5u8; 32]).expect("kek");
+    let config = format!(
+        "[kek]\nprovider = \"local\"\npath = \"{kek}\"\n[tls]\ncert = \"{certs}/server-chain.pem\"\nkey = \"{certs}/server.key\"\n{admin}",
+        kek = kek.display(),
+        certs = certs.display(),
+        admin = admin_principal_toml(),
+    );
+    Server::start_with_config(root, &config)
+}
+
+/// Runs the binary as a client with only `envs` of the TOKENVAULT_
+/// variables set.
+fn cli(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+    for var in [
+        "TOKENVAULT_ADDR",
+        "TOKENVAULT_API_KEY",
+        "TOKENVAULT_API_KEY_FILE",
+        "TOKENVAULT_CA_FILE",
+        "TOKENVAULT_CLIENT_CERT",
+        "TOKENVAULT_CLIENT_KEY",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tokenvault")
+}
+
+/// Tokenizes a card with the CLI, then detokenizes its token; returns the
+/// detokenize line.
+fn cli_round_trip(extra: &[&str], envs: &[(&str, &str)]) -> String {
+    const CARD: &str = "4111 1111 1111 1111";
+    let mut args = vec!["tokenize", "--subject", SUBJECT, "--format", "card"];
+    args.extend_from_slice(extra);
+    args.push(CARD);
+    let out = cli(&args, envs);
+    assert!(
+        out.status.success(),
+        "tokenize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).expect("utf8");
+    let token = token.trim();
+    assert_ne!(token, CARD);
+    let mut args = vec!["detokenize"];
+    args.extend_from_slice(extra);
+    args.push(token);
+    let out = cli(&args, envs);
+    assert!(
+        out.status.success(),
+        "detokenize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).expect("utf8");
+    assert_eq!(line.trim(), format!("{token}\tFOUND\t{CARD}"));
+    line
+}
+
+#[tokio::test]
+async fn the_cli_tokenizes_and_detokenizes_over_tls_and_mtls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    dev_certs(&certs, &["billing", "chat-backend"]);
+    let cert = |name: &str| certs.join(name).display().to_string();
+    let no_dev_key = dir.path().join("no-data-dir").display().to_string();
+
+    // TLS, the API key from a file, the CA as options.
+    let server = start_tls_only(&dir.path().join("tls"), &certs);
+    let addr = server.addr.replace("http://", "https://");
+    let key_file = dir.path().join("api.key");
+    std::fs::write(&key_file, common::TEST_API_KEY).expect("key file");
+    let key_file = key_file.display().to_string();
+    let ca = cert("ca.pem");
+    cli_round_trip(
+        &[
+            "--ca-file",
+            &ca,
+            "--api-key-file",
+            &key_file,
+            "--data-dir",
+            &no_dev_key,
+        ],
+        &[("TOKENVAULT_ADDR", &addr)],
+    );
+    // The same server without its CA: one line naming the address.
+    let out = cli(
+        &["detokenize", "--api-key-file", &key_file, "tok_x"],
+        &[("TOKENVAULT_ADDR", &addr)],
+    );
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains(&addr), "{error}");
+    drop(server);
+
+    // mTLS, everything from the environment, no API key at all.
+    let server = start(&dir.path().join("mtls"), &certs);
+    let addr = server.addr.replace("http://", "https://");
+    let (client_cert, client_key) = (cert("client-billing.pem"), cert("client-billing.key"));
+    cli_round_trip(
+        &["--data-dir", &no_dev_key],
+        &[
+            ("TOKENVAULT_ADDR", &addr),
+            ("TOKENVAULT_CA_FILE", &ca),
+            ("TOKENVAULT_CLIENT_CERT", &client_cert),
+            ("TOKENVAULT_CLIENT_KEY", &client_key),
+        ],
+    );
+    // A client certificate needs its key.
+    let out = cli(
+        &["detokenize", "--client-cert", &client_cert, "tok_x"],
+        &[("TOKENVAULT_ADDR", &addr), ("TOKENVAULT_CA_FILE", &ca)],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--client-key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

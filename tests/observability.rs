@@ -27,11 +27,17 @@ fn kek(root: &Path) -> String {
 
 /// GET /metrics over plain HTTP/1.1.
 fn scrape(addr: &str) -> String {
+    get(addr, "/metrics")
+}
+
+/// GET `path` of the metrics endpoint over plain HTTP/1.1: the body of a
+/// 200 answer.
+fn get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .expect("send");
     let mut response = String::new();
@@ -109,6 +115,11 @@ async fn metrics_count_the_calls_and_the_json_log_has_a_line_per_call_without_va
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
 
     let text = scrape(&metrics_addr(root));
+    // The probes' paths, for a kubelet that cannot speak TLS to the gRPC
+    // port.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(get(&metrics_addr(root), path), "ok\n", "{path}");
+    }
     let got = samples(&text);
     let value = |series: &str| got.get(series).copied().unwrap_or(-1.0);
     for (series, expected) in [

@@ -4,7 +4,9 @@
 # The production-shaped stack on one machine, for integration tests and demos:
 # OpenBao (dev server, in memory, loopback) with transit + AppRole set up by
 # keys/dev-vault-setup.sh, and tokenvault with the vault KEK provider and
-# AppRole auth, an API key for the principal local-admin (every RPC).
+# AppRole auth, an API key for the principal local-admin (every RPC), and TLS
+# on the gRPC port with a dev CA from keys/dev-certs.sh (as in production;
+# OpenBao stays plaintext on loopback, which the server allows).
 #
 #   deploy/local/run.sh [--workdir DIR] [--listen ADDR] [--timeout SECONDS] [--keep]
 #
@@ -22,7 +24,7 @@
 #
 # When the stack is up it prints exactly one line on stdout:
 #
-#   stack ready: TOKENVAULT_ADDR=http://127.0.0.1:PORT TOKENVAULT_API_KEY_FILE=DIR/api.key BAO_ADDR=http://127.0.0.1:PORT
+#   stack ready: TOKENVAULT_ADDR=https://127.0.0.1:PORT TOKENVAULT_CA_FILE=DIR/certs/ca.pem TOKENVAULT_API_KEY_FILE=DIR/api.key BAO_ADDR=http://127.0.0.1:PORT
 #
 # and stays in the foreground. Everything else goes to stderr. On SIGTERM or
 # SIGINT it stops tokenvault (SIGTERM, then waits), then OpenBao, and exits 0.
@@ -31,7 +33,7 @@
 # kept then). If this script is SIGKILLed its children are left running: kill
 # its process group instead (they share it).
 #
-# Files in the work directory: tokenvault.toml, api.key (0600), data/,
+# Files in the work directory: tokenvault.toml, api.key (0600), certs/, data/,
 # approle/role-id, approle/secret-id (0600), bao-root.token (0600),
 # bao.log, tokenvault.out (stdout), tokenvault.log (stderr).
 set -euo pipefail
@@ -145,6 +147,10 @@ api_key=$(openssl rand -hex 32)
 api_key_sha256=$(printf '%s' "$api_key" | sha256sum | cut -d' ' -f1)
 unset api_key
 
+# --- TLS: a dev CA and a server certificate for localhost, 127.0.0.1, ::1 --------------------------
+"$repo/keys/dev-certs.sh" --out "$workdir/certs" local-admin >/dev/null 2>"$workdir/certs.log" \
+  || fail "keys/dev-certs.sh failed: $(tail -n 1 "$workdir/certs.log")" "$workdir/certs.log"
+
 # --- tokenvault.toml ------------------------------------------------------------------------------
 mkdir -p "$workdir/data"
 (umask 077; cat >"$workdir/tokenvault.toml" <<EOF
@@ -154,6 +160,10 @@ data_dir = "$workdir/data"
 
 [storage]
 sync_writes = true
+
+[tls]
+cert = "$workdir/certs/server-chain.pem"
+key = "$workdir/certs/server.key"
 
 $kek_block
 
@@ -190,7 +200,7 @@ case "$addr" in
   "[::]:"*) addr="[::1]:${addr#\[::\]:}" ;;
 esac
 
-echo "stack ready: TOKENVAULT_ADDR=http://$addr TOKENVAULT_API_KEY_FILE=$workdir/api.key BAO_ADDR=$bao_addr"
+echo "stack ready: TOKENVAULT_ADDR=https://$addr TOKENVAULT_CA_FILE=$workdir/certs/ca.pem TOKENVAULT_API_KEY_FILE=$workdir/api.key BAO_ADDR=$bao_addr"
 
 # --- foreground until a signal or a death ---------------------------------------------------------
 # `wait -n` returns when either child exits; a trapped signal interrupts it.

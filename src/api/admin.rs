@@ -1,6 +1,6 @@
 //! The operator API (`tokenvault.admin.v1.Admin`): KEK rotation and key
-//! status, purges, backups and receipt checks, served only on the Unix socket `<data_dir>/admin.sock`, mode
-//! 0600. Whoever may open that socket may already read the data
+//! status, purges, backups and receipt checks, served only on the Unix socket `<data_dir>/admin.sock`, created
+//! owner-only (umask 077, in the 0700 data directory). Whoever may open that socket may already read the data
 //! directory, so the socket's file mode is its authentication; nothing
 //! here reveals a value or a key, and it is never on the network port.
 

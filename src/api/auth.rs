@@ -1,5 +1,5 @@
-//! Who is calling: a client certificate verified by mTLS (its URI SAN, DNS
-//! SAN or subject CN names the principal), or an API key sent as
+//! Who is calling: a client certificate verified by mTLS (its URI or DNS
+//! SAN names the principal; its subject CN only when it has neither), or an API key sent as
 //! `authorization: Bearer <key>`, looked up by its SHA-256 (the config never
 //! holds a key itself); then, if sent, the actor token naming the operator
 //! behind the service. Every call to `TokenVault` passes here; there is no
@@ -123,8 +123,9 @@ impl Authenticator {
 #[error("client certificate does not parse")]
 pub struct CertificateUnreadable;
 
-/// The names a certificate can be matched by: its URI and DNS SANs, and
-/// `CN=<common name>` for each common name of its subject.
+/// The names a certificate can be matched by: its URI and DNS SANs, or,
+/// only when it has none (RFC 6125: the CN is a fallback, not a second
+/// name), `CN=<common name>` for each common name of its subject.
 pub fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, CertificateUnreadable> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) =
@@ -138,6 +139,9 @@ pub fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, Certif
                 _ => {}
             }
         }
+    }
+    if !names.is_empty() {
+        return Ok(names);
     }
     for cn in cert.subject().iter_common_name() {
         if let Ok(cn) = cn.as_str() {
@@ -288,6 +292,43 @@ mod tests {
         assert_eq!(
             access.check(&request).unwrap_err().code(),
             Code::Unauthenticated
+        );
+    }
+
+    /// A self-signed certificate (DER) for `CN=chat-backend`, with the
+    /// given `subjectAltName` or none; made by the `openssl` CLI.
+    fn certificate(san: Option<&str>) -> CertificateDer<'static> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = std::process::Command::new("openssl");
+        command
+            .current_dir(dir.path())
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=chat-backend", "-keyout", "k.pem"])
+            .args(["-outform", "DER", "-out", "c.der"]);
+        if let Some(san) = san {
+            command.args(["-addext", &format!("subjectAltName={san}")]);
+        }
+        let output = command.output().expect("openssl on PATH");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        CertificateDer::from(std::fs::read(dir.path().join("c.der")).expect("cert"))
+    }
+
+    #[test]
+    fn the_common_name_counts_only_in_a_certificate_without_sans() {
+        let names = certificate_names(&certificate(None)).expect("parses");
+        assert_eq!(names, ["CN=chat-backend"]);
+        let names = certificate_names(&certificate(Some(
+            "URI:urn:tokenvault:principal:billing,DNS:billing.internal",
+        )))
+        .expect("parses");
+        assert_eq!(
+            names,
+            ["urn:tokenvault:principal:billing", "billing.internal"]
         );
     }
 

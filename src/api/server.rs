@@ -300,14 +300,16 @@ fn load_principals(path: &std::path::Path) -> Result<(Authenticator, usize), Str
     Ok((principals, config.principals.len()))
 }
 
-/// Serves the operator API on `<data_dir>/admin.sock`, mode 0600. A stale
-/// socket file is removed first: this process holds the store's lock, so no
-/// other server of this data directory can be using it.
+/// Serves the operator API on `<data_dir>/admin.sock`, owner only: it is
+/// created so by the process's umask 077 (`cli::run`) inside the 0700 data
+/// directory, never chmodded after, so no moment exists where another user
+/// could connect. A stale socket file is removed first: this process holds
+/// the store's lock, so no other server of this data directory can be
+/// using it.
 fn serve_admin_socket(
     data_dir: &std::path::Path,
     vault: Arc<Vault>,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
-    use std::os::unix::fs::PermissionsExt;
     let path = admin::socket_path(data_dir);
     let failed = |source| ServeError::AdminSocket {
         path: path.clone(),
@@ -319,7 +321,6 @@ fn serve_admin_socket(
         Err(error) => return Err(failed(error)),
     }
     let listener = tokio::net::UnixListener::bind(&path).map_err(failed)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     Ok(tokio::spawn(async move {
         let served = Server::builder()

@@ -4,10 +4,11 @@
 //! It reports every problem it can find, not the first: unknown keys and
 //! bad values (each offending line is set aside and the file parsed
 //! again), the checks `serve` runs (each section checked on its own), key
-//! and certificate files that cannot be read, audit and ledger locations
-//! that cannot be written, and with `--connect` a Vault that cannot be
-//! reached. It changes nothing (a write probe is removed at once) and
-//! prints no secret: files are named by path, never shown.
+//! and certificate files that cannot be read, plaintext connections off
+//! loopback and a missing `[kek]` (`crate::exposure`), audit and ledger
+//! locations that cannot be written, and with `--connect` a Vault that
+//! cannot be reached. It changes nothing (a write probe is removed at
+//! once) and prints no secret: files are named by path, never shown.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,8 +40,11 @@ const MAX_PARSE_PROBLEMS: usize = 50;
 
 pub async fn run(command: ConfigCommand) -> anyhow::Result<()> {
     let ConfigCommand::Check(args) = command;
-    let problems = check_file(&args.file, args.connect).await;
+    let (problems, warnings) = check_file(&args.file, args.connect).await;
     let file = args.file.display();
+    for warning in &warnings {
+        println!("{file}: warning: {warning}");
+    }
     if problems.is_empty() {
         println!("{file}: ok");
         return Ok(());
@@ -52,26 +56,31 @@ pub async fn run(command: ConfigCommand) -> anyhow::Result<()> {
 }
 
 /// Every problem of the config file, in file order for parse problems,
-/// then the checks, then the files, then the connection.
-pub async fn check_file(path: &Path, connect: bool) -> Vec<String> {
+/// then the checks, then what it exposes off loopback, then the files,
+/// then the connection; and the warnings (plaintext off loopback that the
+/// config allows).
+pub async fn check_file(path: &Path, connect: bool) -> (Vec<String>, Vec<String>) {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
-        Err(error) => return vec![format!("cannot read the file: {error}")],
+        Err(error) => return (vec![format!("cannot read the file: {error}")], Vec::new()),
     };
     let (config, mut problems) = parse_all(&text);
     let Some(config) = config else {
-        return problems;
+        return (problems, Vec::new());
     };
     for problem in semantic_problems(&config) {
         if !problems.contains(&problem) {
             problems.push(problem);
         }
     }
+    // As `serve --config` would run it (not --dev).
+    let exposure = crate::exposure::check(&config, false);
+    problems.extend(exposure.refused);
     problems.extend(file_problems(&config));
     if connect {
         problems.extend(connect_problems(&config).await);
     }
-    problems
+    (problems, exposure.warnings)
 }
 
 /// Parses the config, setting aside each line the parser rejects (and
@@ -88,7 +97,7 @@ fn parse_all(text: &str) -> (Option<Config>, Vec<String>) {
             Ok(config) => break Some(config),
             Err(error) => error,
         };
-        let message = error.message().trim().replace('\n', " ");
+        let message = crate::config::redact_secrets(error.message().trim()).replace('\n', " ");
         let Some(line) = error.span().map(|span| line_of(&current, span.start)) else {
             problems.push((usize::MAX, message));
             break None;
@@ -228,12 +237,11 @@ fn unreadable(key: &str, path: &Path) -> Option<String> {
 fn file_problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     match &config.kek {
-        KekConfig::Local { path } => {
-            let path = path
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("kek.key"));
-            let problem = unreadable("kek.path", &path).or_else(|| {
-                crate::kek::local::LocalKek::open(&path, false)
+        // Without a path, `crate::exposure` reports the missing [kek].
+        KekConfig::Local { path: None } => {}
+        KekConfig::Local { path: Some(path) } => {
+            let problem = unreadable("kek.path", path).or_else(|| {
+                crate::kek::local::LocalKek::open(path, false)
                     .err()
                     .map(|error| format!("kek.path: {error}"))
             });

@@ -71,19 +71,50 @@ pub enum Command {
     Config(config_check::ConfigCommand),
 }
 
-/// Where the client finds the server and its credential.
+/// Every file, directory and socket this process creates (the data
+/// directory, RocksDB's files, the ledger, the audit file, the admin
+/// socket, backups) is created owner-only: umask 077, set before any
+/// thread starts. The modes passed to `open` (0600) and `mkdir` (0700)
+/// say the same where the code names them.
+fn owner_only_umask() {
+    // SAFETY: umask(2) only sets the process's file mode creation mask;
+    // it takes no pointer and cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Where the client finds the server and its credential. The API key is
+/// never an argument (`ps` shows arguments to every user): it comes from
+/// `--api-key-file` / `TOKENVAULT_API_KEY_FILE` or `TOKENVAULT_API_KEY`.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Server address.
+    /// Server address: `http://` (loopback) or `https://` (TLS).
     #[arg(
         long,
         env = "TOKENVAULT_ADDR",
         default_value = "http://127.0.0.1:50051"
     )]
     pub addr: String,
-    /// API key; without it, the dev admin key file of --data-dir is used.
-    #[arg(long, env = "TOKENVAULT_API_KEY", hide_env_values = true)]
+    /// Refused: a key on the command line shows in `ps`. Use
+    /// TOKENVAULT_API_KEY_FILE, --api-key-file or TOKENVAULT_API_KEY.
+    #[arg(long, hide = true)]
     pub api_key: Option<String>,
+    /// File holding the API key (else TOKENVAULT_API_KEY; without
+    /// either, the dev admin key file of --data-dir, unless a client
+    /// certificate is given).
+    #[arg(long, env = "TOKENVAULT_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// PEM CA bundle that the server's certificate must chain to
+    /// (`https://`; default: the public web roots).
+    #[arg(long, env = "TOKENVAULT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mTLS; needs --client-key.
+    #[arg(long, env = "TOKENVAULT_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "TOKENVAULT_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
     /// Data directory of a `serve --dev` vault, for its dev-admin.key.
     #[arg(long, default_value = crate::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
@@ -155,6 +186,7 @@ pub struct RestoreArgs {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    owner_only_umask();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

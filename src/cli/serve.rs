@@ -52,6 +52,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(data_dir) = args.data_dir {
         config.data_dir = data_dir;
     }
+    // Before anything is opened: plaintext off loopback and a key file
+    // picked by default are refused (see `crate::exposure`).
+    let exposure = crate::exposure::check(&config, args.dev);
+    if !exposure.refused.is_empty() {
+        bail!("refusing to start: {}", exposure.refused.join("; "));
+    }
+    for warning in &exposure.warnings {
+        tracing::warn!("plaintext off loopback: {warning}");
+    }
 
     // Actor keys are read before the vault opens: a bad key file stops
     // start-up without touching the store or the key provider.

@@ -19,6 +19,18 @@ use async_trait::async_trait;
 
 use crate::crypto::{IndexKey, SubjectHash};
 use crate::kek::WrappedKey;
+
+/// Creates `dir` and its missing parents, mode 0700 (owner only): the data
+/// directory holds the store, the audit file and, in dev, the key files.
+/// An existing directory keeps its mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 pub use records::{IndexEntry, TokenRecord};
 
 /// Errors of a store. Messages carry no stored data.

@@ -106,8 +106,8 @@ pub struct PostgresOptions {
     pub sync_writes: bool,
 }
 
-/// `[storage.postgres]` in the config file.
-#[derive(Debug, Clone, serde::Deserialize)]
+/// `[storage.postgres]` in the config file. `Debug` leaves the URL out.
+#[derive(Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Connection URL (`postgres://user@host:5432/db?connect_timeout=5`)
@@ -169,6 +169,19 @@ fn host_name() -> String {
         .map(|name| name.trim().to_string())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "tokenvault".into())
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url_env", &self.url_env)
+            .field("pool_size", &self.pool_size)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for PostgresOptions {

@@ -139,7 +139,7 @@ impl Vault {
         let scanner = config
             .scanner_with(&templates)
             .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        crate::store::create_private_dir(&config.data_dir).map_err(|e| {
             VaultError::Internal(format!(
                 "cannot create data dir {}: {e}",
                 config.data_dir.display()

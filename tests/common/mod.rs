@@ -425,3 +425,20 @@ pub async fn reflection_services(server: &Server) -> Vec<String> {
         other => panic!("unexpected reflection response {other:?}"),
     }
 }
+
+/// Runs `keys/dev-certs.sh` into `out` for `principals`.
+pub fn dev_certs(out: &Path, principals: &[&str]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/dev-certs.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .arg("--out")
+        .arg(out)
+        .args(principals)
+        .output()
+        .expect("run dev-certs.sh");
+    assert!(
+        output.status.success(),
+        "dev-certs.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
