@@ -112,6 +112,7 @@ async fn call(
             .restore_text(pb::RestoreTextRequest {
                 text: format!("card {token}"),
                 purpose: "matrix".into(),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -301,6 +302,7 @@ async fn masked_formats_are_shaped_as_documented_in_detokenize_and_restore_text(
         .restore_text(pb::RestoreTextRequest {
             text,
             purpose: String::new(),
+            ..Default::default()
         })
         .await
         .expect("billing restores")
@@ -355,6 +357,7 @@ async fn a_missing_purpose_is_permission_denied_where_required() {
             .restore_text(pb::RestoreTextRequest {
                 text: token.clone(),
                 purpose: purpose.into(),
+                ..Default::default()
             })
             .await
             .expect_err("no purpose");
@@ -408,6 +411,7 @@ async fn the_101st_value_of_a_minute_is_resource_exhausted_and_alerted() {
         .restore_text(pb::RestoreTextRequest {
             text: text.join(" and "),
             purpose: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("restored tokens count too");
