@@ -154,6 +154,9 @@ pub struct AuditConfig {
     /// write and its sync.
     #[serde(default = "default_audit_sync_interval")]
     pub sync_interval_ms: u64,
+    /// How a call's `purpose` (and a forget's `reason`) is recorded.
+    #[serde(default)]
+    pub purpose_mode: PurposeMode,
 }
 
 impl Default for AuditConfig {
@@ -162,8 +165,24 @@ impl Default for AuditConfig {
             file: None,
             durability: AuditDurability::default(),
             sync_interval_ms: default_audit_sync_interval(),
+            purpose_mode: PurposeMode::default(),
         }
     }
+}
+
+/// `[audit] purpose_mode` values. A purpose is free text that the log
+/// keeps for good; it must not carry personal data either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurposeMode {
+    /// As given, cut at 256 bytes.
+    #[default]
+    Plain,
+    /// Its keyed hash (HMAC-SHA256 under the audit-hash key, derived from
+    /// the system key; first 128 bits, hex, after `hmac:`): equal purposes
+    /// give equal hashes, and nobody without the vault's key can read
+    /// them or test a guess.
+    KeyedHash,
 }
 
 fn default_audit_sync_interval() -> u64 {

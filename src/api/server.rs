@@ -93,7 +93,8 @@ pub async fn serve(
             &config.audit_file(),
             Durability::from_config(&config.audit),
         )
-        .await?,
+        .await?
+        .with_purpose_mode(config.audit.purpose_mode),
     );
     let listener = TcpListener::bind(config.listen)
         .await
