@@ -159,6 +159,9 @@ pub struct AuditConfig {
     /// write and its sync.
     #[serde(default = "default_audit_sync_interval")]
     pub sync_interval_ms: u64,
+    /// How a call's `purpose` (and a forget's `reason`) is recorded.
+    #[serde(default)]
+    pub purpose_mode: PurposeMode,
 }
 
 impl Default for AuditConfig {
@@ -167,8 +170,24 @@ impl Default for AuditConfig {
             file: None,
             durability: AuditDurability::default(),
             sync_interval_ms: default_audit_sync_interval(),
+            purpose_mode: PurposeMode::default(),
         }
     }
+}
+
+/// `[audit] purpose_mode` values. A purpose is free text that the log
+/// keeps for good; it must not carry personal data either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurposeMode {
+    /// As given, cut at 256 bytes.
+    #[default]
+    Plain,
+    /// Its keyed hash (HMAC-SHA256 under the audit-hash key, derived from
+    /// the system key; first 128 bits, hex, after `hmac:`): equal purposes
+    /// give equal hashes, and nobody without the vault's key can read
+    /// them or test a guess.
+    KeyedHash,
 }
 
 fn default_audit_sync_interval() -> u64 {
@@ -451,6 +470,11 @@ pub struct PrincipalConfig {
     /// What happens to a full reveal without one.
     #[serde(default)]
     pub without_second_factor: SecondFactorFallback,
+    /// The identity provider's client id of this principal: an actor token
+    /// it presents must carry it as `azp` (or `client_id`), so a token
+    /// issued to another service is refused.
+    #[serde(default)]
+    pub actor_client_id: Option<String>,
 }
 
 /// `reveal` values.
@@ -494,11 +518,22 @@ pub struct ActorTokensConfig {
     /// The `iss` a token must carry, if set.
     #[serde(default)]
     pub issuer: Option<String>,
-    /// Clock skew allowed on `exp` / `nbf`, in seconds.
+    /// Clock skew allowed on `exp` / `nbf` / `iat`, in seconds; at most
+    /// [`MAX_ACTOR_LEEWAY_SECONDS`].
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
+    /// Oldest token accepted, by its `iat` (required), in seconds: a token
+    /// with a far `exp` is still refused this long after it was issued.
+    #[serde(default = "default_actor_max_age")]
+    pub max_age_seconds: u64,
     pub keys: Vec<ActorKeyConfig>,
 }
+
+/// The most clock skew `[actor_tokens] leeway_seconds` may allow: more
+/// would keep an expired token usable.
+pub const MAX_ACTOR_LEEWAY_SECONDS: u64 = 300;
+/// The longest `[actor_tokens] max_age_seconds` (a day).
+pub const MAX_ACTOR_MAX_AGE_SECONDS: u64 = 24 * 3600;
 
 /// One verifying key of `[actor_tokens]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -518,6 +553,9 @@ fn default_alert_at_percent() -> u8 {
 }
 fn default_leeway() -> u64 {
     30
+}
+fn default_actor_max_age() -> u64 {
+    3600
 }
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("constant address parses")
@@ -673,6 +711,16 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "actor_tokens: give an audience and at least one key".into(),
                 ));
+            }
+            if actor_tokens.leeway_seconds > MAX_ACTOR_LEEWAY_SECONDS {
+                return Err(ConfigError::Invalid(format!(
+                    "actor_tokens: leeway_seconds is at most {MAX_ACTOR_LEEWAY_SECONDS} (more keeps expired tokens usable)"
+                )));
+            }
+            if !(1..=MAX_ACTOR_MAX_AGE_SECONDS).contains(&actor_tokens.max_age_seconds) {
+                return Err(ConfigError::Invalid(format!(
+                    "actor_tokens: max_age_seconds is 1 to {MAX_ACTOR_MAX_AGE_SECONDS}"
+                )));
             }
         }
         self.scanner_with(&templates)?;
@@ -1136,5 +1184,33 @@ mod tests {
         )
         .expect_err("bad reveal");
         assert!(err.contains("partial"), "{err}");
+    }
+
+    /// `[actor_tokens] leeway_seconds` above 300 and a max age outside
+    /// 1..=86400 are refused at load; the defaults are 30 and 3600.
+    #[test]
+    fn actor_token_leeway_and_max_age_are_bounded() {
+        let with = |extra: &str| {
+            Config::parse(&format!(
+                "[actor_tokens]\naudience = \"tv\"\nkeys = [{{ kid = \"k1\", alg = \"ES256\", public_key_pem = \"k1.pem\" }}]\n{extra}"
+            ))
+            .expect("parses")
+        };
+        let defaults = with("");
+        defaults.check().expect("valid");
+        let actor_tokens = defaults.actor_tokens.as_ref().expect("actor_tokens");
+        assert_eq!(
+            (actor_tokens.leeway_seconds, actor_tokens.max_age_seconds),
+            (30, 3600)
+        );
+        with("leeway_seconds = 300").check().expect("at the bound");
+        for (extra, named) in [
+            ("leeway_seconds = 301", "leeway_seconds"),
+            ("max_age_seconds = 0", "max_age_seconds"),
+            ("max_age_seconds = 86401", "max_age_seconds"),
+        ] {
+            let error = with(extra).check().expect_err(extra).to_string();
+            assert!(error.contains(named), "{extra}: {error}");
+        }
     }
 }

@@ -215,6 +215,7 @@ async fn an_unwritable_audit_file_stops_every_reveal() {
         .restore_text(pb::RestoreTextRequest {
             text: format!("card {} please", tokens[0]),
             purpose: "fail-closed".into(),
+            ..Default::default()
         })
         .await
         .expect_err("no restore without an audit record");
@@ -297,6 +298,7 @@ async fn denied_calls_are_audited_and_no_value_or_subject_id_is_in_any_log() {
         .restore_text(pb::RestoreTextRequest {
             text: format!("call {} about {}", tokens[2], tokens[1]),
             purpose: "support-case-2".into(),
+            ..Default::default()
         })
         .await
         .expect("restore")

@@ -191,6 +191,23 @@ async fn redact_and_restore_commands_round_trip_a_message() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim_end_matches('\n'), message);
 
+    // --subject restores only that subject's tokens.
+    for (subject, expected) in [("cust-42", message), ("cust-43", redacted.as_str())] {
+        let out = tokenvault(
+            &[
+                "restore",
+                "--subject",
+                subject,
+                "--data-dir",
+                &data_dir,
+                &redacted,
+            ],
+            &envs,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out).trim_end_matches('\n'), expected, "{subject}");
+    }
+
     let out = tokenvault(
         &[
             "redact",

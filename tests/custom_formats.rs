@@ -190,6 +190,7 @@ async fn redact_is_idempotent_and_restore_reveals_full_or_masked() {
         .restore_text(pb::RestoreTextRequest {
             text: once.text.clone(),
             purpose: "test".into(),
+            ..Default::default()
         })
         .await
         .expect("restore")
@@ -204,6 +205,7 @@ async fn redact_is_idempotent_and_restore_reveals_full_or_masked() {
         .restore_text(pb::RestoreTextRequest {
             text: format!("({token})"),
             purpose: "test".into(),
+            ..Default::default()
         })
         .await
         .expect("restore bare")
@@ -216,6 +218,7 @@ async fn redact_is_idempotent_and_restore_reveals_full_or_masked() {
         .restore_text(pb::RestoreTextRequest {
             text: once.text.clone(),
             purpose: "test".into(),
+            ..Default::default()
         })
         .await
         .expect("restore masked")

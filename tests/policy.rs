@@ -112,6 +112,7 @@ async fn call(
             .restore_text(pb::RestoreTextRequest {
                 text: format!("card {token}"),
                 purpose: "matrix".into(),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -301,6 +302,7 @@ async fn masked_formats_are_shaped_as_documented_in_detokenize_and_restore_text(
         .restore_text(pb::RestoreTextRequest {
             text,
             purpose: String::new(),
+            ..Default::default()
         })
         .await
         .expect("billing restores")
@@ -355,6 +357,7 @@ async fn a_missing_purpose_is_permission_denied_where_required() {
             .restore_text(pb::RestoreTextRequest {
                 text: token.clone(),
                 purpose: purpose.into(),
+                ..Default::default()
             })
             .await
             .expect_err("no purpose");
@@ -408,6 +411,7 @@ async fn the_101st_value_of_a_minute_is_resource_exhausted_and_alerted() {
         .restore_text(pb::RestoreTextRequest {
             text: text.join(" and "),
             purpose: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("restored tokens count too");
@@ -496,7 +500,7 @@ fn unix_now() -> i64 {
 }
 
 fn claims(sub: &str, amr: &[&str]) -> serde_json::Value {
-    serde_json::json!({"sub": sub, "aud": AUDIENCE, "iss": ISSUER, "exp": unix_now() + 600, "amr": amr})
+    serde_json::json!({"sub": sub, "aud": AUDIENCE, "iss": ISSUER, "iat": unix_now(), "exp": unix_now() + 600, "amr": amr})
 }
 
 /// Sends an API key and, optionally, an actor token.
@@ -614,11 +618,11 @@ without_second_factor = "deny"
         jwt(&impostor, claims("mallory", &["otp"])),
         jwt(
             &signing,
-            serde_json::json!({"sub": "alice@example.com", "aud": AUDIENCE, "iss": ISSUER, "exp": unix_now() - 120, "amr": ["otp"]}),
+            serde_json::json!({"sub": "alice@example.com", "aud": AUDIENCE, "iss": ISSUER, "iat": unix_now() - 700, "exp": unix_now() - 120, "amr": ["otp"]}),
         ),
         jwt(
             &signing,
-            serde_json::json!({"sub": "alice@example.com", "aud": "other-service", "iss": ISSUER, "exp": unix_now() + 600, "amr": ["otp"]}),
+            serde_json::json!({"sub": "alice@example.com", "aud": "other-service", "iss": ISSUER, "iat": unix_now(), "exp": unix_now() + 600, "amr": ["otp"]}),
         ),
         "not-a-jwt".to_string(),
     ];
@@ -640,6 +644,106 @@ without_second_factor = "deny"
     let mut secrets: Vec<&str> = cards.iter().map(String::as_str).collect();
     secrets.extend([alice_jwt.as_str(), bob_jwt.as_str()]);
     assert_log_is_clean(&server, &secrets);
+}
+
+/// `[actor_tokens] max_age_seconds` and a principal's `actor_client_id`:
+/// a token issued too long ago (whatever its `exp`), or issued to another
+/// client, is UNAUTHENTICATED; the audit record of each refusal names the
+/// principal that presented it.
+#[tokio::test]
+async fn old_or_foreign_actor_tokens_are_refused_and_audited_under_the_principal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (signing, public) = es256_key(dir.path(), "idp");
+    let config = format!(
+        r#"
+[[principals]]
+name = "bound-billing"
+api_key_sha256 = "{billing}"
+allow = ["detokenize"]
+reveal = {{ default = "full" }}
+actor_client_id = "billing-svc"
+
+[actor_tokens]
+audience = "{AUDIENCE}"
+issuer = "{ISSUER}"
+max_age_seconds = 600
+keys = [{{ kid = "k1", alg = "ES256", public_key_pem = "{public}" }}]
+"#,
+        public = public.display(),
+        billing = digest(BILLING_KEY),
+    );
+    let server = start(dir.path(), &config);
+    let mut admin = server.client().await;
+    let tokens = tokenize(&mut admin, SUBJECT, vec![item(&card(0), "card")]).await;
+
+    let token = |claims: serde_json::Value| jwt(&signing, claims);
+    let now = unix_now();
+    let good = token(
+        serde_json::json!({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER, "iat": now, "exp": now + 600, "azp": "billing-svc"}),
+    );
+    let mut alice = actor_client(&server, BILLING_KEY, Some(&good)).await;
+    assert_eq!(
+        detokenize_as(&mut alice, &tokens)
+            .await
+            .expect("bound token")[0]
+            .value,
+        card(0)
+    );
+    let refused = [
+        // Issued an hour ago, still far from its exp.
+        token(
+            serde_json::json!({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER, "iat": now - 3600, "exp": now + 86400, "azp": "billing-svc"}),
+        ),
+        // Issued to another service.
+        token(
+            serde_json::json!({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER, "iat": now, "exp": now + 600, "azp": "support-svc"}),
+        ),
+        // No client named, but the principal is bound to one.
+        token(
+            serde_json::json!({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER, "iat": now, "exp": now + 600}),
+        ),
+    ];
+    for bad in &refused {
+        let mut client = actor_client(&server, BILLING_KEY, Some(bad)).await;
+        let status = detokenize_as(&mut client, &tokens)
+            .await
+            .expect_err("refused actor token");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+
+    // The refusals are audited in the background: wait for them.
+    let audit_file = server.data_dir().join("audit.jsonl");
+    let denials = || {
+        std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("record"))
+            .filter(|r| {
+                r["outcome"]["result"] == "denied" && r["outcome"]["code"] == "unauthenticated"
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while denials().len() < refused.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let denials = denials();
+    assert_eq!(denials.len(), refused.len(), "{denials:?}");
+    for denial in &denials {
+        assert_eq!(denial["principal"], "bound-billing", "{denial}");
+    }
+    let reasons: Vec<&str> = denials
+        .iter()
+        .filter_map(|d| d["outcome"]["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("max_age_seconds")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("another client")),
+        "{reasons:?}"
+    );
 }
 
 #[test]

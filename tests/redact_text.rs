@@ -63,6 +63,7 @@ async fn restore(client: &mut Client, text: &str) -> pb::RestoreTextResponse {
         .restore_text(pb::RestoreTextRequest {
             text: text.into(),
             purpose: "test".into(),
+            ..Default::default()
         })
         .await
         .expect("restore_text")
@@ -356,6 +357,7 @@ async fn bad_input_is_invalid_argument_and_stores_nothing() {
         .restore_text(pb::RestoreTextRequest {
             text: oversized,
             purpose: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("oversized restore must fail");
@@ -418,4 +420,75 @@ async fn an_operator_defined_detector_redacts_its_matches() {
     assert_eq!(token, finding.token);
     let back = common::detokenize(&mut client, std::slice::from_ref(&finding.token)).await;
     assert_eq!(back[0].value, "EMP-123456");
+}
+
+async fn restore_for(client: &mut Client, text: &str, subject: &str) -> pb::RestoreTextResponse {
+    client
+        .restore_text(pb::RestoreTextRequest {
+            text: text.into(),
+            purpose: "test".into(),
+            subject_id: subject.into(),
+        })
+        .await
+        .expect("restore_text")
+        .into_inner()
+}
+
+/// Phone tokens are drawn from the space of real phone numbers, so a
+/// customer's real number can equal another customer's token. RedactText
+/// for B of a text holding A's token redacts it as B's value; RestoreText
+/// naming a subject restores only that subject's tokens, so a
+/// conversation's text never shows another customer's value.
+#[tokio::test]
+async fn a_value_equal_to_another_subjects_token_is_redacted_and_restored_per_subject() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let mut client = server.client().await;
+    let phone = "+7 916 123-45-67";
+    let for_a = redact(&mut client, "customer-a", &format!("позвоните мне {phone}")).await;
+    assert_eq!(for_a.findings.len(), 1, "{for_a:?}");
+    let token_of_a = for_a.findings[0].token.clone();
+
+    // B's real number happens to be A's token.
+    let for_b = redact(
+        &mut client,
+        "customer-b",
+        &format!("мой номер {token_of_a}, звоните"),
+    )
+    .await;
+    assert_eq!(
+        for_b.findings.len(),
+        1,
+        "B's number that equals A's token was left in clear: {:?}",
+        for_b.text
+    );
+    let token_of_b = &for_b.findings[0].token;
+    assert_eq!(for_b.findings[0].kind, "phone");
+    assert_ne!(token_of_b, &token_of_a);
+    assert!(!for_b.text.contains(&token_of_a), "{:?}", for_b.text);
+    // Redacting B's text again changes nothing (B's own token).
+    let again = redact(&mut client, "customer-b", &for_b.text).await;
+    assert_eq!(again.text, for_b.text);
+    assert!(again.findings.is_empty());
+
+    let both = format!("{} / {}", for_a.text, for_b.text);
+    let only_b = restore_for(&mut client, &both, "customer-b").await;
+    assert_eq!(only_b.restored, 1);
+    assert_eq!(
+        only_b.text,
+        format!("позвоните мне {token_of_a} / мой номер {token_of_a}, звоните"),
+        "only B's token is restored (to B's value, A's token string)"
+    );
+    let only_a = restore_for(&mut client, &both, "customer-a").await;
+    assert_eq!(only_a.restored, 1);
+    assert_eq!(
+        only_a.text,
+        format!("позвоните мне {phone} / {}", for_b.text)
+    );
+    let any = restore(&mut client, &both).await;
+    assert_eq!(any.restored, 2);
+    assert_eq!(
+        any.text,
+        format!("позвоните мне {phone} / мой номер {token_of_a}, звоните")
+    );
 }

@@ -19,7 +19,7 @@ use tonic::{Request, Status};
 
 use super::status::actor_status;
 use crate::config::PrincipalConfig;
-use crate::policy::{ActorError, ActorVerifier, Policy, Principal, ACTOR_HEADER};
+use crate::policy::{check_client, ActorError, ActorVerifier, Policy, Principal, ACTOR_HEADER};
 
 /// Maps API-key digests and certificate names to principals' policies.
 #[derive(Debug, Clone, Default)]
@@ -151,6 +151,21 @@ pub fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, Certif
     Ok(names)
 }
 
+/// A call refused at the gate: its status, and its principal when the
+/// credentials named one but the actor token was refused (the audit
+/// record names it).
+#[derive(Debug)]
+pub struct Denied {
+    pub status: Status,
+    pub principal: Option<Arc<str>>,
+}
+
+impl From<Denied> for Status {
+    fn from(denied: Denied) -> Status {
+        denied.status
+    }
+}
+
 /// The gate of every `TokenVault` call: the current principals (replaced
 /// whole on a policy reload) and the actor token verifier.
 #[derive(Debug)]
@@ -175,12 +190,17 @@ impl Access {
 
     /// The principal of a request, with its actor: a client certificate
     /// that names a principal wins, then the API key. A bad actor token
-    /// is UNAUTHENTICATED even when the principal is known.
-    pub fn check<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+    /// is UNAUTHENTICATED even when the principal is known (and then the
+    /// refusal names it).
+    pub fn check<T>(&self, request: &Request<T>) -> Result<Principal, Denied> {
+        let unknown = |status: Status| Denied {
+            status,
+            principal: None,
+        };
         let principals = Arc::clone(&self.principals.read());
         let by_certificate = match request.peer_certs() {
             Some(chain) => match chain.first() {
-                Some(leaf) => principals.authenticate_certificate(leaf)?,
+                Some(leaf) => principals.authenticate_certificate(leaf).map_err(unknown)?,
                 None => None,
             },
             None => None,
@@ -191,9 +211,8 @@ impl Access {
                 .authenticate(request.metadata())
                 .inspect_err(|status| {
                     tracing::info!(reason = status.message(), "call refused: not authenticated");
-                    // AUDIT: append a denied-call record (no principal, reason)
-                    // here once the audit log is merged.
-                })?,
+                })
+                .map_err(unknown)?,
         };
         self.with_actor(principal, request.metadata())
     }
@@ -202,7 +221,7 @@ impl Access {
         &self,
         principal: Principal,
         metadata: &MetadataMap,
-    ) -> Result<Principal, Status> {
+    ) -> Result<Principal, Denied> {
         let Some(header) = metadata.get(ACTOR_HEADER) else {
             return Ok(principal);
         };
@@ -210,14 +229,18 @@ impl Access {
             (None, _) => Err(ActorError::NotConfigured),
             (Some(_), Err(_)) => Err(ActorError::Malformed),
             (Some(verifier), Ok(token)) => verifier.verify(token.trim()),
-        };
+        }
+        .and_then(|actor| {
+            check_client(&actor, principal.policy().actor_client_id.as_deref()).map(|()| actor)
+        });
         match verified {
             Ok(actor) => Ok(principal.with_actor(actor)),
             Err(error) => {
                 tracing::warn!(principal = %principal.name, reason = %error, "actor token refused");
-                // AUDIT: append a denied-call record (principal, reason:
-                // actor token refused) here once the audit log is merged.
-                Err(actor_status(&error))
+                Err(Denied {
+                    status: actor_status(&error),
+                    principal: Some(Arc::clone(&principal.name)),
+                })
             }
         }
     }
@@ -289,10 +312,16 @@ mod tests {
         request
             .metadata_mut()
             .insert(ACTOR_HEADER, "a.b.c".parse().expect("ascii"));
+        let denied = access.check(&request).unwrap_err();
+        assert_eq!(denied.status.code(), Code::Unauthenticated);
         assert_eq!(
-            access.check(&request).unwrap_err().code(),
-            Code::Unauthenticated
+            denied.principal.as_deref(),
+            Some("chat"),
+            "an actor refusal names the principal that presented the token"
         );
+        request.metadata_mut().remove(ACTOR_HEADER);
+        *request.metadata_mut() = metadata("Bearer other-key");
+        assert_eq!(access.check(&request).unwrap_err().principal, None);
     }
 
     /// A self-signed certificate (DER) for `CN=chat-backend`, with the

@@ -31,7 +31,7 @@ use tonic::transport::Server;
 use tonic::{Request, Status};
 
 use super::admin::{self, AdminService};
-use super::auth::{Access, Authenticator};
+use super::auth::{Access, Authenticator, Denied};
 use super::service::TokenVaultService;
 use crate::audit::{AuditError, AuditEvent, AuditLog, Durability, Outcome};
 use crate::config::{Config, TlsConfig};
@@ -93,7 +93,8 @@ pub async fn serve(
             &config.audit_file(),
             Durability::from_config(&config.audit),
         )
-        .await?,
+        .await?
+        .with_purpose_mode(config.audit.purpose_mode),
     );
     let listener = TcpListener::bind(config.listen)
         .await
@@ -109,9 +110,10 @@ pub async fn serve(
     let gate = Arc::clone(&access);
     let denial_audit = Arc::clone(&audit);
     let interceptor = move |mut request: Request<()>| -> Result<Request<()>, Status> {
-        let principal = gate
-            .check(&request)
-            .inspect_err(|denied| audit_unauthenticated(&denial_audit, &request, denied))?;
+        let principal = gate.check(&request).map_err(|denied| {
+            audit_unauthenticated(&denial_audit, &request, &denied);
+            Status::from(denied)
+        })?;
         if let Some(call) = request.extensions().get::<crate::metrics::CallRecord>() {
             call.set_principal(&principal.name);
         }
@@ -415,17 +417,18 @@ fn tag_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
 /// Audits a call refused for its credentials. The interceptor cannot wait,
 /// so the record is appended in the background: the call reveals nothing
 /// either way, and a failure is logged.
-fn audit_unauthenticated(audit: &Arc<AuditLog>, request: &Request<()>, denied: &Status) {
+fn audit_unauthenticated(audit: &Arc<AuditLog>, request: &Request<()>, denied: &Denied) {
     let rpc = request
         .extensions()
         .get::<CalledRpc>()
         .map_or("other", |called| called.0);
     let event = AuditEvent {
-        principal: String::new(),
+        // Known when the credentials were good and the actor token was not.
+        principal: denied.principal.as_deref().unwrap_or_default().to_string(),
         rpc,
         outcome: Outcome::Denied {
             code: "unauthenticated",
-            reason: denied.message().to_string(),
+            reason: denied.status.message().to_string(),
         },
         ..AuditEvent::default()
     };

@@ -347,9 +347,11 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .await?;
         let mut restored = self
             .vault
-            .restore_text_with(&request.text, |format, value| {
-                principal.reveal(format, value).1
-            })
+            .restore_text_with(
+                &request.text,
+                Some(request.subject_id.as_str()).filter(|id| !id.is_empty()),
+                |format, value| principal.reveal(format, value).1,
+            )
             .await
             .map_err(to_status)?;
         // Restored tokens count; on a refusal the restored text is dropped

@@ -51,6 +51,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::config::PurposeMode;
 use crate::crypto::{KeyedMac, SecretKey, SubjectHash};
 use crate::store::{Store, StoreError};
 use file::FileSink;
@@ -168,6 +169,8 @@ pub struct AuditLog {
     /// Whether the last periodic sync failed (written durability).
     health: Arc<SyncHealth>,
     sync_thread: parking_lot::Mutex<Option<SyncThread>>,
+    /// How purposes are recorded (`[audit] purpose_mode`).
+    purpose_mode: PurposeMode,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -297,6 +300,7 @@ impl AuditLog {
             closed: AtomicBool::new(false),
             health,
             sync_thread: parking_lot::Mutex::new(sync_thread),
+            purpose_mode: PurposeMode::Plain,
         })
     }
 
@@ -394,6 +398,26 @@ impl AuditLog {
         self.queue.pass_turn();
     }
 
+    /// How a call's purpose (a forget's reason) enters its record: as
+    /// given up to [`MAX_PURPOSE_BYTES`], or as its keyed hash
+    /// (`[audit] purpose_mode`). Empty stays empty.
+    fn recorded_purpose(&self, purpose: String) -> String {
+        match self.purpose_mode {
+            PurposeMode::Plain => truncated(purpose, MAX_PURPOSE_BYTES),
+            PurposeMode::KeyedHash if purpose.is_empty() => purpose,
+            PurposeMode::KeyedHash => {
+                let mac = self.hasher.mac(&[b"purpose", purpose.as_bytes()]);
+                format!("hmac:{}", ListedHash::of(&mac).as_str())
+            }
+        }
+    }
+
+    /// Records purposes as `mode` says from now on.
+    pub fn with_purpose_mode(mut self, mode: PurposeMode) -> Self {
+        self.purpose_mode = mode;
+        self
+    }
+
     /// The record of an event before the writer numbers and chains it.
     fn draft(&self, event: AuditEvent<'_>) -> AuditRecord<ListedHash> {
         let hash = |label: &[u8], bytes: &[u8]| ListedHash::of(&self.hasher.mac(&[label, bytes]));
@@ -404,7 +428,7 @@ impl AuditLog {
             principal: event.principal,
             actor: event.actor,
             rpc: event.rpc.to_string(),
-            purpose: truncated(event.purpose, MAX_PURPOSE_BYTES),
+            purpose: self.recorded_purpose(event.purpose),
             subject_hashes: event
                 .subjects
                 .iter()

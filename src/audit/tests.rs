@@ -215,6 +215,49 @@ async fn an_unwritable_file_fails_closed(durability: Durability) {
     assert_eq!(verify(&store, &f.file).await, Ok(3));
 }
 
+/// `[audit] purpose_mode`: as given (cut at 256 bytes), or as a keyed
+/// hash that keeps equal purposes equal and shows nothing of the text.
+#[tokio::test]
+async fn purposes_are_recorded_as_given_or_as_their_keyed_hash() {
+    let f = fixture();
+    let store = open_store(&f.db);
+    let log = open_log(&store, &f.file).await;
+    assert_eq!(log.recorded_purpose("refund".into()), "refund");
+    assert_eq!(
+        log.recorded_purpose("p".repeat(300)).len(),
+        MAX_PURPOSE_BYTES
+    );
+
+    let log = log.with_purpose_mode(PurposeMode::KeyedHash);
+    let hashed = log.recorded_purpose("refund for Ivan Petrov".into());
+    assert!(hashed.starts_with("hmac:"), "{hashed}");
+    assert_eq!(hashed.len(), "hmac:".len() + record::LISTED_HASH_DIGITS);
+    assert!(!hashed.contains("Ivan") && !hashed.contains("refund"));
+    assert_eq!(
+        log.recorded_purpose("refund for Ivan Petrov".into()),
+        hashed,
+        "equal purposes stay comparable"
+    );
+    assert_ne!(log.recorded_purpose("refund".into()), hashed);
+    assert_eq!(log.recorded_purpose(String::new()), "");
+    // Not the subject hash of the same bytes: the purpose has its label.
+    let as_subject = ListedHash::of(&log.hasher.mac(&[b"subject", b"refund"]));
+    assert_ne!(
+        log.recorded_purpose("refund".into()),
+        format!("hmac:{}", as_subject.as_str())
+    );
+
+    log.append(reveal("t0")).await.expect("append");
+    let line = std::fs::read_to_string(&f.file).expect("read");
+    assert!(
+        line.contains(&format!(
+            "\"purpose\":\"{}\"",
+            log.recorded_purpose("refund".into())
+        )),
+        "{line}"
+    );
+}
+
 #[test]
 fn long_purposes_are_cut_at_a_character_boundary() {
     assert_eq!(truncated("ééé".into(), 3), "é");

@@ -230,6 +230,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         .restore_text(pb::RestoreTextRequest {
             text: args.text,
             purpose: args.purpose,
+            subject_id: args.subject.unwrap_or_default(),
         })
         .await
         .map_err(call_error)?;

@@ -178,6 +178,10 @@ pub struct RestoreArgs {
     /// Why the values are needed (recorded in the audit log).
     #[arg(long, default_value = "")]
     pub purpose: String,
+    /// Restore only tokens of this data subject (others are left as they
+    /// are); without it, tokens of any subject.
+    #[arg(long)]
+    pub subject: Option<String>,
     /// The text whose tokens to restore.
     pub text: String,
     #[command(flatten)]

@@ -1,7 +1,9 @@
 //! Actor tokens: the signed JWT a privileged service sends in
 //! `x-tokenvault-actor` to name the human operator a call is made for.
 //! Verified against the public keys of `[actor_tokens]`, with expiry,
-//! audience and (when configured) issuer checked.
+//! audience, age (`iat` within `max_age_seconds`) and (when configured)
+//! issuer checked; the token's `azp` / `client_id` is kept so the caller
+//! can bind it to the principal that presents it.
 //!
 //! It owns the verifying keys and the claims it accepts; it never logs a
 //! token (only the reason it was refused), and it holds no signing key.
@@ -29,6 +31,9 @@ pub struct Actor {
     pub name: Arc<str>,
     /// The token's `amr` (authentication methods: `pwd`, `otp`, `hwk`, ...).
     pub amr: Vec<String>,
+    /// The client the token was issued to: its `azp`, else its
+    /// `client_id`.
+    pub client: Option<String>,
 }
 
 /// Why an actor token was refused. Every variant is UNAUTHENTICATED; the
@@ -54,6 +59,10 @@ pub enum ActorError {
     WrongIssuer,
     #[error("actor token lacks a valid {0} claim")]
     MissingClaim(&'static str),
+    #[error("actor token is older than max_age_seconds")]
+    TooOld,
+    #[error("actor token was issued to another client than this principal's")]
+    WrongClient,
 }
 
 /// Why `[actor_tokens]` cannot be used; stops start-up.
@@ -83,6 +92,9 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     amr: Vec<String>,
+    iat: Option<i64>,
+    azp: Option<String>,
+    client_id: Option<String>,
 }
 
 struct VerifyingKey {
@@ -93,6 +105,9 @@ struct VerifyingKey {
 /// Verifies actor tokens against the configured keys.
 pub struct ActorVerifier {
     keys: HashMap<String, VerifyingKey>,
+    /// `[actor_tokens] max_age_seconds` and `leeway_seconds`.
+    max_age_seconds: i64,
+    leeway_seconds: i64,
 }
 
 impl std::fmt::Debug for ActorVerifier {
@@ -158,7 +173,11 @@ impl ActorVerifier {
                 )));
             }
         }
-        Ok(ActorVerifier { keys: by_kid })
+        Ok(ActorVerifier {
+            keys: by_kid,
+            max_age_seconds: i64::try_from(config.max_age_seconds).unwrap_or(i64::MAX),
+            leeway_seconds: i64::try_from(config.leeway_seconds).unwrap_or(i64::MAX),
+        })
     }
 
     /// The actor a token names, or why it is refused.
@@ -182,10 +201,36 @@ impl ActorVerifier {
             .filter(|sub| !sub.is_empty() && sub.len() <= MAX_SUBJECT_BYTES)
             .filter(|sub| !sub.chars().any(char::is_control))
             .ok_or(ActorError::MissingClaim("sub"))?;
+        let iat = data.claims.iat.ok_or(ActorError::MissingClaim("iat"))?;
+        self.check_age(iat, crate::vault::unix_now())?;
+        let client = data.claims.azp.or(data.claims.client_id);
         Ok(Actor {
             name: name.into(),
             amr: data.claims.amr,
+            client,
         })
+    }
+
+    /// A token issued (`iat`) more than `max_age_seconds` ago, or in the
+    /// future, is refused (each with the leeway).
+    fn check_age(&self, iat: i64, now: i64) -> Result<(), ActorError> {
+        if iat > now.saturating_add(self.leeway_seconds) {
+            return Err(ActorError::NotYetValid);
+        }
+        let age = now.saturating_sub(iat);
+        if age > self.max_age_seconds.saturating_add(self.leeway_seconds) {
+            return Err(ActorError::TooOld);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `actor`'s token may be presented by a principal whose
+/// configured client id is `expected` (None: no binding configured).
+pub fn check_client(actor: &Actor, expected: Option<&str>) -> Result<(), ActorError> {
+    match expected {
+        Some(expected) if actor.client.as_deref() != Some(expected) => Err(ActorError::WrongClient),
+        _ => Ok(()),
     }
 }
 
@@ -258,6 +303,7 @@ mod tests {
             audience: AUDIENCE.into(),
             issuer: Some(ISSUER.into()),
             leeway_seconds: 0,
+            max_age_seconds: 600,
             keys: Vec::new(),
         }
     }
@@ -285,7 +331,79 @@ mod tests {
     }
 
     fn claims() -> serde_json::Value {
-        json!({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER, "exp": now() + 300, "amr": ["pwd", "otp"]})
+        json!({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER, "iat": now(), "exp": now() + 300, "amr": ["pwd", "otp"]})
+    }
+
+    fn with(claim: &str, value: serde_json::Value) -> serde_json::Value {
+        let mut claims = claims();
+        claims
+            .as_object_mut()
+            .expect("object")
+            .insert(claim.into(), value);
+        claims
+    }
+
+    fn without(claim: &str) -> serde_json::Value {
+        let mut claims = claims();
+        claims.as_object_mut().expect("object").remove(claim);
+        claims
+    }
+
+    /// `iat` is required; a token issued longer ago than max_age_seconds
+    /// (600 here, no leeway) is refused even when its `exp` is far off,
+    /// and one issued in the future is not yet valid.
+    #[test]
+    fn old_tokens_and_tokens_without_iat_are_refused() {
+        let key = signer("k1");
+        let verifier = verifier(&key);
+        let far_exp = json!(now() + 86_400);
+        let old = json!({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER, "iat": now() - 601, "exp": far_exp});
+        assert_eq!(
+            verifier.verify(&sign(&key, old)).unwrap_err(),
+            ActorError::TooOld
+        );
+        let recent = with("iat", json!(now() - 590));
+        assert!(verifier.verify(&sign(&key, recent)).is_ok());
+        assert_eq!(
+            verifier.verify(&sign(&key, without("iat"))).unwrap_err(),
+            ActorError::MissingClaim("iat")
+        );
+        assert_eq!(
+            verifier
+                .verify(&sign(&key, with("iat", json!(now() + 120))))
+                .unwrap_err(),
+            ActorError::NotYetValid
+        );
+    }
+
+    /// A token names the client it was issued to (`azp`, else
+    /// `client_id`); a principal with a configured client id accepts only
+    /// tokens of that client.
+    #[test]
+    fn a_token_is_bound_to_its_client_when_the_principal_names_one() {
+        let key = signer("k1");
+        let verifier = verifier(&key);
+        let azp = verifier
+            .verify(&sign(&key, with("azp", json!("billing-svc"))))
+            .expect("valid");
+        assert_eq!(azp.client.as_deref(), Some("billing-svc"));
+        let client_id = verifier
+            .verify(&sign(&key, with("client_id", json!("billing-svc"))))
+            .expect("valid");
+        assert_eq!(client_id.client.as_deref(), Some("billing-svc"));
+        let unbound = verifier.verify(&sign(&key, claims())).expect("valid");
+
+        assert_eq!(check_client(&azp, Some("billing-svc")), Ok(()));
+        assert_eq!(check_client(&client_id, Some("billing-svc")), Ok(()));
+        assert_eq!(
+            check_client(&azp, Some("support-svc")),
+            Err(ActorError::WrongClient)
+        );
+        assert_eq!(
+            check_client(&unbound, Some("billing-svc")),
+            Err(ActorError::WrongClient)
+        );
+        assert_eq!(check_client(&unbound, None), Ok(()));
     }
 
     #[test]
@@ -318,21 +436,21 @@ mod tests {
             (
                 sign(
                     &key,
-                    json!({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER, "exp": now() - 10}),
+                    json!({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER, "iat": now() - 20, "exp": now() - 10}),
                 ),
                 ActorError::Expired,
             ),
             (
                 sign(
                     &key,
-                    json!({"sub": "alice", "aud": "billing", "iss": ISSUER, "exp": now() + 300}),
+                    json!({"sub": "alice", "aud": "billing", "iss": ISSUER, "iat": now(), "exp": now() + 300}),
                 ),
                 ActorError::WrongAudience,
             ),
             (
                 sign(
                     &key,
-                    json!({"sub": "alice", "aud": AUDIENCE, "iss": "https://evil", "exp": now() + 300}),
+                    json!({"sub": "alice", "aud": AUDIENCE, "iss": "https://evil", "iat": now(), "exp": now() + 300}),
                 ),
                 ActorError::WrongIssuer,
             ),
@@ -346,7 +464,7 @@ mod tests {
             (
                 sign(
                     &key,
-                    json!({"aud": AUDIENCE, "iss": ISSUER, "exp": now() + 300}),
+                    json!({"aud": AUDIENCE, "iss": ISSUER, "iat": now(), "exp": now() + 300}),
                 ),
                 ActorError::MissingClaim("sub"),
             ),

@@ -3,7 +3,8 @@
 //! (the README lists the same table) and replaces the rest by `•`.
 //!
 //! It must never keep more than its format's documented characters, and it
-//! never logs: the input is a value.
+//! never logs: the input is a value. A copy it makes of a value's digits is
+//! held in `Zeroizing` and wiped when dropped.
 //!
 //! | format | mask keeps | example |
 //! |---|---|---|
@@ -19,6 +20,8 @@
 //! | `text` | characters that are not letters or digits | `•••• ••••!` |
 //! | a `[[formats]]` template | its fixed parts (outside the groups) and its `keep` groups, which the token shows too | `LC-1234-••••-••` |
 //! | `opaque` and any other format | nothing | `••••••••` |
+
+use zeroize::Zeroizing;
 
 use crate::token::formats::Format;
 use crate::token::template;
@@ -53,7 +56,9 @@ pub fn mask(format: &str, value: &str) -> String {
 /// `•••• •••• •••• 4242`: the layout is fixed, so the mask does not tell a
 /// 15-digit card from a 19-digit one.
 fn card(value: &str) -> String {
-    let digits: Vec<char> = value.chars().filter(char::is_ascii_digit).collect();
+    // The whole PAN: wiped when dropped.
+    let digits: Zeroizing<Vec<char>> =
+        Zeroizing::new(value.chars().filter(char::is_ascii_digit).collect());
     let kept: String = digits[digits.len().saturating_sub(4)..].iter().collect();
     format!("{MASK}{MASK}{MASK}{MASK} {MASK}{MASK}{MASK}{MASK} {MASK}{MASK}{MASK}{MASK} {kept}")
 }
@@ -119,7 +124,8 @@ fn iban(value: &str) -> String {
 /// The first 5 digits (account class, kept by the token as well) and the
 /// last 4 of the 20-digit account; a BIK given with it is masked whole.
 fn bank_account(value: &str) -> String {
-    let digits: Vec<char> = value.chars().filter(char::is_ascii_digit).collect();
+    let digits: Zeroizing<Vec<char>> =
+        Zeroizing::new(value.chars().filter(char::is_ascii_digit).collect());
     if digits.len() < 20 {
         return keep_last_digits(value, 4);
     }

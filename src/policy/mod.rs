@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-pub use actor::{Actor, ActorError, ActorVerifier, ACTOR_HEADER};
+pub use actor::{check_client, Actor, ActorError, ActorVerifier, ACTOR_HEADER};
 pub use mask::mask;
 pub use rate::{Alert, AlertKind, RateLimiter, Scope, ALERTS, ALERT_TARGET};
 
@@ -112,6 +112,9 @@ pub struct Policy {
     /// Reveal calls must carry an actor token.
     pub require_actor: bool,
     pub second_factor: Option<SecondFactor>,
+    /// The identity provider's client id its actor tokens must name
+    /// (`azp` / `client_id`); None: not checked.
+    pub actor_client_id: Option<String>,
 }
 
 impl Policy {
@@ -133,6 +136,7 @@ impl Policy {
             alert_at_percent: 80,
             require_actor: false,
             second_factor: None,
+            actor_client_id: None,
         }
     }
 
@@ -160,6 +164,7 @@ impl Policy {
         policy.max_detokenize_per_minute_per_actor = config.max_detokenize_per_minute_per_actor;
         policy.alert_at_percent = config.alert_at_percent;
         policy.require_actor = config.require_actor;
+        policy.actor_client_id = config.actor_client_id.clone();
         policy.second_factor = config
             .full_reveal_needs_second_factor
             .then(|| SecondFactor {
@@ -406,6 +411,7 @@ mod tests {
         Actor {
             name: "alice".into(),
             amr: amr.iter().map(|m| m.to_string()).collect(),
+            client: None,
         }
     }
 

@@ -281,6 +281,7 @@ mod tests {
         principal.clone().with_actor(Actor {
             name: name.into(),
             amr: Vec::new(),
+            client: None,
         })
     }
 

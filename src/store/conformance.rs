@@ -468,6 +468,7 @@ where
     subject_tokens_come_in_pages(make().await.as_ref()).await;
     audit_records_read_back_in_sequence_order(make().await.as_ref()).await;
     key_rotation_leaves_tokens_readable(make().await.as_ref()).await;
+    tokens_sealed_under_a_key_that_is_not_the_subjects_are_refused(make().await.as_ref()).await;
 }
 
 /// A rewrapped subject key (KEK rotation) keeps the subject's tokens and
@@ -499,4 +500,75 @@ pub async fn key_rotation_leaves_tokens_readable(store: &dyn Store) {
         .expect("read")
         .iter()
         .all(Option::is_some));
+}
+
+/// A batch sealed under a key that is not the subject's stored one (the
+/// subject forgotten meanwhile, forgotten and given a new key, or its key
+/// rewrapped) stores nothing and fails with `SubjectErased`; under a
+/// destroyed key its tokens would never open again. A batch that names no
+/// key for a subject is a misuse.
+pub async fn tokens_sealed_under_a_key_that_is_not_the_subjects_are_refused(store: &dyn Store) {
+    let subject = SubjectHash([9; 32]);
+    let insert = |token: &'static str, key: Option<WrappedKey>| async move {
+        let named: Vec<(SubjectHash, &WrappedKey)> =
+            key.as_ref().map(|key| (subject, key)).into_iter().collect();
+        store
+            .insert_tokens(vec![new_token(token, 9, None)], &named, 100)
+            .await
+    };
+    let refused = |token: &'static str, outcome: Result<InsertOutcome, StoreError>| {
+        assert!(
+            matches!(outcome, Err(StoreError::SubjectErased)),
+            "{token}: got {outcome:?}"
+        );
+    };
+    refused("t0", insert("t0", Some(wrapped(9))).await);
+    store
+        .insert_subject_key(subject, wrapped(9))
+        .await
+        .expect("key");
+    assert_eq!(
+        insert("t1", Some(wrapped(9))).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+    store
+        .forget_subject(subject, hasher(), 200)
+        .await
+        .expect("forget");
+    refused("t2", insert("t2", Some(wrapped(9))).await);
+    store
+        .insert_subject_key(subject, wrapped(19))
+        .await
+        .expect("new key");
+    refused("t3", insert("t3", Some(wrapped(9))).await);
+    assert_eq!(
+        insert("t4", Some(wrapped(19))).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+    assert!(store
+        .replace_subject_key(subject, &wrapped(19), wrapped(29))
+        .await
+        .expect("rewrap"));
+    refused("t5", insert("t5", Some(wrapped(19))).await);
+    assert_eq!(
+        insert("t6", Some(wrapped(29))).await.expect("insert"),
+        InsertOutcome::Committed
+    );
+    let unnamed = insert("t7", None).await;
+    assert!(
+        matches!(unnamed, Err(StoreError::Misuse(_))),
+        "a batch must name its sealing key: {unnamed:?}"
+    );
+    let tokens: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    let present: Vec<bool> = store
+        .token_records(&tokens)
+        .await
+        .expect("read")
+        .iter()
+        .map(Option::is_some)
+        .collect();
+    assert_eq!(
+        present,
+        [false, false, false, false, true, false, true, false]
+    );
 }

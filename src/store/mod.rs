@@ -192,12 +192,12 @@ pub trait Store: Send + Sync + 'static {
     /// otherwise nothing is stored and the conflicts are returned.
     ///
     /// `sealed_under` names, for every subject of the batch, the wrapped
-    /// key its tokens were sealed under. A shared store fails the batch
-    /// with [`StoreError::SubjectErased`] unless each is still the
-    /// subject's stored key: gone (a forget on another process) or another
-    /// one (a forget and a new key since this process cached it, or a KEK
+    /// key its tokens were sealed under (a subject without one is
+    /// [`StoreError::Misuse`]). Every store fails the batch with
+    /// [`StoreError::SubjectErased`] unless each is still the subject's
+    /// stored key: gone (a forget, here or on another process) or another
+    /// one (a forget and a new key since the caller cached it, or a KEK
     /// rotation's rewrap, after which the caller reads the key again).
-    /// RocksDB has one process and relies on the vault's per-subject lock.
     async fn insert_tokens(
         &self,
         batch: Vec<NewToken>,

@@ -25,7 +25,10 @@
 //! takes every request waiting in its queue, checks each against the
 //! database and the requests before it in the group, and writes all that
 //! pass in one batch with one WAL sync, so concurrent callers share syncs
-//! and each call costs two thread hand-offs however many wait.
+//! and each call costs two thread hand-offs however many wait. A token
+//! batch passes only if each of its subjects' key in force (stored, or
+//! staged earlier in the group) is the one its tokens were sealed under
+//! (`sealed_under`), so no token is stored under a key a forget deleted.
 //!
 //! Erasure: forgetting a subject deletes its key, records and index
 //! entries in one batch (a barrier in the writer's group, so no token of
@@ -193,6 +196,8 @@ type KeyValue = (Box<[u8]>, Box<[u8]>);
 enum WriteRequest {
     Tokens {
         batch: Vec<NewToken>,
+        /// The wrapped key each subject's tokens were sealed under.
+        sealed_under: Vec<(SubjectHash, WrappedKey)>,
         now: i64,
         reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
     },
@@ -521,16 +526,18 @@ impl Inner {
                     self.commit(std::mem::take(&mut state), std::mem::take(&mut waiting));
                     let _ = reply.send(self.forget(&subject, &hasher, now));
                 }
-                WriteRequest::Tokens { batch, now, reply } => {
-                    match self.stage_tokens(&mut state, batch, now) {
-                        Ok(None) => waiting.push(Answer::Committed(reply)),
-                        other => {
-                            let _ = reply.send(
-                                other.map(|c| InsertOutcome::Conflicts(c.unwrap_or_default())),
-                            );
-                        }
+                WriteRequest::Tokens {
+                    batch,
+                    sealed_under,
+                    now,
+                    reply,
+                } => match self.stage_tokens(&mut state, batch, &sealed_under, now) {
+                    Ok(None) => waiting.push(Answer::Committed(reply)),
+                    other => {
+                        let _ = reply
+                            .send(other.map(|c| InsertOutcome::Conflicts(c.unwrap_or_default())));
                     }
-                }
+                },
                 WriteRequest::KeyIfAbsent {
                     family,
                     key,
@@ -792,12 +799,16 @@ impl Inner {
 
     /// Adds a token batch to the group unless it conflicts with the
     /// database or an earlier request of the group; returns its conflicts.
+    /// A batch whose sealing key is not its subject's key in force (stored
+    /// or staged in this group) is `SubjectErased`, as on PostgreSQL.
     fn stage_tokens(
         &self,
         state: &mut GroupState,
         batch: Vec<NewToken>,
+        sealed_under: &[(SubjectHash, WrappedKey)],
         now: i64,
     ) -> Result<Option<Vec<Conflict>>, StoreError> {
+        self.check_sealing_keys(state, &batch, sealed_under)?;
         let conflicts = self.conflicts_of(state, &batch, now)?;
         if !conflicts.is_empty() {
             return Ok(Some(conflicts));
@@ -831,6 +842,34 @@ impl Inner {
             state.tokens.insert(item.token);
         }
         Ok(None)
+    }
+
+    /// Every subject of the batch still has the key its tokens were sealed
+    /// under. The writer thread runs forgets between groups' requests (a
+    /// barrier), so a forget that committed before is seen here.
+    fn check_sealing_keys(
+        &self,
+        state: &GroupState,
+        batch: &[NewToken],
+        sealed_under: &[(SubjectHash, WrappedKey)],
+    ) -> Result<(), StoreError> {
+        let subjects: HashSet<SubjectHash> = batch.iter().map(|item| item.record.subject).collect();
+        for subject in subjects {
+            let (_, named) = sealed_under
+                .iter()
+                .find(|(named, _)| *named == subject)
+                .ok_or(StoreError::Misuse(
+                    "a token batch names no sealing key for one of its subjects",
+                ))?;
+            if self
+                .current_key(state, CF_SUBJECTS, subject.as_bytes())?
+                .as_ref()
+                != Some(named)
+            {
+                return Err(StoreError::SubjectErased);
+            }
+        }
+        Ok(())
     }
 
     /// Moves the group's token and index entries into its batch, sorted by
@@ -1298,11 +1337,20 @@ impl Store for RocksStore {
     async fn insert_tokens(
         &self,
         batch: Vec<NewToken>,
-        _sealed_under: &[(SubjectHash, &WrappedKey)],
+        sealed_under: &[(SubjectHash, &WrappedKey)],
         now: i64,
     ) -> Result<InsertOutcome, StoreError> {
-        self.write(|reply| WriteRequest::Tokens { batch, now, reply })
-            .await
+        let sealed_under = sealed_under
+            .iter()
+            .map(|(subject, key)| (*subject, (*key).clone()))
+            .collect();
+        self.write(|reply| WriteRequest::Tokens {
+            batch,
+            sealed_under,
+            now,
+            reply,
+        })
+        .await
     }
 
     async fn subject_tokens(
@@ -1488,8 +1536,20 @@ mod tests {
                 index_key: None,
             },
         ];
+        let key = WrappedKey {
+            kind: crate::kek::KekKind::Local,
+            kek_version: 1,
+            ciphertext: vec![3; 40],
+        };
+        store
+            .insert_subject_key(subject, key.clone())
+            .await
+            .expect("key");
         assert_eq!(
-            store.insert_tokens(batch, &[], 1).await.expect("insert"),
+            store
+                .insert_tokens(batch, &[(subject, &key)], 1)
+                .await
+                .expect("insert"),
             InsertOutcome::Committed
         );
         let cf = store.inner.cf(CF_INDEX).expect("cf");

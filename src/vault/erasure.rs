@@ -6,9 +6,11 @@
 //! deletes the subject's key, records and index entries in one batch, under
 //! the subject's write lock so no Tokenize of the subject is between
 //! fetching its key and storing tokens sealed with it; (3) the cached DEK is
-//! dropped (and zeroized once unused); (4) the store purges its files. The
-//! call returns only after (4): then no file holds the wrapped DEK or a
-//! ciphertext of the subject.
+//! dropped (and zeroized once unused), before (2) as well, and no read that
+//! fetched the wrapped key before can cache it afterwards (see `cache`);
+//! (4) the store purges its files, unless (2) found neither a key nor a
+//! token of the subject. The call returns only after (4): then no file
+//! holds the wrapped DEK or a ciphertext of the subject.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -93,25 +95,41 @@ impl Vault {
                 .record(&subject, erased_at_unix)
                 .map_err(|e| VaultError::LedgerUnavailable(e.to_string()))?;
         }
-        let tokens_erased = self.erase(subject, erased_at_unix).await?;
-        self.store.purge().await?;
+        let erased = self.erase(subject, erased_at_unix).await?;
+        // A subject this vault never had (or forgot already) left nothing
+        // in any file: no purge, which costs every other forget waiting
+        // on the store's purger.
+        if erased.is_some() {
+            self.store.purge().await?;
+        }
         Ok(Forgotten {
             subject,
-            tokens_erased,
+            tokens_erased: erased.unwrap_or(0),
             erased_at_unix,
         })
     }
 
     /// The store erasure and cache eviction of a forget, without the
-    /// ledger line or the purge.
-    async fn erase(&self, subject: SubjectHash, now: i64) -> Result<u64, VaultError> {
+    /// ledger line or the purge: how many tokens were erased, None if the
+    /// subject had neither a key nor a token.
+    ///
+    /// The cached key is removed before the store erases and again after:
+    /// a read of the subject that fetched the wrapped key before (Detokenize,
+    /// RestoreText and ExportSubject hold no subject lock) cannot cache it
+    /// once the first removal is done, and whatever it cached before is
+    /// gone with the second (see `cache`). Tokenize holds the subject's
+    /// read lock, so none runs in between.
+    async fn erase(&self, subject: SubjectHash, now: i64) -> Result<Option<u64>, VaultError> {
         let _exclusive = self.subject_locks.write(&subject).await;
+        self.cache.remove(&subject);
+        let had_key = self.store.subject_keys(&[subject]).await?[0].is_some();
         let erased = self
             .store
             .forget_subject(subject, Arc::clone(&self.tombstone_hasher), now)
-            .await?;
+            .await;
         self.cache.remove(&subject);
-        Ok(erased)
+        let erased = erased?;
+        Ok((had_key || erased > 0).then_some(erased))
     }
 
     /// Signs a receipt for a forget, naming the audit record of it.
@@ -250,9 +268,7 @@ impl Vault {
 
     /// Erases a subject known only by its hash; true if anything was there.
     async fn erase_hash(&self, subject: SubjectHash, now: i64) -> Result<bool, VaultError> {
-        let had_key = self.store.subject_keys(&[subject]).await?[0].is_some();
-        let erased = self.erase(subject, now).await?;
-        Ok(had_key || erased > 0)
+        Ok(self.erase(subject, now).await?.is_some())
     }
 }
 
@@ -262,10 +278,17 @@ mod tests {
     use crate::config::Limits;
     use crate::crypto::SecretKey;
     use crate::kek::local::LocalKek;
+    use crate::kek::{KekError, KekKind, KekProvider, KekStatus, WrappedKey};
     use crate::store::rocks::{RocksOptions, RocksStore};
     use crate::vault::{TokenMode, TokenStatus, TokenizeItem};
+    use std::collections::HashMap;
 
     async fn vault(dir: &Path) -> Arc<Vault> {
+        let kek = LocalKek::from_key(&SecretKey::from_slice(&[9; 32]).expect("key"));
+        vault_with_kek(dir, Arc::new(kek)).await
+    }
+
+    async fn vault_with_kek(dir: &Path, kek: Arc<dyn KekProvider>) -> Arc<Vault> {
         let store = RocksStore::open(
             dir,
             &RocksOptions {
@@ -275,9 +298,8 @@ mod tests {
             },
         )
         .expect("store");
-        let kek = LocalKek::from_key(&SecretKey::from_slice(&[9; 32]).expect("key"));
         Arc::new(
-            Vault::with_parts(Arc::new(store), Arc::new(kek), 16, Limits::default())
+            Vault::with_parts(Arc::new(store), kek, 16, Limits::default())
                 .await
                 .expect("vault"),
         )
@@ -330,6 +352,202 @@ mod tests {
         }
         assert_eq!(seen.0 + seen.1, 800);
         assert!(seen.1 > 0, "the forget erased some tokens: {seen:?}");
+    }
+
+    /// The local KEK, whose unwrap of a chosen wrapped key can be held at a
+    /// gate: it says when it has started and waits to be let through.
+    struct GatedKek {
+        inner: LocalKek,
+        gates: parking_lot::Mutex<HashMap<Vec<u8>, Gate>>,
+    }
+
+    struct Gate {
+        entered: tokio::sync::oneshot::Sender<()>,
+        release: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    impl GatedKek {
+        /// Holds the next unwrap of `wrapped`: the receiver fires when it
+        /// has started, and it goes on when the sender is used (or dropped).
+        fn hold_unwrap_of(
+            &self,
+            wrapped: &WrappedKey,
+        ) -> (
+            tokio::sync::oneshot::Receiver<()>,
+            tokio::sync::oneshot::Sender<()>,
+        ) {
+            let (entered, started) = tokio::sync::oneshot::channel();
+            let (go, release) = tokio::sync::oneshot::channel();
+            self.gates
+                .lock()
+                .insert(wrapped.ciphertext.clone(), Gate { entered, release });
+            (started, go)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl KekProvider for GatedKek {
+        fn kind(&self) -> KekKind {
+            self.inner.kind()
+        }
+
+        fn is_secure(&self) -> bool {
+            false
+        }
+
+        async fn wrap(&self, keys: &[&SecretKey]) -> Result<Vec<WrappedKey>, KekError> {
+            self.inner.wrap(keys).await
+        }
+
+        async fn unwrap(&self, keys: &[&WrappedKey]) -> Result<Vec<SecretKey>, KekError> {
+            let gates: Vec<Gate> = {
+                let mut gates = self.gates.lock();
+                keys.iter()
+                    .filter_map(|key| gates.remove(&key.ciphertext))
+                    .collect()
+            };
+            for gate in gates {
+                let _ = gate.entered.send(());
+                let _ = gate.release.await;
+            }
+            self.inner.unwrap(keys).await
+        }
+
+        async fn status(&self) -> Result<KekStatus, KekError> {
+            self.inner.status().await
+        }
+    }
+
+    fn opaque(value: &str) -> TokenizeItem {
+        TokenizeItem {
+            value: value.into(),
+            format: "opaque".into(),
+            mode: TokenMode::Random,
+            ttl_seconds: 0,
+        }
+    }
+
+    /// One round of the race below for a fresh subject; `read` picks the
+    /// reader: Detokenize, ExportSubject or RestoreText.
+    async fn race_a_read_against_a_forget(vault: &Arc<Vault>, kek: &GatedKek, round: usize) {
+        let subject_id = format!("raced-{round}");
+        let subject = vault.system.subject_hash(&subject_id);
+        let token = vault
+            .tokenize(&subject_id, &[opaque("before the forget")])
+            .await
+            .expect("tokenize")
+            .remove(0);
+        // The read below must fetch and unwrap the key.
+        vault.cache.remove(&subject);
+        let wrapped = vault.store.subject_keys(&[subject]).await.expect("key")[0]
+            .clone()
+            .expect("the subject's key");
+        let (started, go) = kek.hold_unwrap_of(&wrapped);
+        let reader = {
+            let (vault, subject_id) = (Arc::clone(vault), subject_id.clone());
+            tokio::spawn(async move {
+                match round % 3 {
+                    0 => vault.detokenize(&[token]).await.map(drop),
+                    1 => vault.export_page(&subject_id, None).await.map(drop),
+                    _ => vault.restore_text(&format!("see {token}")).await.map(drop),
+                }
+            })
+        };
+        started.await.expect("the read unwraps the subject's key");
+        vault.forget(&subject_id).await.expect("forget");
+        let _ = go.send(());
+        reader.await.expect("reader").expect("read");
+        let destroyed_key_cached = vault.cache.get(&subject).is_some();
+
+        let after = vault
+            .tokenize(&subject_id, &[opaque("after the forget")])
+            .await
+            .expect("tokenize after the forget");
+        // As after a restart: the key comes from the store.
+        vault.cache.remove(&subject);
+        let opened = vault.detokenize(&after).await.expect("detokenize");
+        assert_eq!(
+            (
+                opened[0].status,
+                opened[0].value.as_deref().map(String::as_str)
+            ),
+            (TokenStatus::Found, Some("after the forget")),
+            "round {round}: a token sealed under the destroyed key"
+        );
+        assert!(
+            !destroyed_key_cached,
+            "round {round}: the destroyed key was cached"
+        );
+    }
+
+    /// A read (Detokenize, ExportSubject, RestoreText; they take no
+    /// subject lock) fetches the subject's wrapped key, and a forget of the
+    /// subject runs to its end while the KEK unwraps it. The destroyed key
+    /// must not be cached afterwards, and the next Tokenize must seal under
+    /// a new key: read with the key from the store (as after a restart),
+    /// its tokens open. 1,000 rounds, 8 at a time (their forgets share
+    /// purges).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_unwrapping_during_a_forget_never_brings_the_destroyed_key_back() {
+        const LANES: usize = 8;
+        const ROUNDS: usize = 1000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kek = Arc::new(GatedKek {
+            inner: LocalKek::from_key(&SecretKey::from_slice(&[9; 32]).expect("key")),
+            gates: parking_lot::Mutex::new(HashMap::new()),
+        });
+        let vault = vault_with_kek(dir.path(), Arc::clone(&kek) as Arc<dyn KekProvider>).await;
+        let lanes: Vec<_> = (0..LANES)
+            .map(|lane| {
+                let (vault, kek) = (Arc::clone(&vault), Arc::clone(&kek));
+                tokio::spawn(async move {
+                    for round in (lane..ROUNDS).step_by(LANES) {
+                        race_a_read_against_a_forget(&vault, &kek, round).await;
+                    }
+                })
+            })
+            .collect();
+        for lane in lanes {
+            lane.await.expect("every round holds");
+        }
+    }
+
+    /// A forget of a subject the vault never had leaves nothing in any
+    /// file, so it runs no purge (which flushes and compacts the store,
+    /// and which every other forget would wait on): the RocksDB WAL it
+    /// would switch is the same file before and after.
+    #[tokio::test]
+    async fn forgetting_an_unknown_subject_runs_no_purge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = vault(dir.path()).await;
+        vault
+            .tokenize("known", &[text("a value".into())])
+            .await
+            .expect("tokenize");
+        let wal_files = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .expect("list")
+                .map(|entry| {
+                    entry
+                        .expect("entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .filter(|name| name.ends_with(".log"))
+                .collect();
+            names.sort();
+            names
+        };
+        let before = wal_files();
+        let unknown = vault.forget("never seen").await.expect("forget");
+        assert_eq!(unknown.tokens_erased, 0);
+        assert_eq!(wal_files(), before, "a purge ran for an unknown subject");
+        let known = vault.forget("known").await.expect("forget");
+        assert_eq!(known.tokens_erased, 1);
+        assert_ne!(wal_files(), before, "the forget of a known subject purges");
+        let again = vault.forget("known").await.expect("forget again");
+        assert_eq!(again.tokens_erased, 0);
     }
 
     #[tokio::test]

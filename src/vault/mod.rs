@@ -589,6 +589,8 @@ impl Vault {
         if let Some(keys) = self.cache.get(&subject) {
             return Ok(keys);
         }
+        // Before the store read: see `cache` on why.
+        let ticket = self.cache.ticket(&subject);
         let stored = self.store.subject_keys(&[subject]).await?.pop().flatten();
         let (dek, wrapped) = match stored {
             Some(wrapped) => (self.unwrap_keys(&[&wrapped]).await?.remove(0), wrapped),
@@ -596,7 +598,7 @@ impl Vault {
         };
         Ok(self
             .cache
-            .insert(subject, SubjectKeys::from_dek(&dek), wrapped))
+            .insert(subject, SubjectKeys::from_dek(&dek), wrapped, ticket))
     }
 
     /// A new DEK for the subject, or the one another call created first;
@@ -643,9 +645,14 @@ impl Vault {
         if missing.is_empty() {
             return Ok(found);
         }
+        // Before the store read, so that a forget of one of these subjects
+        // while its key is unwrapped keeps the key out of the cache (these
+        // reads hold no subject lock).
+        let tickets: Vec<_> = missing.iter().map(|s| self.cache.ticket(s)).collect();
         let stored = self.store.subject_keys(&missing).await?;
-        let (present, wrapped): (Vec<SubjectHash>, Vec<_>) = missing
+        let (present, wrapped): (Vec<(SubjectHash, cache::Ticket)>, Vec<_>) = missing
             .into_iter()
+            .zip(tickets)
             .zip(stored)
             .filter_map(|(subject, key)| key.map(|key| (subject, key)))
             .unzip();
@@ -655,11 +662,11 @@ impl Vault {
         let deks = self
             .unwrap_keys(&wrapped.iter().collect::<Vec<_>>())
             .await?;
-        for ((subject, dek), wrapped) in present.into_iter().zip(deks).zip(wrapped) {
+        for (((subject, ticket), dek), wrapped) in present.into_iter().zip(deks).zip(wrapped) {
             found.insert(
                 subject,
                 self.cache
-                    .insert(subject, SubjectKeys::from_dek(&dek), wrapped),
+                    .insert(subject, SubjectKeys::from_dek(&dek), wrapped, ticket),
             );
         }
         Ok(found)

@@ -4,9 +4,11 @@
 //! Redacting scans the text once with the vault's [`Scanner`](crate::scan::Scanner) (every
 //! built-in detector; findings of kinds the caller did not ask for are
 //! dropped), looks up in ONE store call which findings and which
-//! token-shaped strings of the text are already tokens, drops findings that
-//! overlap one (so redacting a redacted text changes nothing: phone and
-//! passport tokens look like real values and the scanner finds them again),
+//! token-shaped strings of the text are already tokens of the request's
+//! subject, drops findings that overlap one (so redacting a redacted text
+//! changes nothing: phone and passport tokens look like real values and the
+//! scanner finds them again; a value that equals another subject's token is
+//! redacted like any value),
 //! rescans a preview of the text with every email grown to its token's
 //! length (the scanner's context window counts characters, so a longer
 //! token can change what a later number is taken for; without this the
@@ -18,8 +20,9 @@
 //! value: `.invalid` is appended).
 //!
 //! Restoring finds candidate token strings (below), looks them all up in ONE
-//! store call, opens the found ones as Detokenize does and replaces only
-//! those; everything else is left byte for byte. Each value is shown as the
+//! store call, opens the found ones (only the given subject's, when the
+//! request names one) as Detokenize does and replaces only those;
+//! everything else is left byte for byte. Each value is shown as the
 //! caller's `reveal` function says (full, or masked by its policy).
 //!
 //! Candidates: tokens fail their format's checksum, so the scanner does not
@@ -45,10 +48,10 @@
 //! tokens of formats without a shape here (`text`, a built-in format named
 //! by a `[[detectors]]` entry that the scanner does not find again, or a
 //! template token that the pattern's leftmost match runs into from the
-//! text before it) are not restored; a
+//! text before it) are not restored; without a subject, a
 //! string of the text that happens to equal a stored token of any subject is
-//! taken for that token (tokens are random, so only text that holds a token
-//! copied from elsewhere does this); a token written with other separators
+//! taken for that token and restored to that subject's value (so a
+//! conversation's RestoreText should name its subject); a token written with other separators
 //! than it was issued with is not found. The number of candidates grows with
 //! the text, bounded by `limits.max_text_bytes`: the worst case, 64 KiB of
 //! single digits between spaces, is ~100k lookups in one call (about 0.3 s
@@ -135,7 +138,12 @@ impl Vault {
             });
         }
         let spans: Vec<(usize, usize)> = findings.iter().map(|f| (f.start, f.end)).collect();
-        let existing = self.find_tokens(text, &spans).await?;
+        // Only the subject's own tokens count as redacted already: a real
+        // value that equals another subject's token is this subject's
+        // value (phone, passport, SSN and `text` tokens are drawn from the
+        // space of real values).
+        let subject = self.system.subject_hash(subject_id);
+        let existing = self.find_tokens(text, &spans, Some(&subject)).await?;
         let overlaps_existing =
             |f: &Finding| existing.iter().any(|t| t.start < f.end && f.start < t.end);
         let mut fresh: Vec<Finding> = findings
@@ -192,24 +200,34 @@ impl Vault {
     /// Replaces the tokens in `text` that are live tokens of this vault by
     /// their values; everything else is kept as is.
     pub async fn restore_text(&self, text: &str) -> Result<Restored, VaultError> {
-        self.restore_text_with(text, |_, value| value).await
+        self.restore_text_with(text, None, |_, value| value).await
     }
 
-    /// As [`Vault::restore_text`], with each value shown as `reveal(format,
-    /// value)` says (the caller's policy: full or masked).
+    /// As [`Vault::restore_text`], only tokens of `subject_id` when given
+    /// (other strings, another subject's tokens among them, are left as
+    /// they are), with each value shown as `reveal(format, value)` says
+    /// (the caller's policy: full or masked).
     pub async fn restore_text_with(
         &self,
         text: &str,
+        subject_id: Option<&str>,
         reveal: impl Fn(&str, Zeroizing<String>) -> Zeroizing<String>,
     ) -> Result<Restored, VaultError> {
         self.check_text(text)?;
+        let subject = match subject_id {
+            Some(subject_id) => {
+                self.check_subject(subject_id)?;
+                Some(self.system.subject_hash(subject_id))
+            }
+            None => None,
+        };
         let scanned: Vec<(usize, usize)> = self
             .scanner
             .scan(text)
             .iter()
             .map(|f| (f.start, f.end))
             .collect();
-        let found = self.find_tokens(text, &scanned).await?;
+        let found = self.find_tokens(text, &scanned, subject.as_ref()).await?;
         if found.is_empty() {
             return Ok(Restored {
                 text: Zeroizing::new(text.to_string()),
@@ -311,13 +329,14 @@ impl Vault {
         Ok(())
     }
 
-    /// The tokens of this vault in `text`, among `extra` spans and the
-    /// token-shaped candidates, in one store call: sorted, non-overlapping
-    /// (longest wins), any status.
+    /// The tokens of this vault in `text` (of `only` this subject, when
+    /// given), among `extra` spans and the token-shaped candidates, in one
+    /// store call: sorted, non-overlapping (longest wins), any status.
     async fn find_tokens(
         &self,
         text: &str,
         extra: &[(usize, usize)],
+        only: Option<&SubjectHash>,
     ) -> Result<Vec<FoundToken>, VaultError> {
         let mut spans = token_candidates(text);
         spans.extend(self.templates.candidates(text));
@@ -345,6 +364,7 @@ impl Vault {
             .iter()
             .zip(span_keys)
             .filter_map(|(&span, key)| records.get(key)?.as_ref().map(|r| (span, r)))
+            .filter(|(_, record)| only.is_none_or(|subject| record.subject == *subject))
             .collect();
         let kept = non_overlapping(found.iter().map(|(span, _)| *span).collect());
         found.retain(|(span, _)| kept.binary_search(span).is_ok());
