@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{admin_principal_toml, card, item, tokenize, Server};
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
 use tokenvault::pb;
@@ -75,7 +76,13 @@ allow = ["forget_subject", "export_subject"]
 }
 
 fn start(root: &Path, principals: &str) -> Server {
-    let config = format!("{}{}{}", kek(root), admin_principal_toml(), principals);
+    // The admin loads test data in bulk: a bulk importer's limits.
+    let config = format!(
+        "{}{}{}\n[new_value_limits.principals.admin]\nper_subject_per_principal = 1000000\nper_subject = 1000000\n",
+        kek(root),
+        admin_principal_toml(),
+        principals
+    );
     Server::start_with_config(root, &config)
 }
 
@@ -452,6 +459,206 @@ async fn the_101st_value_of_a_minute_is_resource_exhausted_and_alerted() {
     let cards: Vec<String> = (0..101).map(card).collect();
     let cards: Vec<&str> = cards.iter().map(String::as_str).collect();
     assert_log_is_clean(&server, &cards);
+}
+
+// ---- new-value limits (Tokenize as a dictionary oracle) ----
+
+/// The audit records of `server` whose outcome is an alert of `kind`.
+fn alert_records(server: &Server, kind: &str) -> Vec<serde_json::Value> {
+    let audit = std::fs::read_to_string(server.data_dir().join("audit.jsonl")).expect("audit");
+    audit
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("record"))
+        .filter(|r: &serde_json::Value| {
+            r["outcome"]["result"] == "alert" && r["outcome"]["kind"] == kind
+        })
+        .collect()
+}
+
+/// The Luhn-valid cards `427638 ?????? 5671`, by middle digits from
+/// `from`.
+fn candidates(from: u32) -> impl Iterator<Item = String> {
+    (from..1_000_000)
+        .map(|middle| format!("427638{middle:06}5671"))
+        .filter(|card| {
+            let digits: Vec<u8> = card.bytes().map(|b| b - b'0').collect();
+            tokenvault::token::checks::luhn_valid(&digits)
+        })
+}
+
+/// A tokenize-only caller holding one card token of a subject tries the
+/// card's ~100,000 Luhn-valid middles (first six and last four are in the
+/// token) in deterministic batches: it is refused with RESOURCE_EXHAUSTED
+/// long before 1 % of them, the refusal is an alert in the audit log, and
+/// RedactText's findings count against the same limit.
+#[tokio::test]
+async fn brute_forcing_a_card_tokens_middle_digits_is_refused_before_one_percent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &four_principals());
+    let mut admin = server.client().await;
+    let real = candidates(990_000).next().expect("a card");
+    let known = tokenize(&mut admin, SUBJECT, vec![item(&real, "card")]).await;
+
+    let mut chat = server.client_with_key(CHAT_KEY).await;
+    let all: Vec<String> = candidates(0).collect();
+    assert!(all.len() > 99_000, "{} candidates", all.len());
+    let mut tried = 0usize;
+    let mut refused = None;
+    for batch in all.chunks(50) {
+        let items = batch.iter().map(|c| item(c, "card")).collect();
+        match chat
+            .tokenize(pb::TokenizeRequest {
+                subject_id: SUBJECT.into(),
+                items,
+            })
+            .await
+        {
+            Ok(response) => {
+                tried += batch.len();
+                assert!(!response.into_inner().tokens.contains(&known[0]));
+            }
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let status = refused.expect("the search is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        tried < all.len() / 100,
+        "{tried} candidates were tried, 1 % is {}",
+        all.len() / 100
+    );
+    // RedactText's findings are new values of the subject too.
+    let redacted = chat
+        .redact_text(pb::RedactTextRequest {
+            subject_id: SUBJECT.into(),
+            text: format!("my card is {}", card(7)),
+            kinds: vec![],
+        })
+        .await
+        .expect_err("RedactText counts the same");
+    assert_eq!(redacted.code(), Code::ResourceExhausted);
+    // Another subject is not held back.
+    chat.tokenize(pb::TokenizeRequest {
+        subject_id: "another-subject".into(),
+        items: vec![item(&card(8), "card")],
+    })
+    .await
+    .expect("another subject");
+
+    server
+        .wait_for_log("alert=\"new_value_limit_exceeded\"", 1)
+        .await;
+    let alerts = alert_records(&server, "new_value_limit_exceeded");
+    assert!(
+        alerts
+            .iter()
+            .any(|r| r["principal"] == "chat-backend" && r["rpc"] == "tokenize"),
+        "no refusal alert of chat-backend's Tokenize: {alerts:?}"
+    );
+    assert!(alerts.iter().any(|r| r["rpc"] == "redact_text"));
+    assert!(!alert_records(&server, "new_value_limit_warning").is_empty());
+    assert_log_is_clean(&server, &[real.as_str(), SUBJECT]);
+}
+
+/// An import of 10,000 subjects with 3 cards each, under the default
+/// limits, is served in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_import_of_ten_thousand_subjects_with_three_cards_is_not_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let importer = format!(
+        "[[principals]]\nname = \"importer\"\napi_key_sha256 = \"{}\"\nallow = [\"tokenize\"]\n",
+        digest(CHAT_KEY)
+    );
+    let server = start(dir.path(), &importer);
+    let client = server.client_with_key(CHAT_KEY).await;
+    let started = std::time::Instant::now();
+    // 1,000 items at a time: 333 subjects' calls in flight.
+    for group in (0..10_000usize).collect::<Vec<_>>().chunks(333) {
+        let calls = group.iter().map(|&subject| {
+            let mut client = client.clone();
+            async move {
+                let items = (0..3).map(|k| item(&card(subject * 3 + k), "card")).collect();
+                client
+                    .tokenize(pb::TokenizeRequest {
+                        subject_id: format!("imported-{subject}"),
+                        items,
+                    })
+                    .await
+                    .map(|r| r.into_inner().tokens.len())
+            }
+        });
+        for served in futures_util::future::join_all(calls).await {
+            assert_eq!(served.expect("an imported subject is not refused"), 3);
+        }
+    }
+    eprintln!("imported 30,000 cards in {:?}", started.elapsed());
+    assert!(alert_records(&server, "new_value_limit_exceeded").is_empty());
+}
+
+/// On RocksDB the windows are kept in the store: a restart within the
+/// minute gives no allowance back, for the detokenize limit and the
+/// new-value limits alike.
+#[tokio::test]
+async fn a_restart_within_the_window_does_not_refill_the_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limited = format!(
+        "{}[[principals]]\nname = \"limited\"\napi_key_sha256 = \"{}\"\nallow = [\"detokenize\"]\nreveal = {{ default = \"full\" }}\nmax_detokenize_per_minute = 100\n",
+        four_principals(),
+        digest(BILLING_KEY.replace("0002", "0009").as_str())
+    );
+    let mut server = start(dir.path(), &limited);
+    let mut admin = server.client().await;
+    let tokens = tokenize(
+        &mut admin,
+        SUBJECT,
+        (0..100).map(|n| item(&card(n), "card")).collect(),
+    )
+    .await;
+    let limited_key = BILLING_KEY.replace("0002", "0009");
+    // Within one clock minute (the shared window's).
+    let now = unix_now();
+    if 60 - now % 60 < 30 {
+        tokio::time::sleep(std::time::Duration::from_secs((60 - now % 60) as u64 + 1)).await;
+    }
+    let mut client = server.client_with_key(&limited_key).await;
+    client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens.clone(),
+            purpose: String::new(),
+        })
+        .await
+        .expect("100 values");
+    let mut chat = server.client_with_key(CHAT_KEY).await;
+    chat.tokenize(pb::TokenizeRequest {
+        subject_id: "restarted-subject".into(),
+        items: (0..100).map(|n| item(&card(1000 + n), "card")).collect(),
+    })
+    .await
+    .expect("100 new values");
+
+    server.kill9();
+    server.restart();
+    let mut client = server.client_with_key(&limited_key).await;
+    let status = client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens[..1].to_vec(),
+            purpose: String::new(),
+        })
+        .await
+        .expect_err("the detokenize window survives the restart");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let mut chat = server.client_with_key(CHAT_KEY).await;
+    let status = chat
+        .tokenize(pb::TokenizeRequest {
+            subject_id: "restarted-subject".into(),
+            items: vec![item(&card(5000), "card")],
+        })
+        .await
+        .expect_err("the new-value window survives the restart");
+    assert_eq!(status.code(), Code::ResourceExhausted);
 }
 
 // ---- actor tokens ----

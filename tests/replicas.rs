@@ -189,3 +189,83 @@ async fn killing_a_replica_under_load_loses_no_acknowledged_token() {
         }
     }
 }
+
+/// Waits until at least `needed` seconds are left in the current clock
+/// minute, so a test's calls fall in one window of the shared counters.
+async fn start_of_a_minute(needed: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let left = 60 - now % 60;
+    if left < needed {
+        tokio::time::sleep(std::time::Duration::from_secs(left + 1)).await;
+    }
+}
+
+/// A detokenize limit of 100 values a minute holds for three replicas
+/// together (one shared window counter in PostgreSQL), and a replica
+/// restarted within the minute does not get its allowance back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_detokenize_limit_and_a_restart_does_not_refill_it() {
+    use sha2::Digest;
+    const KEY: &str = "tvk_limited_replica_key_0005";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek.key");
+    std::fs::write(&kek, [9u8; 32]).expect("kek file");
+    let url = fresh_database().await;
+    let extra = format!(
+        "[[principals]]\nname = \"limited\"\napi_key_sha256 = \"{}\"\nallow = [\"detokenize\"]\nreveal = {{ default = \"full\" }}\nmax_detokenize_per_minute = 100\n[new_value_limits.principals.admin]\nper_subject_per_principal = 1000000\n",
+        hex::encode(sha2::Sha256::digest(KEY.as_bytes()))
+    );
+    let mut servers: Vec<Server> = (0..3)
+        .map(|i| {
+            Server::start_with_config(
+                &dir.path().join(format!("r{i}")),
+                &format!("{}{extra}", replica_config(&url, &kek, &format!("r{i}"))),
+            )
+        })
+        .collect();
+    let mut admin = servers[0].client().await;
+    let tokens = tokenize(
+        &mut admin,
+        "limited-subject",
+        (0..10).map(|n| item(&card(n), "card")).collect(),
+    )
+    .await;
+
+    start_of_a_minute(40).await;
+    let mut served = 0usize;
+    for round in 0..10 {
+        for server in &servers {
+            let mut client = server.client_with_key(KEY).await;
+            match client
+                .detokenize(pb::DetokenizeRequest {
+                    tokens: tokens.clone(),
+                    purpose: String::new(),
+                })
+                .await
+            {
+                Ok(response) => served += response.into_inner().results.len(),
+                Err(status) => assert_eq!(
+                    status.code(),
+                    tonic::Code::ResourceExhausted,
+                    "round {round}: {status:?}"
+                ),
+            }
+        }
+    }
+    assert_eq!(served, 100, "300 values asked of three replicas");
+
+    servers[1].kill9();
+    servers[1].restart();
+    let mut client = servers[1].client_with_key(KEY).await;
+    let status = client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens[..1].to_vec(),
+            purpose: String::new(),
+        })
+        .await
+        .expect_err("a restart within the minute does not refill the limit");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+}

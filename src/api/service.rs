@@ -19,6 +19,8 @@ use crate::crypto::SubjectHash;
 use crate::erasure::SignedReceipt;
 use crate::metrics::{CallRecord, METRICS};
 use crate::pb;
+use crate::policy::quota::{NewValueCaller, QuotaAlert};
+use crate::policy::rate::SharedRefusal;
 use crate::policy::{Alert, PolicyError, Principal, RateLimiter, Reveal, Rpc};
 use crate::vault::{self, TokenMode, TokenStatus, Vault};
 
@@ -32,8 +34,11 @@ pub struct TokenVaultService {
 impl TokenVaultService {
     pub fn new(vault: Arc<Vault>, audit: Arc<AuditLog>) -> Self {
         TokenVaultService {
+            rates: Arc::new(RateLimiter::with_shared(
+                vault.counters(),
+                vault.counter_key().clone(),
+            )),
             vault,
-            rates: Arc::new(RateLimiter::new()),
             audit,
         }
     }
@@ -67,6 +72,28 @@ impl TokenVaultService {
         admit(&self.rates, &self.audit, principal, rpc, values).await
     }
 
+    /// A vault error as its status; a new-value limit's refusal is audited
+    /// as its alert first (the call is refused even if that record cannot
+    /// be written: nothing was stored).
+    async fn vault_refusal(&self, principal: &Principal, error: vault::VaultError) -> Status {
+        if let vault::VaultError::NewValuesLimited(alert) = &error {
+            if let Err(audit_error) = self.audit.append(quota_event(principal, alert)).await {
+                tracing::error!(error = %audit_error, "new value limit refusal not audited");
+            }
+        }
+        to_status(error)
+    }
+
+    /// Audits the warnings of a served call; a failure is logged, not the
+    /// caller's problem.
+    async fn quota_warnings(&self, principal: &Principal, warnings: &[QuotaAlert]) {
+        for warning in warnings {
+            if let Err(error) = self.audit.append(quota_event(principal, warning)).await {
+                tracing::error!(%error, "new value warning alert not audited");
+            }
+        }
+    }
+
     /// Appends the record of a reveal or erasure; UNAVAILABLE if it cannot
     /// be written, and then the caller must return no value.
     async fn audit_done(&self, event: AuditEvent<'_>) -> Result<u64, Status> {
@@ -93,7 +120,14 @@ async fn admit(
                     tracing::error!(%error, "rate warning alert not audited");
                 }
             }
-            Ok(())
+            // The same limits over every replica and across restarts.
+            match rates.admit_shared(principal, rpc, values).await {
+                Ok(()) => Ok(()),
+                Err(SharedRefusal::Limited(alert)) => {
+                    Err(refused(audit, principal, rpc, PolicyError::RateLimited(alert)).await)
+                }
+                Err(SharedRefusal::Unavailable(error)) => Err(to_status(error.into())),
+            }
         }
         // Nothing was revealed; the refusal carries its alert.
         Err(alert) => Err(refused(audit, principal, rpc, PolicyError::RateLimited(alert)).await),
@@ -136,6 +170,29 @@ fn alert_event(principal: &Principal, alert: &Alert) -> AuditEvent<'static> {
                 alert.limit,
                 alert.values
             ),
+        },
+        ..caller_event(principal, alert.rpc)
+    }
+}
+
+/// Who a Tokenize or RedactText call creates new values for.
+fn new_value_caller(principal: &Principal, rpc: Rpc) -> NewValueCaller {
+    NewValueCaller {
+        principal: Arc::clone(&principal.name),
+        actor: principal.actor.as_ref().map(|a| Arc::clone(&a.name)),
+        rpc,
+    }
+}
+
+/// The audit record of a new-value limit alert; it names the subject (the
+/// log stores its keyed hash).
+fn quota_event(principal: &Principal, alert: &QuotaAlert) -> AuditEvent<'static> {
+    AuditEvent {
+        count: alert.values,
+        subjects: vec![alert.subject],
+        outcome: Outcome::Alert {
+            kind: alert.kind_name().to_string(),
+            detail: alert.detail(),
         },
         ..caller_event(principal, alert.rpc)
     }
@@ -219,7 +276,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
-        self.authorize(&request, Rpc::Tokenize).await?;
+        let principal = self.authorize(&request, Rpc::Tokenize).await?;
         let call = CallRecord::of(&request);
         let request = request.into_inner();
         let items = request
@@ -235,11 +292,16 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let tokens = self
+        let caller = new_value_caller(&principal, Rpc::Tokenize);
+        let (tokens, warnings) = match self
             .vault
-            .tokenize(&request.subject_id, &items)
+            .tokenize_as(&caller, &request.subject_id, &items)
             .await
-            .map_err(to_status)?;
+        {
+            Ok(done) => done,
+            Err(error) => return Err(self.vault_refusal(&principal, error).await),
+        };
+        self.quota_warnings(&principal, &warnings).await;
         call.values(Rpc::Tokenize, tokens.len() as u64);
         Ok(Response::new(pb::TokenizeResponse { tokens }))
     }
@@ -309,14 +371,19 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         &self,
         request: Request<pb::RedactTextRequest>,
     ) -> Result<Response<pb::RedactTextResponse>, Status> {
-        self.authorize(&request, Rpc::RedactText).await?;
+        let principal = self.authorize(&request, Rpc::RedactText).await?;
         let call = CallRecord::of(&request);
         let request = request.into_inner();
-        let redacted = self
+        let caller = new_value_caller(&principal, Rpc::RedactText);
+        let (redacted, warnings) = match self
             .vault
-            .redact_text(&request.subject_id, &request.text, &request.kinds)
+            .redact_text_as(&caller, &request.subject_id, &request.text, &request.kinds)
             .await
-            .map_err(to_status)?;
+        {
+            Ok(done) => done,
+            Err(error) => return Err(self.vault_refusal(&principal, error).await),
+        };
+        self.quota_warnings(&principal, &warnings).await;
         let findings = redacted
             .findings
             .into_iter()

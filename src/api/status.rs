@@ -58,6 +58,7 @@ pub fn to_status(error: VaultError) -> Status {
             Status::failed_precondition(error.to_string())
         }
         VaultError::KeyManagement(message) => Status::failed_precondition(message.clone()),
+        VaultError::NewValuesLimited(_) => Status::resource_exhausted(error.to_string()),
         VaultError::LedgerUnavailable(detail) => {
             tracing::error!(error = %detail, "erasure ledger unavailable");
             Status::unavailable(error.to_string())

@@ -78,7 +78,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.dev {
         let key_path = config.data_dir.join(DEV_ADMIN_KEY_FILE);
         let key = load_or_create_dev_key(&key_path)?;
-        auth.add_key(&key, Principal::new("dev-admin", Rpc::ALL));
+        auth.add_key(
+            &key,
+            Principal::new(crate::vault::DEV_ADMIN_PRINCIPAL, Rpc::ALL),
+        );
         tracing::warn!(path = %key_path.display(), "dev mode: admin API key (every RPC, full reveal) is in this file");
     }
     if auth.is_empty() {

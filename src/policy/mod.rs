@@ -10,6 +10,7 @@
 
 pub mod actor;
 pub mod mask;
+pub mod quota;
 pub mod rate;
 
 use std::collections::HashMap;

@@ -1,9 +1,22 @@
 //! Detokenize rate limits and the alerts they raise: a token bucket per
 //! principal and one per (principal, actor), counting revealed values, not
-//! calls.
+//! calls. Calls without an actor under a per-actor limit share one "no
+//! actor" bucket of the principal, so omitting the actor token does not
+//! escape that limit.
+//!
+//! Buckets live in this process. With [`RateLimiter::with_shared`] each
+//! limit is also a fixed one-minute window counter in the store (shared by
+//! the replicas on PostgreSQL, persisted on RocksDB), so replicas together
+//! and a restarted process stay within it: in each clock minute (from the
+//! epoch) at most the limit is revealed, whatever the number of replicas;
+//! a burst across a minute boundary can reveal up to twice the limit in a
+//! few seconds. A call refused by the shared window may already have
+//! taken from this process's bucket (it counts against the caller).
 //!
 //! It owns the buckets and the alert counters; it never sees a value, a
 //! token or a subject id, so an [`Alert`] (and its log line) cannot hold one.
+//! Shared counter keys hold the principal's name and a keyed hash of the
+//! actor, never the actor's name.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +26,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::{Principal, Rpc};
+use crate::crypto::SecretKey;
+use crate::store::counters::{window_start, Charge, Charged, WindowCounters};
+use crate::store::StoreError;
+
+/// The window of the shared counters, in seconds: the limits are per
+/// minute.
+const SHARED_WINDOW_SECONDS: i64 = 60;
 
 /// Above this many actor buckets, full ones (which are the same as a new
 /// bucket) are dropped, so a stream of made-up actor names cannot grow the
@@ -158,21 +178,119 @@ impl TokenBucket {
     }
 }
 
-/// A bucket of one actor behind one principal: (principal, actor).
-type ActorKey = (Arc<str>, Arc<str>);
+/// A bucket of one actor behind one principal: (principal, actor); None
+/// is the principal's one bucket of calls without an actor.
+type ActorKey = (Arc<str>, Option<Arc<str>>);
+
+/// The store's window counters and the key actor names are hashed with.
+struct Shared {
+    counters: Arc<dyn WindowCounters>,
+    key: SecretKey,
+}
+
+/// Why the shared windows refused a call.
+#[derive(Debug)]
+pub enum SharedRefusal {
+    /// Over a limit: the alert (raised) to audit.
+    Limited(Alert),
+    /// The counters could not be read: nothing is revealed.
+    Unavailable(StoreError),
+}
 
 /// The buckets of every principal and actor, shared by all calls. A policy
 /// reload keeps them: a principal's use in the last minute still counts
 /// under its new limit.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RateLimiter {
     principals: Mutex<HashMap<Arc<str>, TokenBucket>>,
     actors: Mutex<HashMap<ActorKey, TokenBucket>>,
+    shared: Option<Shared>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimiter {
     pub fn new() -> Self {
         RateLimiter::default()
+    }
+
+    /// Buckets in this process, and every limit also kept as a one-minute
+    /// window in `counters` (see the module doc); `key` hashes actor names.
+    pub fn with_shared(counters: Arc<dyn WindowCounters>, key: SecretKey) -> Self {
+        RateLimiter {
+            shared: Some(Shared { counters, key }),
+            ..RateLimiter::default()
+        }
+    }
+
+    /// Charges `values` to the shared windows of the caller's limits
+    /// (after [`RateLimiter::admit`] let the call through); all or none.
+    pub async fn admit_shared(
+        &self,
+        principal: &Principal,
+        rpc: Rpc,
+        values: u64,
+    ) -> Result<(), SharedRefusal> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let policy = principal.policy();
+        let now = crate::vault::unix_now();
+        let window = window_start(now, SHARED_WINDOW_SECONDS);
+        let actor = principal.actor.as_ref().map(|a| Arc::clone(&a.name));
+        let mut charges = Vec::new();
+        let mut scopes = Vec::new();
+        if let Some(limit) = policy.max_detokenize_per_minute {
+            charges.push(Charge {
+                key: format!("dt/p/{}", principal.name),
+                window_start: window,
+                window_seconds: SHARED_WINDOW_SECONDS,
+                amount: values,
+                limit: u64::from(limit),
+            });
+            scopes.push((Scope::Principal, limit));
+        }
+        if let Some(limit) = policy.max_detokenize_per_minute_per_actor {
+            let hashed = match &actor {
+                Some(name) => hex::encode(&shared.key.mac(&[b"actor", name.as_bytes()])[..16]),
+                None => "-".to_string(),
+            };
+            charges.push(Charge {
+                key: format!("dt/a/{hashed}/{}", principal.name),
+                window_start: window,
+                window_seconds: SHARED_WINDOW_SECONDS,
+                amount: values,
+                limit: u64::from(limit),
+            });
+            scopes.push((Scope::Actor, limit));
+        }
+        if values == 0 || charges.is_empty() {
+            return Ok(());
+        }
+        match shared.counters.charge(&charges, now).await {
+            Ok(Charged::Admitted(_)) => Ok(()),
+            Ok(Charged::Refused { index, .. }) => {
+                let (scope, limit) = scopes[index];
+                let refused = Alert {
+                    kind: AlertKind::RateExceeded,
+                    scope,
+                    principal: Arc::clone(&principal.name),
+                    actor,
+                    rpc,
+                    values,
+                    limit,
+                };
+                refused.raise();
+                Err(SharedRefusal::Limited(refused))
+            }
+            Err(error) => Err(SharedRefusal::Unavailable(error)),
+        }
     }
 
     /// Charges `values` revealed values of `rpc` to the principal and to
@@ -205,7 +323,7 @@ impl RateLimiter {
         let principal_limit = policy.max_detokenize_per_minute;
         let actor_limit = policy
             .max_detokenize_per_minute_per_actor
-            .zip(actor.clone());
+            .map(|limit| (limit, actor.clone()));
         if values == 0 || (principal_limit.is_none() && actor_limit.is_none()) {
             return Ok(Vec::new());
         }
@@ -355,8 +473,13 @@ mod tests {
             (Scope::Actor, Some("alice"))
         );
         assert!(limiter.admit_at(&bob, Rpc::Detokenize, 5, now).is_ok());
-        // Calls without an actor have no per-actor limit.
-        assert!(limiter.admit_at(&billing, Rpc::Detokenize, 50, now).is_ok());
+        // Calls without an actor share one "no actor" bucket.
+        assert!(limiter.admit_at(&billing, Rpc::Detokenize, 5, now).is_ok());
+        let refused = limiter
+            .admit_at(&billing, Rpc::Detokenize, 1, now)
+            .unwrap_err();
+        assert_eq!((refused.scope, refused.actor), (Scope::Actor, None));
+        assert!(limiter.admit_at(&bob, Rpc::Detokenize, 0, now).is_ok());
     }
 
     #[test]

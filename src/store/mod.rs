@@ -7,6 +7,7 @@
 //! stored records (versioned, documented below) and never sees a plaintext
 //! value or a subject id: values arrive sealed, subjects as keyed hashes.
 
+pub mod counters;
 pub mod disk;
 pub mod postgres;
 pub mod records;

@@ -10,6 +10,7 @@
 //! | `tv_index`      | subject hash ‖ MAC (64)      | token, expires_at                |
 //! | `tv_tombstones` | keyed hash of an erased token | erased_at                       |
 //! | `tv_audit`      | replica name, sequence number | audit record                    |
+//! | `tv_rate_windows` | counter key, window start  | used, ends_at (see `counters`)   |
 //!
 //! Correctness across replicas rests on PostgreSQL, not on in-process
 //! locks: a token is unique by primary key; a deterministic value gets one
@@ -309,6 +310,7 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Engine(format!("postgres pool: {e}")))?;
         migrate(&pool).await?;
+        Self::ensure_counter_table(&pool).await?;
 
         let sink: Arc<parking_lot::Mutex<Option<InvalidationSink>>> = Arc::default();
         let listening = Arc::new(AtomicBool::new(false));
@@ -1221,3 +1223,5 @@ impl Store for PostgresStore {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+mod counters;

@@ -11,6 +11,7 @@
 //! | `index`    | subject hash (32) ‖ 0x02 ‖ token    | [`IndexEntry`]      |
 //! | `tombstones` | keyed hash of an erased token (32) | erased_at i64 BE  |
 //! | `audit`    | sequence number (u64 BE)            | audit record (JSON) |
+//! | `meta`     | `rate/` ‖ counter key               | window counter (see `counters`) |
 //!
 //! A token costs two entries: its record, and one `index` entry under its
 //! subject: the deterministic-index entry (tag 0x01) for a deterministic
@@ -68,6 +69,9 @@ use super::{
 };
 use crate::crypto::{IndexKey, SubjectHash};
 use crate::kek::WrappedKey;
+
+mod counters;
+pub use counters::RocksCounters;
 
 const CF_META: &str = "meta";
 const CF_SUBJECTS: &str = "subjects";
@@ -422,6 +426,9 @@ fn family_options(cache: &Cache, family: &str) -> Options {
         }),
         CF_INDEX => options.set_compaction_filter("tokenvault-expired-index", |_, _, value| {
             drop_if(index_entry_expired(value, crate::vault::unix_now()))
+        }),
+        CF_META => options.set_compaction_filter("tokenvault-expired-counters", |_, key, value| {
+            drop_if(counters::expired(key, value, crate::vault::unix_now()))
         }),
         _ => {}
     }

@@ -28,6 +28,10 @@ pub enum VaultError {
     /// The storage engine failed (I/O, disk full).
     #[error("storage unavailable, nothing was stored; retry later")]
     StorageUnavailable(#[source] StoreError),
+    /// The call would pass a new-value limit (`policy::quota`); nothing
+    /// was stored. The alert has been raised; the caller audits it.
+    #[error("new value limit of {} per {} s reached for this {}; retry later", .0.limit, .0.window_seconds, .0.scope.name())]
+    NewValuesLimited(crate::policy::quota::QuotaAlert),
     /// Anything that should not happen: corrupt records, a bug. The
     /// detail goes to the log, never to the caller.
     #[error("internal error: {0}")]

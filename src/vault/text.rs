@@ -66,6 +66,7 @@ use zeroize::Zeroizing;
 
 use super::{TokenMode, TokenStatus, TokenizeItem, Vault, VaultError};
 use crate::crypto::SubjectHash;
+use crate::policy::quota::{NewValueCaller, QuotaAlert};
 use crate::scan::spans::{splice, token_candidates, EMAIL_TOKEN_SUFFIX};
 use crate::scan::Finding;
 use crate::store::TokenRecord;
@@ -118,6 +119,35 @@ impl Vault {
     /// tokens of `subject_id`, atomically.
     pub async fn redact_text(
         &self,
+        subject_id: &str,
+        text: &str,
+        kinds: &[String],
+    ) -> Result<Redacted, VaultError> {
+        self.redact_text_for(None, &mut Vec::new(), subject_id, text, kinds)
+            .await
+    }
+
+    /// [`Vault::redact_text`] for `caller`: its findings that get a new
+    /// token are charged to its new-value limits as Tokenize's items are
+    /// (see [`Vault::tokenize_as`]).
+    pub async fn redact_text_as(
+        &self,
+        caller: &NewValueCaller,
+        subject_id: &str,
+        text: &str,
+        kinds: &[String],
+    ) -> Result<(Redacted, Vec<QuotaAlert>), VaultError> {
+        let mut warnings = Vec::new();
+        let redacted = self
+            .redact_text_for(Some(caller), &mut warnings, subject_id, text, kinds)
+            .await?;
+        Ok((redacted, warnings))
+    }
+
+    async fn redact_text_for(
+        &self,
+        caller: Option<&NewValueCaller>,
+        warnings: &mut Vec<QuotaAlert>,
         subject_id: &str,
         text: &str,
         kinds: &[String],
@@ -177,7 +207,9 @@ impl Vault {
                 ttl_seconds: 0,
             })
             .collect();
-        let tokens = self.tokenize_items(subject_id, &items).await?;
+        let tokens = self
+            .tokenize_items(subject_id, &items, caller, warnings)
+            .await?;
         let spans: Vec<(usize, usize)> = fresh.iter().map(|f| (f.start, f.end)).collect();
         let (redacted, offsets) = splice(text, &spans, &tokens);
         let findings = fresh
