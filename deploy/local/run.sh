@@ -32,6 +32,7 @@
 # its process group instead (they share it).
 #
 # Files in the work directory: tokenvault.toml, api.key (0600), data/,
+# ledger/ (the erasure ledger),
 # approle/role-id, approle/secret-id (0600), bao-root.token (0600),
 # bao.log, tokenvault.out (stdout), tokenvault.log (stderr).
 set -euo pipefail
@@ -154,6 +155,10 @@ data_dir = "$workdir/data"
 
 [storage]
 sync_writes = true
+
+# Outside the data directory, so a restore onto a new one keeps it.
+[erasure]
+ledger = "$workdir/ledger/erasure-ledger.jsonl"
 
 $kek_block
 
