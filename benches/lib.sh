@@ -60,6 +60,8 @@ audited_config() {
   export TOKENVAULT_API_KEY=tvk_bench_audit_admin_key
   cat >"$work/$name.toml" <<EOF
 data_dir = "$work/$name"
+[erasure]
+ledger = "$work/$name-ledger/erasure-ledger.jsonl"
 [kek]
 provider = "local"
 path = "$work/kek.key"

@@ -11,7 +11,9 @@
 # 2. each kustomization rendered with `kubectl kustomize` (when kubectl is on
 #    PATH) and the result validated the same way;
 # 3. consistency the schemas cannot see: every tokenvault.toml embedded in a
-#    ConfigMap parses as TOML and uses only the agreed [kek] keys; workload
+#    ConfigMap parses as TOML and uses only the agreed [kek] keys; it names
+#    an erasure ledger outside data_dir ([erasure.postgres] for a postgres
+#    store) on a persistent volume claim of the workload; workload
 #    selectors match their pod labels; Services, the PDB and the
 #    NetworkPolicies select the tokenvault pods; every config speaks TLS
 #    (gRPC, Vault, PostgreSQL); probes use the metrics port's /healthz and
@@ -67,7 +69,7 @@ done
 
 # --- 3. consistency -----------------------------------------------------------------------
 if python3 - "$tmp/py.out" "${manifests[@]}" <<'EOF'
-import sys, tomllib, yaml
+import os, sys, tomllib, yaml
 out = open(sys.argv[1], "w")
 files = sys.argv[2:]
 problems = []
@@ -78,7 +80,9 @@ for f in files:
 
 KEK = {"provider", "address", "mount", "key_name", "ca_cert", "timeout_ms", "token_env", "approle", "path"}
 APPROLE = {"role_id", "secret_id_file", "mount"}
-TOP = {"listen", "data_dir", "shutdown_grace_seconds", "storage", "kek", "cache", "limits", "principals", "tls", "audit", "metrics"}
+TOP = {"listen", "data_dir", "shutdown_grace_seconds", "storage", "kek", "cache", "limits", "principals", "tls", "audit", "metrics", "erasure"}
+ERASURE = {"ledger", "postgres"}
+ledger_dirs = {}  # manifest directory -> the directory of its [erasure] ledger file
 RPCS = {"tokenize", "detokenize", "redact_text", "restore_text", "forget_subject", "export_subject"}
 def sub(sel, labels): return all(labels.get(k) == v for k, v in (sel or {}).items())
 
@@ -103,6 +107,16 @@ for f, d in docs:
         if c.get("storage", {}).get("backend") == "postgres" and not c.get("storage", {}).get("postgres", {}).get("tls"):
             problems.append(f"{f}: storage.postgres.tls is not true")
         if c.get("metrics", {}).get("listen", "").rsplit(":", 1)[-1] != "9090": problems.append(f"{f}: [metrics] listen is not on port 9090 (the probes' port)")
+        e = c.get("erasure", {})
+        if set(e) - ERASURE: problems.append(f"{f}: unknown [erasure] keys {sorted(set(e) - ERASURE)}")
+        if c.get("storage", {}).get("backend") == "postgres":
+            if "postgres" not in e: problems.append(f"{f}: a postgres store needs [erasure.postgres] (the ledger in a database of its own)")
+        elif "ledger" not in e:
+            problems.append(f"{f}: no [erasure] ledger (outside --dev it must be named, outside data_dir)")
+        else:
+            led, dd = os.path.normpath(e["ledger"]), os.path.normpath(c.get("data_dir", "./data"))
+            if led.startswith(dd + "/"): problems.append(f"{f}: [erasure] ledger is under data_dir")
+            ledger_dirs[os.path.dirname(f)] = os.path.dirname(led)
         for p in c.get("principals", []):
             if set(p.get("allow", [])) - RPCS: problems.append(f"{f}: principal {p.get('name')}: unknown RPCs")
     if kind in ("Deployment", "StatefulSet"):
@@ -128,6 +142,13 @@ for f, d in docs:
             mounts = {m["name"] for m in c.get("volumeMounts", [])}
             vols = {v["name"] for v in ps.get("volumes", [])} | {v["metadata"]["name"] for v in spec.get("volumeClaimTemplates", [])}
             if mounts - vols: problems.append(f"{f}: mounts without a volume: {sorted(mounts - vols)}")
+        # The ledger's volume must outlive the pod: a claim, never an emptyDir.
+        led = ledger_dirs.get(os.path.dirname(f))
+        claims = {v["metadata"]["name"] for v in spec.get("volumeClaimTemplates", [])} | {v["name"] for v in ps.get("volumes", []) if "persistentVolumeClaim" in v}
+        for c in ps["containers"] if led else []:
+            held = [m for m in c.get("volumeMounts", []) if led == m["mountPath"] or led.startswith(m["mountPath"].rstrip("/") + "/")]
+            if not held or max(held, key=lambda m: len(m["mountPath"]))["name"] not in claims:
+                problems.append(f"{f}: {c['name']}: the erasure ledger ({led}) is not on a persistent volume claim")
         if kind == "StatefulSet" and spec.get("replicas") != 1:
             problems.append(f"{f}: a RocksDB StatefulSet must have replicas: 1")
 if not pod_labels: problems.append("no Deployment or StatefulSet found")

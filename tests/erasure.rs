@@ -562,3 +562,279 @@ async fn expired_tokens_answer_expired_and_leave_the_disk_at_a_purge() {
         card(11)
     );
 }
+
+/// A rocksdb config whose KEK file and erasure ledger live under `root`,
+/// outside the data directory (`root/data`), as in production: the data
+/// directory can be lost and restored without them.
+fn outside_config(root: &Path) -> String {
+    let kek = root.join("kek.key");
+    if !kek.exists() {
+        std::fs::create_dir_all(root).expect("root");
+        std::fs::write(&kek, [7u8; 32]).expect("kek file");
+    }
+    format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n[erasure]\nledger = \"{}\"\n{}",
+        kek.display(),
+        root.join("ledger").join("erasure-ledger.jsonl").display(),
+        admin_principal_toml()
+    )
+}
+
+/// Must-show 2 (RocksDB): backup, forget, delete the data directory,
+/// restore with the same config: the forgotten subject stays ERASED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restored_onto_a_new_data_directory_keeps_a_forgotten_subject_erased() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tv");
+    let mut server = Server::start_with_config(&root, &outside_config(&root));
+    let mut client = server.client().await;
+    let subjects = tokenize_all(&mut client).await;
+    let data_dir = server.data_dir();
+    let config = server.config_path();
+    let (data_arg, config_arg) = (
+        data_dir.to_str().expect("utf-8").to_string(),
+        config.to_str().expect("utf-8").to_string(),
+    );
+    let backups = dir.path().join("backups");
+    let backups_arg = backups.to_str().expect("utf-8").to_string();
+    cli_ok(
+        &server,
+        &[
+            "backup",
+            "create",
+            &backups_arg,
+            "--config",
+            &config_arg,
+            "--data-dir",
+            &data_arg,
+        ],
+    );
+    forget(&mut client, &subjects[0].0).await;
+    drop(client);
+    server.stop().await;
+
+    // The disaster: the data directory is gone.
+    std::fs::remove_dir_all(&data_dir).expect("delete the data directory");
+    cli_ok(
+        &server,
+        &[
+            "backup",
+            "restore",
+            &backups_arg,
+            "--config",
+            &config_arg,
+            "--data-dir",
+            &data_arg,
+        ],
+    );
+    server.restart();
+    let mut client = server.client().await;
+    let results = detokenize(&mut client, &subjects[0].2).await;
+    assert_eq!(
+        statuses(&results),
+        vec![pb::TokenStatus::Erased; PER_SUBJECT]
+    );
+    for (_, values, tokens) in &subjects[1..] {
+        let got: Vec<String> = detokenize(&mut client, tokens)
+            .await
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
+        assert_eq!(&got, values);
+    }
+}
+
+/// Must-show 2, the other branch: when the ledger went with the data
+/// directory (the dev default keeps it there), the restore is refused and
+/// names the ledger; only the flag that says the danger lets it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_ledger_is_gone_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(dir.path());
+    let mut client = server.client().await;
+    let subjects = tokenize_all(&mut client).await;
+    let data_dir = server.data_dir();
+    let data_arg = data_dir.to_str().expect("utf-8").to_string();
+    let backups = dir.path().join("backups");
+    let backups_arg = backups.to_str().expect("utf-8").to_string();
+    cli_ok(
+        &server,
+        &["backup", "create", &backups_arg, "--data-dir", &data_arg],
+    );
+    forget(&mut client, &subjects[0].0).await;
+    drop(client);
+    server.stop().await;
+    // The dev admin key and KEK go with the directory too: keep them so
+    // the restored vault can be opened and called.
+    let keep = dir.path().join("keep");
+    std::fs::create_dir_all(&keep).expect("keep");
+    for name in ["kek.key", "dev-admin.key"] {
+        std::fs::copy(data_dir.join(name), keep.join(name)).expect("keep a file");
+    }
+    std::fs::remove_dir_all(&data_dir).expect("delete the data directory");
+    std::fs::create_dir_all(&data_dir).expect("data dir");
+    for name in ["kek.key", "dev-admin.key"] {
+        std::fs::copy(keep.join(name), data_dir.join(name)).expect("put a file back");
+    }
+
+    let refused = server.run_cli(&["backup", "restore", &backups_arg, "--data-dir", &data_arg]);
+    assert!(
+        !refused.status.success(),
+        "a restore without its ledger went through"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let ledger = data_dir.join("erasure-ledger.jsonl");
+    assert!(
+        stderr.contains(&ledger.display().to_string())
+            && stderr.contains("--danger-restore-without-ledger"),
+        "the refusal names the ledger and the flag: {stderr}"
+    );
+    assert!(
+        !data_dir.join("rocksdb").exists(),
+        "nothing was restored before the refusal"
+    );
+
+    cli_ok(
+        &server,
+        &[
+            "backup",
+            "restore",
+            &backups_arg,
+            "--data-dir",
+            &data_arg,
+            "--danger-restore-without-ledger",
+        ],
+    );
+    server.restart();
+    let mut client = server.client().await;
+    // What the flag's name warns of: the forgotten subject is back.
+    let results = detokenize(&mut client, &subjects[0].2).await;
+    assert_eq!(
+        statuses(&results),
+        vec![pb::TokenStatus::Found; PER_SUBJECT]
+    );
+    // And the vault runs on: a new forget is recorded and holds.
+    forget(&mut client, &subjects[0].0).await;
+    drop(client);
+    server.stop().await;
+    server.restart();
+    let mut client = server.client().await;
+    let results = detokenize(&mut client, &subjects[0].2).await;
+    assert_eq!(
+        statuses(&results),
+        vec![pb::TokenStatus::Erased; PER_SUBJECT]
+    );
+}
+
+/// Must-show 2: a ledger with its last line cut (whole, or part of it) is
+/// detected: the server refuses to start and names the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_with_its_last_line_cut_stops_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tv");
+    let mut server = Server::start_with_config(&root, &outside_config(&root));
+    let mut client = server.client().await;
+    let subjects = tokenize_all(&mut client).await;
+    forget(&mut client, &subjects[0].0).await;
+    forget(&mut client, &subjects[1].0).await;
+    drop(client);
+    server.stop().await;
+    let ledger = root.join("ledger").join("erasure-ledger.jsonl");
+    let full = std::fs::read_to_string(&ledger).expect("ledger");
+    let lines: Vec<&str> = full.lines().collect();
+    assert!(lines.len() >= 2, "{full}");
+    let whole_line_cut = format!("{}\n", lines[..lines.len() - 1].join("\n"));
+    let part_line_cut = &full[..full.len() - 10];
+    for cut in [whole_line_cut.as_str(), part_line_cut] {
+        std::fs::write(&ledger, cut).expect("cut the ledger");
+        let (status, log) = server.run_to_exit_within(Duration::from_secs(30));
+        assert!(!status.success(), "started on a cut ledger");
+        assert!(
+            log.contains(&ledger.display().to_string()),
+            "the refusal names the ledger: {log}"
+        );
+    }
+    std::fs::write(&ledger, &full).expect("put the ledger back");
+    server.restart();
+    let mut client = server.client().await;
+    let results = detokenize(&mut client, &subjects[1].2).await;
+    assert_eq!(
+        statuses(&results),
+        vec![pb::TokenStatus::Erased; PER_SUBJECT]
+    );
+}
+
+/// Must-show 2 (PostgreSQL): a `pg_dump` taken before a forget, restored
+/// after it (the database dropped and made again under its name): the
+/// vault started on it answers ERASED for the forgotten subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_dump_from_before_a_forget_restored_after_it_keeps_the_subject_erased() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek.key");
+    std::fs::write(&kek, [9u8; 32]).expect("kek file");
+    let url = common::postgres::fresh_database().await;
+    let root = dir.path().join("r0");
+    let mut server =
+        Server::start_with_config(&root, &common::postgres::replica_config(&url, &kek, "r0"));
+    let mut client = server.client().await;
+    let subjects = tokenize_all(&mut client).await;
+    let dump = dir.path().join("vault.dump");
+    common::postgres::pg_dump(&url, &dump);
+    forget(&mut client, &subjects[0].0).await;
+    assert_eq!(
+        statuses(&detokenize(&mut client, &subjects[0].2).await),
+        vec![pb::TokenStatus::Erased; PER_SUBJECT]
+    );
+    drop(client);
+    server.stop().await;
+
+    common::postgres::drop_and_restore(&url, &dump).await;
+    server.restart();
+    let mut client = server.client().await;
+    let results = detokenize(&mut client, &subjects[0].2).await;
+    assert_eq!(
+        statuses(&results),
+        vec![pb::TokenStatus::Erased; PER_SUBJECT]
+    );
+    for (_, values, tokens) in &subjects[1..] {
+        let got: Vec<String> = detokenize(&mut client, tokens)
+            .await
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
+        assert_eq!(&got, values);
+    }
+}
+
+/// Outside --dev, a ledger in the data directory (or none named, so the
+/// dev default there) is refused at start-up, naming the key and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_dev_a_ledger_in_the_data_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tv");
+    let data_dir = root.join("data");
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::write(root.join("kek.key"), [7u8; 32]).expect("kek file");
+    let kek = format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n",
+        root.join("kek.key").display()
+    );
+    let inside = format!(
+        "[erasure]\nledger = \"{}\"\n{kek}{}",
+        data_dir.join("erasure-ledger.jsonl").display(),
+        admin_principal_toml()
+    );
+    let mut server = Server::prepared_with_config(&root, &inside, &[]);
+    let (status, log) = server.run_to_exit_within(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        log.contains("erasure.ledger") && log.contains("inside data_dir"),
+        "{log}"
+    );
+    // The same config named in the ordinary way, without [erasure].
+    let none = format!("[erasure]\n{kek}{}", admin_principal_toml());
+    let mut server = Server::prepared_with_config(&root, &none, &[]);
+    let (status, log) = server.run_to_exit_within(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(log.contains("erasure.ledger is not set"), "{log}");
+}

@@ -243,8 +243,14 @@ fn config_check_names_each_problem_and_passes_a_good_config() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let data = root.join("data");
+    // The ledger outside the data directory, as a config outside --dev
+    // must have it.
+    let ledger = format!(
+        "[erasure]\nledger = \"{}\"\n",
+        root.join("ledger").join("erasure-ledger.jsonl").display()
+    );
     let good = format!(
-        "data_dir = \"{}\"\n{}[metrics]\nlisten = \"127.0.0.1:9464\"\n{}",
+        "data_dir = \"{}\"\n{ledger}{}[metrics]\nlisten = \"127.0.0.1:9464\"\n{}",
         data.display(),
         kek(root),
         admin_principal_toml()
@@ -262,7 +268,7 @@ fn config_check_names_each_problem_and_passes_a_good_config() {
         format!("[[principals]]\nname = \"chat\"\napi_key_sha256 = \"{digest}\"\nallow = [\"tokenize\"]\n")
     };
     let good_principal = principal(&"ab".repeat(32));
-    let base = format!("data_dir = \"{}\"\n", data.display());
+    let base = format!("data_dir = \"{}\"\n{ledger}", data.display());
     let cases: Vec<(&str, String, Vec<&str>, &str)> = vec![
         (
             "unknown key",
@@ -308,6 +314,23 @@ fn config_check_names_each_problem_and_passes_a_good_config() {
             format!("{base}{}{}", kek(root), principal(&"zz".repeat(32))),
             vec![],
             "principals[0] (chat): api_key_sha256 must be 64 hex digits",
+        ),
+        (
+            "ledger in the data directory",
+            format!(
+                "data_dir = \"{}\"\n[erasure]\nledger = \"{}\"\n{}{good_principal}",
+                data.display(),
+                data.join("erasure-ledger.jsonl").display(),
+                kek(root)
+            ),
+            vec![],
+            "erasure.ledger: ",
+        ),
+        (
+            "no ledger named",
+            format!("data_dir = \"{}\"\n{}{good_principal}", data.display(), kek(root)),
+            vec![],
+            "erasure.ledger is not set",
         ),
         (
             "unwritable audit dir",

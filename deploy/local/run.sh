@@ -34,6 +34,7 @@
 # its process group instead (they share it).
 #
 # Files in the work directory: tokenvault.toml, api.key (0600), certs/, data/,
+# ledger/ (the erasure ledger),
 # approle/role-id, approle/secret-id (0600), bao-root.token (0600),
 # bao.log, tokenvault.out (stdout), tokenvault.log (stderr).
 set -euo pipefail
@@ -164,6 +165,10 @@ sync_writes = true
 [tls]
 cert = "$workdir/certs/server-chain.pem"
 key = "$workdir/certs/server.key"
+
+# Outside the data directory, so a restore onto a new one keeps it.
+[erasure]
+ledger = "$workdir/ledger/erasure-ledger.jsonl"
 
 $kek_block
 

@@ -6,9 +6,10 @@
 //! again), the checks `serve` runs (each section checked on its own), key
 //! and certificate files that cannot be read, plaintext connections off
 //! loopback and a missing `[kek]` (`crate::exposure`), audit and ledger
-//! locations that cannot be written, and with `--connect` a Vault that
-//! cannot be reached. It changes nothing (a write probe is removed at
-//! once) and prints no secret: files are named by path, never shown.
+//! locations that cannot be written (and a ledger file left under the data
+//! directory, or none named), and with `--connect` a Vault that cannot be
+//! reached. It changes nothing (a write probe is removed at once) and
+//! prints no secret: files are named by path, never shown.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -162,8 +163,10 @@ fn set_aside(lines: &mut [String], line: usize) -> bool {
 fn semantic_problems(config: &Config) -> Vec<String> {
     let base = Config::dev();
     let mut slices = vec![
+        // With [erasure]: the PostgreSQL store needs its ledger there.
         Config {
             storage: config.storage.clone(),
+            erasure: config.erasure.clone(),
             ..base.clone()
         },
         Config {
@@ -297,11 +300,21 @@ fn file_problems(config: &Config) -> Vec<String> {
     let audit = config.audit_file();
     let in_data_dir = audit.parent() == Some(config.data_dir.as_path());
     problems.extend(file_writable_problem("audit.file", &audit, in_data_dir));
-    problems.extend(file_writable_problem(
-        "erasure.ledger",
-        &config.ledger_path(),
-        true,
-    ));
+    // Outside --dev (a config file never is --dev): a ledger file named,
+    // outside the data directory; a PostgreSQL ledger's CA file readable.
+    problems.extend(config.ledger_problem(false));
+    match config.ledger_location() {
+        Ok(crate::erasure::LedgerLocation::File(path)) => {
+            problems.extend(file_writable_problem("erasure.ledger", &path, true));
+        }
+        Ok(crate::erasure::LedgerLocation::Postgres(options)) => {
+            if let Some(ca) = &options.ca_file {
+                problems.extend(unreadable("erasure.postgres.ca_file", ca));
+            }
+        }
+        // Reported with the checks.
+        Err(_) => {}
+    }
     problems
 }
 

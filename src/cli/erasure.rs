@@ -17,8 +17,7 @@ use crate::erasure::SignedReceipt;
 use crate::pb;
 use crate::pb::admin::{CreateBackupRequest, PurgeRequest, VerifyReceiptRequest};
 use crate::store::rocks::RocksStore;
-use crate::vault::erasure::RESTORE_MARKER;
-use crate::vault::Vault;
+use crate::vault::{ledger, Vault};
 
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
@@ -51,7 +50,8 @@ pub enum BackupCommand {
     /// backup engine: incremental, consistent).
     Create(BackupArgs),
     /// Replace the database with the latest backup in DIR (the server
-    /// must be stopped), then replay the erasure ledger over it.
+    /// must be stopped), then replay the erasure ledger over it; refused
+    /// when the ledger is missing.
     Restore(BackupArgs),
 }
 
@@ -61,6 +61,11 @@ pub struct BackupArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub vault: VaultArgs,
+    /// Restore although the erasure ledger the restored database expects
+    /// is missing or shorter: every subject forgotten since the backup
+    /// comes back.
+    #[arg(long)]
+    pub danger_restore_without_ledger: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,19 +185,28 @@ async fn restore_backup(args: &BackupArgs) -> anyhow::Result<()> {
     if connect_admin(&config.data_dir).await?.is_some() {
         bail!("a server is running on this data directory; stop it before restoring");
     }
+    // Before anything is touched: the ledger must be there (a missing one
+    // would replay nothing and bring forgotten subjects back).
+    let (exists, ledger) = ledger::ledger_exists(&config).await?;
+    let danger = args.danger_restore_without_ledger;
+    if !exists && !danger {
+        bail!(
+            "erasure ledger {ledger} is missing: a restore without it brings back every subject forgotten since the backup; put the ledger back (from where it is kept), or pass {} to restore anyway",
+            ledger::DANGER_FLAG
+        );
+    }
     let db_dir = config.rocksdb_dir();
     std::fs::create_dir_all(&config.data_dir)?;
     // The marker goes first: if this command dies half-way, the next start
     // replays the ledger before it serves.
-    std::fs::write(config.data_dir.join(RESTORE_MARKER), b"")
+    ledger::write_restore_marker(&config.data_dir, danger)
         .context("cannot write the restore marker in the data directory")?;
     let info = RocksStore::restore_latest_backup(&absolute(&args.dir)?, &db_dir)
         .context("restore failed")?;
     eprintln!(
-        "backup: restored backup {} into {}; replaying the erasure ledger {}",
+        "backup: restored backup {} into {}; replaying the erasure ledger {ledger}",
         info.id,
         db_dir.display(),
-        config.ledger_path().display()
     );
     // Opening the vault replays the ledger because the marker is there.
     let vault = open_offline(&config).await?;

@@ -48,6 +48,11 @@ impl VaultArgs {
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
+        // A vault named by its config is not a dev vault: its ledger must
+        // be outside the data directory, as `serve` requires.
+        if let Some(problem) = config.ledger_problem(self.config.is_none()) {
+            anyhow::bail!("config: {problem}");
+        }
         Ok(config)
     }
 }

@@ -61,6 +61,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for warning in &exposure.warnings {
         tracing::warn!("plaintext off loopback: {warning}");
     }
+    // After the override: outside --dev the ledger must not be under the
+    // data directory.
+    if let Some(problem) = config.ledger_problem(args.dev) {
+        bail!("config: {problem}");
+    }
 
     // Actor keys are read before the vault opens: a bad key file stops
     // start-up without touching the store or the key provider.

@@ -197,6 +197,7 @@ pub struct SystemKeys {
     audit_hash: SecretKey,
     receipt_mac: SecretKey,
     tombstone: SecretKey,
+    ledger_mac: SecretKey,
 }
 
 impl SystemKeys {
@@ -206,6 +207,7 @@ impl SystemKeys {
             audit_hash: system.derive(b"tokenvault/v1/system/audit-hash"),
             receipt_mac: system.derive(b"tokenvault/v1/system/receipt-mac"),
             tombstone: system.derive(b"tokenvault/v1/system/tombstone"),
+            ledger_mac: system.derive(b"tokenvault/v1/system/erasure-ledger"),
         }
     }
 
@@ -224,6 +226,11 @@ impl SystemKeys {
     /// Keys the hashes that erased tokens leave as tombstones.
     pub fn tombstone_key(&self) -> &SecretKey {
         &self.tombstone
+    }
+
+    /// Keys the erasure ledger's MAC chain.
+    pub fn ledger_mac_key(&self) -> &SecretKey {
+        &self.ledger_mac
     }
 }
 

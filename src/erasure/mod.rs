@@ -9,5 +9,5 @@
 pub mod ledger;
 pub mod receipt;
 
-pub use ledger::{ErasureLedger, LedgerError};
+pub use ledger::{ErasureLedger, LedgerError, LedgerLocation};
 pub use receipt::{Receipt, ReceiptError, SignedReceipt};

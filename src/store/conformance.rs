@@ -469,6 +469,32 @@ where
     audit_records_read_back_in_sequence_order(make().await.as_ref()).await;
     key_rotation_leaves_tokens_readable(make().await.as_ref()).await;
     tokens_sealed_under_a_key_that_is_not_the_subjects_are_refused(make().await.as_ref()).await;
+    ledger_marks_read_back_in_sequence_order(make().await.as_ref()).await;
+}
+
+/// Applied erasure-ledger entries read back in sequence order (past 255,
+/// where a byte-wise order of unpadded numbers would differ); `replace`
+/// drops the earlier ones.
+pub async fn ledger_marks_read_back_in_sequence_order(store: &dyn Store) {
+    assert!(store.ledger_applied().await.expect("marks").is_empty());
+    let mark = |seq: u64| (seq, [(seq % 251) as u8; 32]);
+    store
+        .mark_ledger_applied(vec![mark(300), mark(2)], false)
+        .await
+        .expect("mark");
+    store
+        .mark_ledger_applied(vec![mark(1), mark(2)], false)
+        .await
+        .expect("mark again");
+    assert_eq!(
+        store.ledger_applied().await.expect("marks"),
+        vec![mark(1), mark(2), mark(300)]
+    );
+    store
+        .mark_ledger_applied(vec![mark(7)], true)
+        .await
+        .expect("replace");
+    assert_eq!(store.ledger_applied().await.expect("marks"), vec![mark(7)]);
 }
 
 /// A rewrapped subject key (KEK rotation) keeps the subject's tokens and

@@ -188,6 +188,21 @@ pub trait Store: Send + Sync + 'static {
     /// Records (Some) or clears (None) the rotation in progress, durably.
     async fn set_kek_rotation(&self, target: Option<u32>) -> Result<(), StoreError>;
 
+    /// The erasure-ledger entries whose forgets this store holds, as
+    /// (sequence number, the entry's MAC), in sequence order. They travel
+    /// with the data (in a backup, a dump), so after a restore they say
+    /// which entries the restored data lacks (see `vault::ledger`).
+    async fn ledger_applied(&self) -> Result<Vec<(u64, [u8; 32])>, StoreError>;
+
+    /// Records erasure-ledger entries as applied, durably. With `replace`,
+    /// every entry recorded before is dropped first (a restore accepted
+    /// without its ledger starts the record again).
+    async fn mark_ledger_applied(
+        &self,
+        entries: Vec<(u64, [u8; 32])>,
+        replace: bool,
+    ) -> Result<(), StoreError>;
+
     /// Inserts all tokens atomically, or none. Tokens must be new and index
     /// keys unused (an entry expired before `now` counts as unused);
     /// otherwise nothing is stored and the conflicts are returned.

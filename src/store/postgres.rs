@@ -4,7 +4,7 @@
 //!
 //! | table           | key                          | columns                          |
 //! |-----------------|------------------------------|----------------------------------|
-//! | `tv_meta`       | name (`system_key`, `kek_rotation`) | value bytea               |
+//! | `tv_meta`       | name (`system_key`, `kek_rotation`, `ledger_applied/<seq>`) | value bytea |
 //! | `tv_subjects`   | subject hash (32)            | wrapped subject DEK              |
 //! | `tv_tokens`     | token                        | subject, [`TokenRecord`], expires_at |
 //! | `tv_index`      | subject hash ‖ MAC (64)      | token, expires_at                |
@@ -52,6 +52,10 @@ use super::{
 };
 use crate::crypto::{IndexKey, SubjectHash};
 use crate::kek::WrappedKey;
+
+/// `tv_meta` names of applied erasure-ledger entries: this, then the
+/// sequence number in 20 digits.
+const LEDGER_APPLIED: &str = "ledger_applied/";
 
 /// The NOTIFY channel of key invalidations.
 const CHANNEL: &str = "tokenvault_keys";
@@ -214,7 +218,7 @@ impl Drop for PostgresStore {
     }
 }
 
-fn engine(error: tokio_postgres::Error) -> StoreError {
+pub(crate) fn engine(error: tokio_postgres::Error) -> StoreError {
     // A server error displays as just "db error": its code and message are
     // added. The message names constraints and tables, never row data
     // (that is in the detail, left out).
@@ -272,7 +276,7 @@ fn parse_config(options: &PostgresOptions) -> Result<tokio_postgres::Config, Sto
     let mut config: tokio_postgres::Config = options
         .url
         .parse()
-        .map_err(|_| StoreError::Engine("storage.postgres.url does not parse".into()))?;
+        .map_err(|_| StoreError::Engine("the postgres connection string does not parse".into()))?;
     config.application_name("tokenvault");
     if options.tls {
         config.ssl_mode(tokio_postgres::config::SslMode::Require);
@@ -285,30 +289,43 @@ fn parse_config(options: &PostgresOptions) -> Result<tokio_postgres::Config, Sto
     Ok(config)
 }
 
+/// A connection pool as `options` say (TLS, `synchronous_commit`); no
+/// connection is made yet. The erasure ledger's database uses it too.
+pub(crate) fn connect_pool(options: &PostgresOptions) -> Result<Pool, StoreError> {
+    Ok(pool_and_parts(options)?.0)
+}
+
+fn pool_and_parts(
+    options: &PostgresOptions,
+) -> Result<(Pool, tokio_postgres::Config, Option<Tls>), StoreError> {
+    let config = parse_config(options)?;
+    let tls = if options.tls {
+        Some(tls_connector(options)?)
+    } else {
+        None
+    };
+    let manager_config = ManagerConfig {
+        // Fast: a connection is reused without a query. A call dropped
+        // mid-transaction cannot leak it: tokio-postgres rolls back a
+        // Transaction on drop.
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls.clone() {
+        Some(tls) => Manager::from_config(config.clone(), tls, manager_config),
+        None => Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
+    };
+    let pool = Pool::builder(manager)
+        .max_size(options.pool_size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Engine(format!("postgres pool: {e}")))?;
+    Ok((pool, config, tls))
+}
+
 impl PostgresStore {
     /// Connects, applies pending migrations and starts the listener.
     pub async fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
-        let config = parse_config(options)?;
-        let tls = if options.tls {
-            Some(tls_connector(options)?)
-        } else {
-            None
-        };
-        let manager_config = ManagerConfig {
-            // Fast: a connection is reused without a query. A call dropped
-            // mid-transaction cannot leak it: tokio-postgres rolls back a
-            // Transaction on drop.
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = match tls.clone() {
-            Some(tls) => Manager::from_config(config.clone(), tls, manager_config),
-            None => Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Engine(format!("postgres pool: {e}")))?;
+        let (pool, config, tls) = pool_and_parts(options)?;
         migrate(&pool).await?;
         Self::ensure_counter_table(&pool).await?;
 
@@ -1034,6 +1051,62 @@ impl Store for PostgresStore {
                 .map_err(engine)?,
         };
         Ok(())
+    }
+
+    async fn ledger_applied(&self) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, value FROM tv_meta WHERE name LIKE 'ledger_applied/%' ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(engine)?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.get(0);
+                let value: Vec<u8> = row.get(1);
+                let seq = name
+                    .strip_prefix(LEDGER_APPLIED)
+                    .and_then(|seq| seq.parse().ok())
+                    .ok_or(StoreError::Corrupt("ledger mark"))?;
+                let mac = value
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("ledger mark"))?;
+                Ok((seq, mac))
+            })
+            .collect()
+    }
+
+    async fn mark_ledger_applied(
+        &self,
+        entries: Vec<(u64, [u8; 32])>,
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(engine)?;
+        if replace {
+            tx.execute(
+                "DELETE FROM tv_meta WHERE name LIKE 'ledger_applied/%'",
+                &[],
+            )
+            .await
+            .map_err(engine)?;
+        }
+        // Zero-padded, so names sort in sequence order.
+        let names: Vec<String> = entries
+            .iter()
+            .map(|(seq, _)| format!("{LEDGER_APPLIED}{seq:020}"))
+            .collect();
+        let macs: Vec<&[u8]> = entries.iter().map(|(_, mac)| mac.as_slice()).collect();
+        tx.execute(
+            "INSERT INTO tv_meta (name, value) SELECT * FROM unnest($1::text[], $2::bytea[])
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            &[&names, &macs],
+        )
+        .await
+        .map_err(engine)?;
+        tx.commit().await.map_err(engine)
     }
 
     async fn insert_tokens(

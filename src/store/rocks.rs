@@ -5,6 +5,7 @@
 //! | cf         | key                                 | value               |
 //! |------------|-------------------------------------|---------------------|
 //! | `meta`     | `system_key`, `kek_rotation`, `last_purge` | wrapped key, u32 BE, i64 BE |
+//! | `meta`     | `ledger_applied/` ‖ seq (u64 BE)    | erasure-ledger entry's MAC (32) |
 //! | `subjects` | subject hash (32)                   | wrapped subject DEK |
 //! | `tokens`   | token (UTF-8)                       | [`TokenRecord`]     |
 //! | `index`    | subject hash (32) ‖ 0x01 ‖ MAC (32) | [`IndexEntry`]      |
@@ -121,6 +122,16 @@ const SYSTEM_KEY: &[u8] = b"system_key";
 const KEK_ROTATION: &[u8] = b"kek_rotation";
 /// When the last purge started (i64 BE unix seconds).
 const LAST_PURGE: &[u8] = b"last_purge";
+/// Applied erasure-ledger entries: this, then the sequence number (u64
+/// BE), to the entry's MAC; up to (not including) the end key.
+const LEDGER_APPLIED: &[u8] = b"ledger_applied/";
+const LEDGER_APPLIED_END: &[u8] = b"ledger_applied0";
+
+fn ledger_mark_key(seq: u64) -> Vec<u8> {
+    let mut key = LEDGER_APPLIED.to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
 
 /// Memtable size per column family (RocksDB's default is 64 MiB).
 const WRITE_BUFFER_BYTES: usize = 16 << 20;
@@ -231,6 +242,11 @@ enum WriteRequest {
     },
     Audit {
         records: Vec<(u64, Vec<u8>)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    LedgerMarks {
+        entries: Vec<(u64, [u8; 32])>,
+        replace: bool,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
@@ -578,6 +594,26 @@ impl Inner {
                         match value {
                             Some(value) => state.batch.put_cf(cf, key, value),
                             None => state.batch.delete_cf(cf, key),
+                        }
+                        waiting.push(Answer::Done(reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
+                WriteRequest::LedgerMarks {
+                    entries,
+                    replace,
+                    reply,
+                } => match self.cf(CF_META) {
+                    Ok(cf) => {
+                        if replace {
+                            state
+                                .batch
+                                .delete_range_cf(cf, LEDGER_APPLIED, LEDGER_APPLIED_END);
+                        }
+                        for (seq, mac) in entries {
+                            state.batch.put_cf(cf, ledger_mark_key(seq), mac);
                         }
                         waiting.push(Answer::Done(reply));
                     }
@@ -1336,6 +1372,40 @@ impl Store for RocksStore {
         self.write(|reply| WriteRequest::PutMeta {
             key: KEK_ROTATION,
             value: target.map(|version| version.to_be_bytes().to_vec()),
+            reply,
+        })
+        .await
+    }
+
+    async fn ledger_applied(&self) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        let cf = self.inner.cf(CF_META)?;
+        let mode = rocksdb::IteratorMode::From(LEDGER_APPLIED, rocksdb::Direction::Forward);
+        let mut marks = Vec::new();
+        for item in self.inner.db.iterator_cf(cf, mode) {
+            let (key, value) = item.map_err(engine)?;
+            let Some(seq) = key.strip_prefix(LEDGER_APPLIED) else {
+                break;
+            };
+            let seq: [u8; 8] = seq
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("ledger mark"))?;
+            let mac: [u8; 32] = value
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("ledger mark"))?;
+            marks.push((u64::from_be_bytes(seq), mac));
+        }
+        Ok(marks)
+    }
+
+    async fn mark_ledger_applied(
+        &self,
+        entries: Vec<(u64, [u8; 32])>,
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| WriteRequest::LedgerMarks {
+            entries,
+            replace,
             reply,
         })
         .await

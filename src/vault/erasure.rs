@@ -1,11 +1,12 @@
-//! Forgetting and exporting a subject, retention purges and the replay of
-//! the erasure ledger after a restore.
+//! Forgetting and exporting a subject and retention purges (the erasure
+//! ledger's replay after a restore is in `vault::ledger`).
 //!
-//! Forget order, and why: (1) the ledger line is synced, so a restore or a
+//! Forget order, and why: (1) the ledger entry is synced, so a restore or a
 //! crash can only erase more, never less, than callers asked; (2) the store
 //! deletes the subject's key, records and index entries in one batch, under
 //! the subject's write lock so no Tokenize of the subject is between
-//! fetching its key and storing tokens sealed with it; (3) the cached DEK is
+//! fetching its key and storing tokens sealed with it, then the entry is
+//! marked applied in the store (see `vault::ledger`); (3) the cached DEK is
 //! dropped (and zeroized once unused), before (2) as well, and no read that
 //! fetched the wrapped key before can cache it afterwards (see `cache`);
 //! (4) the store purges its files, unless (2) found neither a key nor a
@@ -20,15 +21,11 @@ use zeroize::Zeroizing;
 
 use super::{unix_now, Vault, VaultError};
 use crate::crypto::{token_aad, CryptoError, SubjectHash};
-use crate::erasure::{ErasureLedger, Receipt, ReceiptError, SignedReceipt};
+use crate::erasure::{Receipt, ReceiptError, SignedReceipt};
 use crate::store::BackupInfo;
 
 /// Tokens read per store page while exporting.
 pub const EXPORT_PAGE: usize = 256;
-
-/// The marker a restore leaves in the data directory: until the erasure
-/// ledger has been replayed over the restored database, it must not serve.
-pub const RESTORE_MARKER: &str = "restore-pending";
 
 /// What a forget did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,12 +87,9 @@ impl Vault {
         self.check_subject(subject_id)?;
         let subject = self.system.subject_hash(subject_id);
         let erased_at_unix = unix_now();
-        if let Some(ledger) = &self.ledger {
-            ledger
-                .record(&subject, erased_at_unix)
-                .map_err(|e| VaultError::LedgerUnavailable(e.to_string()))?;
-        }
+        let entry = self.ledger_forget(subject, erased_at_unix).await?;
         let erased = self.erase(subject, erased_at_unix).await?;
+        self.ledger_applied(entry).await?;
         // A subject this vault never had (or forgot already) left nothing
         // in any file: no purge, which costs every other forget waiting
         // on the store's purger.
@@ -248,26 +242,12 @@ impl Vault {
         Ok(self.store.create_backup(dir).await?)
     }
 
-    /// Forgets again every subject of the erasure ledger at `path` (after a
-    /// restore), then purges. Returns how many ledger subjects still had
-    /// data in the restored database.
-    pub async fn replay_ledger(&self, path: &Path) -> Result<usize, VaultError> {
-        let subjects =
-            ErasureLedger::read(path).map_err(|e| VaultError::LedgerUnavailable(e.to_string()))?;
-        let now = unix_now();
-        let mut revived = 0;
-        let mut seen = std::collections::HashSet::new();
-        for subject in subjects {
-            if seen.insert(subject) && self.erase_hash(subject, now).await? {
-                revived += 1;
-            }
-        }
-        self.store.purge().await?;
-        Ok(revived)
-    }
-
     /// Erases a subject known only by its hash; true if anything was there.
-    async fn erase_hash(&self, subject: SubjectHash, now: i64) -> Result<bool, VaultError> {
+    pub(super) async fn erase_hash(
+        &self,
+        subject: SubjectHash,
+        now: i64,
+    ) -> Result<bool, VaultError> {
         Ok(self.erase(subject, now).await?.is_some())
     }
 }

@@ -25,6 +25,11 @@ pub enum VaultError {
     /// The erasure ledger cannot be written or read: nothing was erased.
     #[error("erasure ledger unavailable, nothing was erased; retry later")]
     LedgerUnavailable(String),
+    /// At start-up: the erasure ledger is missing, cut, corrupt or not the
+    /// one the store expects, so the vault does not open. The message
+    /// names the ledger and why (no subject, value or key).
+    #[error("{0}")]
+    LedgerRefused(String),
     /// The storage engine failed (I/O, disk full).
     #[error("storage unavailable, nothing was stored; retry later")]
     StorageUnavailable(#[source] StoreError),

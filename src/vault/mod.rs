@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod erasure;
 pub mod error;
+pub mod ledger;
 pub mod quota;
 pub mod rotation;
 pub mod text;
@@ -175,29 +176,9 @@ impl Vault {
         // Masked reveal finds a template by the stored format name.
         template::install(&templates);
         vault.templates = templates;
-        let ledger_path = config.ledger_path();
-        vault.ledger = Some(
-            ErasureLedger::open(&ledger_path)
-                .map_err(|e| VaultError::LedgerUnavailable(e.to_string()))?,
-        );
-        vault.finish_restore(&config.data_dir, &ledger_path).await?;
+        // Replayed before anything is served.
+        vault.open_ledger(config).await?;
         Ok(vault)
-    }
-
-    /// After `backup restore`, replays the erasure ledger over the restored
-    /// database before anything is served, then clears the marker.
-    async fn finish_restore(&self, data_dir: &Path, ledger: &Path) -> Result<(), VaultError> {
-        let marker = data_dir.join(erasure::RESTORE_MARKER);
-        if !marker.exists() {
-            return Ok(());
-        }
-        let revived = self.replay_ledger(ledger).await?;
-        tracing::info!(
-            subjects_erased_again = revived,
-            "restored database: erasure ledger replayed"
-        );
-        std::fs::remove_file(&marker)
-            .map_err(|e| VaultError::Internal(format!("cannot remove {}: {e}", marker.display())))
     }
 
     /// Assembles a vault from parts (tests use this with other stores).

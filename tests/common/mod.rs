@@ -50,6 +50,19 @@ pub fn admin_principal_toml() -> String {
     )
 }
 
+/// A config outside `--dev` must name its erasure ledger outside the data
+/// directory: a RocksDB config that names none gets one under `root` (not
+/// in `root/data`), as an operator's would be on its own volume.
+fn with_ledger(root: &Path, toml: &str) -> String {
+    if toml.contains("[erasure") || toml.contains("backend = \"postgres\"") {
+        return toml.to_string();
+    }
+    format!(
+        "{toml}\n[erasure]\nledger = \"{}\"\n",
+        root.join("ledger").join("erasure-ledger.jsonl").display()
+    )
+}
+
 impl Server {
     /// Starts a dev server whose files live under `root`.
     pub fn start(root: &Path) -> Server {
@@ -73,7 +86,7 @@ impl Server {
     pub fn prepared_with_config(root: &Path, toml: &str, env: &[(&str, &str)]) -> Server {
         fs::create_dir_all(root).expect("server dir");
         let path = Self::config_path_in(root);
-        fs::write(&path, toml).expect("write config");
+        fs::write(&path, with_ledger(root, toml)).expect("write config");
         let mut server = Self::prepared(root, vec!["--config".into(), path.display().to_string()]);
         server.env = env
             .iter()
@@ -105,6 +118,34 @@ impl Server {
             env: Vec::new(),
             addr: String::new(),
             api_key: None,
+        }
+    }
+
+    /// As [`Server::run_to_exit`], but a server still running after
+    /// `timeout` is killed and the test fails (it should have refused).
+    pub fn run_to_exit_within(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let log = self.root.join("refused.log");
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn tokenvault");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, fs::read_to_string(&log).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "tokenvault still runs after {timeout:?} (it should have refused to start); log:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -421,7 +421,7 @@ async fn a_lost_listen_connection_turns_the_cache_off_until_it_is_back() {
 fn the_postgres_config_needs_exactly_one_url_and_a_backend_table() {
     let parse = |text: &str| crate::config::Config::parse(text).expect("parse");
     let config = parse(
-        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://u@h/db\"\nreplica = \"r1\"\n",
+        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://u@h/db\"\nreplica = \"r1\"\n[erasure.postgres]\nurl = \"postgres://u@h/db_ledger\"\n",
     );
     config.check().expect("valid");
     let options = config
