@@ -186,9 +186,10 @@ impl Access {
             None => principals
                 .authenticate(request.metadata())
                 .inspect_err(|status| {
-                    tracing::info!(reason = status.message(), "call refused: not authenticated");
-                    // AUDIT: append a denied-call record (no principal, reason)
-                    // here once the audit log is merged.
+                    // Logged and audited per window of refusals, not per
+                    // call (`api::denials`): a flood of bad keys is not a
+                    // flood of lines.
+                    tracing::debug!(reason = status.message(), "call refused: not authenticated");
                 })?,
         };
         self.with_actor(principal, request.metadata())
@@ -210,7 +211,8 @@ impl Access {
         match verified {
             Ok(actor) => Ok(principal.with_actor(actor)),
             Err(error) => {
-                tracing::warn!(principal = %principal.name, reason = %error, "actor token refused");
+                // Counted per window with the other refusals (`api::denials`).
+                tracing::debug!(principal = %principal.name, reason = %error, "actor token refused");
                 // AUDIT: append a denied-call record (principal, reason:
                 // actor token refused) here once the audit log is merged.
                 Err(actor_status(&error))
