@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tokenvault::audit::record::ListedHash;
-use tokenvault::audit::{AuditEvent, AuditLog, AuditRecord, Durability, RecordOutcome};
+use tokenvault::audit::{AuditEvent, AuditLog, AuditRecord, ChainKey, Durability, RecordOutcome};
 use tokenvault::crypto::{SecretKey, SubjectHash};
 use tokenvault::store::rocks::{RocksOptions, RocksStore};
 use tokenvault::store::Store;
@@ -78,10 +78,11 @@ fn append(c: &mut Criterion) {
 
 fn seal(c: &mut Criterion) {
     let mut group = c.benchmark_group("seal");
+    let key = ChainKey::from_audit_hash_key(&SecretKey::from_slice(&[7; 32]).expect("key"));
     for count in [1usize, 100] {
         // As the writer drafts it: listed hashes of 32 hex digits.
         let draft = AuditRecord {
-            v: 1,
+            v: tokenvault::audit::record::RECORD_VERSION,
             seq: 1_000_000,
             time_unix_ms: 1_764_000_000_000,
             principal: "billing-service".into(),
@@ -96,7 +97,7 @@ fn seal(c: &mut Criterion) {
             hash: None,
         };
         group.bench_with_input(BenchmarkId::new("draft", count), &draft, |b, draft| {
-            b.iter(|| draft.clone().seal().expect("seal"))
+            b.iter(|| draft.clone().seal(&key).expect("seal"))
         });
     }
     group.finish();

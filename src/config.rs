@@ -197,6 +197,14 @@ pub struct AuditConfig {
     /// How a call's `purpose` (and a forget's `reason`) is recorded.
     #[serde(default)]
     pub purpose_mode: PurposeMode,
+    /// Where the chain's MACed checkpoints go (default: beside `file`,
+    /// as `audit.checkpoint`). Best on other storage than the database
+    /// and the audit file: a tail cut must then reach it too.
+    pub checkpoint_file: Option<PathBuf>,
+    /// The longest time between two checkpoints while records are
+    /// written: a cut of the records after the last one does not show.
+    #[serde(default = "default_audit_checkpoint_interval")]
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -206,6 +214,8 @@ impl Default for AuditConfig {
             durability: AuditDurability::default(),
             sync_interval_ms: default_audit_sync_interval(),
             purpose_mode: PurposeMode::default(),
+            checkpoint_file: None,
+            checkpoint_interval_ms: default_audit_checkpoint_interval(),
         }
     }
 }
@@ -227,6 +237,10 @@ pub enum PurposeMode {
 
 fn default_audit_sync_interval() -> u64 {
     100
+}
+
+fn default_audit_checkpoint_interval() -> u64 {
+    1000
 }
 
 /// When a reveal may proceed relative to its audit record reaching disk.
@@ -651,6 +665,15 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join(DEFAULT_AUDIT_FILE))
     }
 
+    /// `[audit] checkpoint_file`, or `audit.checkpoint` beside the audit
+    /// file.
+    pub fn audit_checkpoint_file(&self) -> PathBuf {
+        self.audit
+            .checkpoint_file
+            .clone()
+            .unwrap_or_else(|| crate::audit::default_checkpoint_path(&self.audit_file()))
+    }
+
     /// The embedded default of `serve --dev`.
     pub fn dev() -> Self {
         toml::from_str("").expect("an empty config takes every default")
@@ -726,6 +749,11 @@ impl Config {
         if !(1..=60_000).contains(&self.audit.sync_interval_ms) {
             return Err(ConfigError::Invalid(
                 "audit.sync_interval_ms must be 1 to 60000".into(),
+            ));
+        }
+        if !(1..=3_600_000).contains(&self.audit.checkpoint_interval_ms) {
+            return Err(ConfigError::Invalid(
+                "audit.checkpoint_interval_ms must be 1 to 3600000".into(),
             ));
         }
         let mtls = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());

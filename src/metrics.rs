@@ -216,11 +216,16 @@ fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
         ),
         family(
             "tokenvault_alerts_total",
-            "Rate alerts raised, by kind",
+            "Alerts raised, by kind (rate limits, refused-credential floods)",
             MetricType::COUNTER,
             vec![
                 labelled_counter("kind", "rate_warning", ALERTS.rate_warning.load(Relaxed)),
                 labelled_counter("kind", "rate_exceeded", ALERTS.rate_exceeded.load(Relaxed)),
+                labelled_counter(
+                    "kind",
+                    crate::api::denials::FLOOD_ALERT,
+                    crate::api::denials::FLOOD_ALERTS.load(Relaxed),
+                ),
             ],
         ),
     ];
@@ -373,7 +378,9 @@ fn finished(rpc: &'static str, code: &'static str, started: Instant, record: &Ca
     let principal = facts.principal.as_deref().unwrap_or("-");
     let duration_ms = (seconds * 1_000_000.0).round() / 1_000.0;
     // Health probes come every few seconds from load balancers: debug only.
-    if rpc == "health" {
+    // So are calls refused for their credentials: a flood of them is
+    // logged a line per window of refusals (`api::denials`).
+    if rpc == "health" || code == "unauthenticated" {
         tracing::debug!(target: REQUEST_LOG_TARGET, principal, rpc, status = code, duration_ms, values = facts.values, "request");
     } else {
         tracing::info!(target: REQUEST_LOG_TARGET, principal, rpc, status = code, duration_ms, values = facts.values, "request");

@@ -27,10 +27,17 @@ fn audit_file(server: &Server) -> PathBuf {
     server.data_dir().join("audit.jsonl")
 }
 
-/// Runs `audit verify` on the server's data directory; (success, output).
+/// Runs `audit verify` on the server's data directory (and its config
+/// file, if it has one: verify opens its key provider); (success, output).
 fn verify(server: &Server) -> (bool, String) {
     let data_dir = server.data_dir().display().to_string();
-    let output = server.run_cli(&["audit", "verify", "--data-dir", &data_dir]);
+    let config = server.config_path();
+    let config = config.display().to_string();
+    let mut args = vec!["audit", "verify", "--data-dir", &data_dir];
+    if server.config_path().exists() {
+        args.extend(["--config", &config]);
+    }
+    let output = server.run_cli(&args);
     (output.status.success(), text(&output))
 }
 
@@ -464,4 +471,253 @@ async fn verify_runs_beside_a_live_server_and_tail_follows_new_records() {
     let line = reader.join().expect("reader");
     assert!(line.is_some(), "tail --follow did not print the new record");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_credentials_is_counted_in_a_few_records_and_raises_an_alert() {
+    const BAD_CALLS: usize = 10_000;
+    const CONNECTIONS: usize = 4;
+    const TASKS_PER_CONNECTION: usize = 16;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek.key");
+    std::fs::write(&kek, [7u8; 32]).expect("kek file");
+    let toml = format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n{}",
+        kek.display(),
+        admin_principal_toml()
+    );
+    // The server log at its production level: bounded lines are counted.
+    let mut server =
+        Server::start_with_config_env(dir.path(), &toml, &[("TOKENVAULT_LOG", "info")]);
+    let mut admin = server.client_with_key(TEST_API_KEY).await;
+    let value = card(99);
+    let tokens = tokenize(&mut admin, "cust-flood", vec![item(&value, "card")]).await;
+    let reveal = pb::DetokenizeRequest {
+        tokens: tokens.clone(),
+        purpose: "during-flood".into(),
+    };
+
+    let started = std::time::Instant::now();
+    let mut flooders = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let client = server.client_with_key("tvk_wrong_key_000000").await;
+        for _ in 0..TASKS_PER_CONNECTION {
+            let mut client = client.clone();
+            let tokens = tokens.clone();
+            flooders.push(tokio::spawn(async move {
+                let mut refused = 0;
+                for _ in 0..BAD_CALLS / (CONNECTIONS * TASKS_PER_CONNECTION) + 1 {
+                    let status = client
+                        .detokenize(pb::DetokenizeRequest {
+                            tokens: tokens.clone(),
+                            purpose: "flood".into(),
+                        })
+                        .await
+                        .expect_err("a wrong key");
+                    assert_eq!(status.code(), Code::Unauthenticated);
+                    refused += 1;
+                }
+                refused
+            }));
+        }
+    }
+    // Reveals go on during the flood...
+    for _ in 0..5 {
+        let results = admin
+            .detokenize(reveal.clone())
+            .await
+            .expect("a reveal during the flood")
+            .into_inner()
+            .results;
+        assert_eq!(results[0].value, value);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut refused = 0;
+    for flooder in flooders {
+        refused += flooder.await.expect("flooder");
+    }
+    assert!(refused >= BAD_CALLS, "{refused} calls refused");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "the flood took {:?}",
+        started.elapsed()
+    );
+    // ... and right after it.
+    let results = admin
+        .detokenize(reveal.clone())
+        .await
+        .expect("a reveal right after the flood")
+        .into_inner()
+        .results;
+    assert_eq!(results[0].value, value);
+    server.stop().await;
+
+    let audit = std::fs::read_to_string(audit_file(&server)).expect("audit file");
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json line"))
+        .collect();
+    assert!(
+        records.len() < 100,
+        "{} audit records for {refused} refused calls",
+        records.len()
+    );
+    let denied: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["outcome"]["code"] == "unauthenticated")
+        .collect();
+    let counted: u64 = denied
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(counted, refused as u64, "every refused call is counted");
+    assert!(
+        denied.iter().all(
+            |r| r["outcome"]["reason"].as_str().is_some_and(|reason| reason
+                .contains("unknown API key")
+                && reason.contains("127.0.0.1"))
+        ),
+        "each aggregate names its reason and source: {denied:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["outcome"]["result"] == "alert" && r["outcome"]["kind"] == "auth_flood"),
+        "the flood raised an alert"
+    );
+    let log = std::fs::read_to_string(server.log_path()).expect("server log");
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("unauthenticated") || l.contains("not authenticated"))
+        .count();
+    assert!(
+        lines < 100,
+        "{lines} server log lines about refused credentials"
+    );
+    assert!(log.contains("auth_flood"), "the alert is in the server log");
+    let (ok, output) = verify(&server);
+    assert!(ok, "{output}");
+}
+
+/// Deletes the last `n` records from both copies of a stopped server's log.
+fn cut_tail(server: &Server, n: usize) {
+    edit_lines(&audit_file(server), |lines| {
+        lines.truncate(lines.len() - n);
+    });
+    with_audit_family(server, |db| {
+        let cf = db.cf_handle("audit").expect("audit family");
+        let last: Vec<Vec<u8>> = db
+            .iterator_cf(cf, rocksdb::IteratorMode::End)
+            .take(n)
+            .map(|entry| entry.expect("read").0.to_vec())
+            .collect();
+        for key in last {
+            db.delete_cf(cf, key).expect("delete");
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_cut_from_both_copies_is_named_and_its_numbers_are_not_used_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(dir.path());
+    let mut client = server.client().await;
+    let tokens = tokenize(&mut client, "cust-cut", vec![item(&card(11), "card")]).await;
+    detokenize_many(&server, &tokens[0], 20).await;
+    server.stop().await;
+    let (ok, output) = verify(&server);
+    assert!(ok && output.contains("20 records"), "{output}");
+    assert!(output.contains("checkpoint"), "{output}");
+
+    // The last 3 records gone from the database and the file alike: each
+    // copy is a sound chain of 17, and only the checkpoint shows the cut.
+    cut_tail(&server, 3);
+    assert_verify_fails_naming(&server, "records 18-20 are missing");
+
+    // A restart numbers on after the checkpoint: no number is used twice.
+    server.restart();
+    detokenize_many(&server, &tokens[0], 1).await;
+    let log = std::fs::read_to_string(server.log_path()).expect("server log");
+    assert!(log.contains("records 18-20 are missing"), "{log}");
+    let file = std::fs::read_to_string(audit_file(&server)).expect("audit file");
+    let last = file.lines().last().expect("a record");
+    assert!(last.contains("\"seq\":21,"), "{last}");
+    // (The database's copy of record 21 may still be on its way: then the
+    // database's chain is named as cut short of the checkpoint.)
+    assert_verify_fails_naming(&server, "18-20");
+
+    // While the server runs, a file cut short under it stops reveals.
+    edit_lines(&audit_file(&server), |lines| {
+        lines.pop();
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let refused = client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: tokens.clone(),
+            purpose: "after-the-cut".into(),
+        })
+        .await
+        .expect_err("no reveal onto a file cut short");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let log = std::fs::read_to_string(server.log_path()).expect("server log");
+    assert!(log.contains("shorter than"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_every_replicas_chain_in_postgres() {
+    use common::postgres::{fresh_database, replica_config};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek.key");
+    std::fs::write(&kek, [9u8; 32]).expect("kek file");
+    let url = fresh_database().await;
+    let mut servers: Vec<Server> = ["r0", "r1"]
+        .iter()
+        .map(|name| {
+            Server::start_with_config(&dir.path().join(name), &replica_config(&url, &kek, name))
+        })
+        .collect();
+    let mut client = servers[0].client().await;
+    let tokens = tokenize(&mut client, "cust-pg", vec![item(&card(12), "card")]).await;
+    for server in &servers {
+        detokenize_many(server, &tokens[0], 6).await;
+    }
+    for server in &mut servers {
+        server.stop().await;
+    }
+    let verify_pg = |server: &Server| {
+        let config = server.config_path().display().to_string();
+        let data_dir = server.data_dir().display().to_string();
+        let output = server.run_cli(&[
+            "audit",
+            "verify",
+            "--config",
+            &config,
+            "--data-dir",
+            &data_dir,
+        ]);
+        (output.status.success(), text(&output))
+    };
+    let (ok, output) = verify_pg(&servers[0]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("replica r0: 6 records") && output.contains("replica r1: 6 records"),
+        "every replica's chain is checked: {output}"
+    );
+
+    // A row deleted from another replica's chain.
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    admin
+        .execute("DELETE FROM tv_audit WHERE replica = 'r1' AND seq = 3", &[])
+        .await
+        .expect("delete");
+    let (ok, output) = verify_pg(&servers[0]);
+    assert!(!ok, "a deleted row passed: {output}");
+    let last = output.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("r1") && last.contains("missing record 3"),
+        "{output}"
+    );
 }

@@ -4,7 +4,8 @@
 //! a token made on one replica detokenizes on the others; forgetting a
 //! subject on one replica makes its tokens ERASED on the others as soon as
 //! the call returns, although they had its key cached; killing a replica
-//! under load loses no acknowledged token and the others keep serving.
+//! under load loses no acknowledged token and the others keep serving; a
+//! second server with a replica name in use refuses to start.
 //! Needs the PostgreSQL that tests/setup-machine.sh starts.
 
 mod common;
@@ -268,4 +269,41 @@ async fn three_replicas_share_one_detokenize_limit_and_a_restart_does_not_refill
         .await
         .expect_err("a restart within the minute does not refill the limit");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_with_a_replica_name_in_use_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek.key");
+    std::fs::write(&kek, [9u8; 32]).expect("kek file");
+    let url = fresh_database().await;
+    let mut first =
+        Server::start_with_config(&dir.path().join("a"), &replica_config(&url, &kek, "twin"));
+    let mut client = first.client().await;
+    let tokens = tokenize(&mut client, "twin-subject", vec![item(&card(5), "card")]).await;
+    detokenize(&mut client, &tokens).await;
+
+    let mut second = Server::prepared_with_config(
+        &dir.path().join("b"),
+        &replica_config(&url, &kek, "twin"),
+        &[],
+    );
+    let (status, log) = second.run_to_exit();
+    assert!(!status.success(), "a second \"twin\" started: {log}");
+    assert!(
+        log.contains("replica name \"twin\"") && log.contains("in use"),
+        "the refusal names the clash: {log}"
+    );
+    // The first keeps serving and auditing.
+    let results = detokenize(&mut client, &tokens).await;
+    assert_eq!(results[0].value, card(5));
+
+    // Once the first stops, the name is free again.
+    first.stop().await;
+    let mut again =
+        Server::start_with_config(&dir.path().join("b"), &replica_config(&url, &kek, "twin"));
+    let mut client = again.client().await;
+    let results = detokenize(&mut client, &tokens).await;
+    assert_eq!(results[0].value, card(5));
+    again.stop().await;
 }

@@ -210,7 +210,10 @@ impl Access {
             None => principals
                 .authenticate(request.metadata())
                 .inspect_err(|status| {
-                    tracing::info!(reason = status.message(), "call refused: not authenticated");
+                    // Logged and audited per window of refusals, not per
+                    // call (`api::denials`): a flood of bad keys is not a
+                    // flood of lines.
+                    tracing::debug!(reason = status.message(), "call refused: not authenticated");
                 })
                 .map_err(unknown)?,
         };
@@ -236,7 +239,9 @@ impl Access {
         match verified {
             Ok(actor) => Ok(principal.with_actor(actor)),
             Err(error) => {
-                tracing::warn!(principal = %principal.name, reason = %error, "actor token refused");
+                // Counted per window with the other refusals, under the
+                // principal (`api::denials`).
+                tracing::debug!(principal = %principal.name, reason = %error, "actor token refused");
                 Err(Denied {
                     status: actor_status(&error),
                     principal: Some(Arc::clone(&principal.name)),

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod denials;
 pub mod server;
 pub mod service;
 pub mod status;

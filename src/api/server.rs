@@ -32,8 +32,9 @@ use tonic::{Request, Status};
 
 use super::admin::{self, AdminService};
 use super::auth::{Access, Authenticator, Denied};
+use super::denials::{self, DeniedCredentials};
 use super::service::TokenVaultService;
-use crate::audit::{AuditError, AuditEvent, AuditLog, Durability, Outcome};
+use crate::audit::{AuditError, AuditLog, Checkpointing, Durability};
 use crate::config::{Config, TlsConfig};
 use crate::pb;
 use crate::pb::admin::admin_server::AdminServer;
@@ -87,10 +88,11 @@ pub async fn serve(
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
     // Before listening: no call is served without a working audit log.
     let audit = Arc::new(
-        AuditLog::open(
+        AuditLog::open_checkpointed(
             vault.store(),
             vault.audit_hash_key().clone(),
             &config.audit_file(),
+            &Checkpointing::from_config(config),
             Durability::from_config(&config.audit),
         )
         .await?
@@ -108,10 +110,11 @@ pub async fn serve(
     })?;
 
     let gate = Arc::clone(&access);
-    let denial_audit = Arc::clone(&audit);
+    let denied_credentials = Arc::new(DeniedCredentials::default());
+    let denials = Arc::clone(&denied_credentials);
     let interceptor = move |mut request: Request<()>| -> Result<Request<()>, Status> {
         let principal = gate.check(&request).map_err(|denied| {
-            audit_unauthenticated(&denial_audit, &request, &denied);
+            count_unauthenticated(&denials, &request, &denied);
             Status::from(denied)
         })?;
         if let Some(call) = request.extensions().get::<crate::metrics::CallRecord>() {
@@ -121,6 +124,10 @@ pub async fn serve(
         Ok(request)
     };
     let reloader = tokio::spawn(reload_on_sighup(access, reload));
+    let denial_flusher = tokio::spawn(denials::flush_every_window(
+        Arc::clone(&denied_credentials),
+        Arc::clone(&audit),
+    ));
 
     let max_message = config.limits.max_message_bytes;
     let token_vault = TokenVaultServer::new(TokenVaultService::new(
@@ -205,6 +212,8 @@ pub async fn serve(
         purges.abort();
     }
     reloader.abort();
+    denial_flusher.abort();
+    denied_credentials.flush(&audit).await;
     let _ = std::fs::remove_file(admin::socket_path(&config.data_dir));
     // Calls still holding the audit log or the store (a connection task
     // not yet dropped) must not write while the process exits.
@@ -414,30 +423,22 @@ fn tag_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
     request
 }
 
-/// Audits a call refused for its credentials. The interceptor cannot wait,
-/// so the record is appended in the background: the call reveals nothing
-/// either way, and a failure is logged.
-fn audit_unauthenticated(audit: &Arc<AuditLog>, request: &Request<()>, denied: &Denied) {
+/// Counts a call refused for its credentials, by its peer's address (and
+/// principal, when only its actor token was refused): the counts are
+/// audited (and logged) once a window ([`denials`]), so that a flood of
+/// bad keys costs a few records, not one per call.
+fn count_unauthenticated(denials: &DeniedCredentials, request: &Request<()>, denied: &Denied) {
     let rpc = request
         .extensions()
         .get::<CalledRpc>()
         .map_or("other", |called| called.0);
-    let event = AuditEvent {
-        // Known when the credentials were good and the actor token was not.
-        principal: denied.principal.as_deref().unwrap_or_default().to_string(),
+    let source = request.remote_addr().map(|addr| addr.ip());
+    denials.record(
+        source,
+        denied.principal.as_deref(),
         rpc,
-        outcome: Outcome::Denied {
-            code: "unauthenticated",
-            reason: denied.status.message().to_string(),
-        },
-        ..AuditEvent::default()
-    };
-    let audit = Arc::clone(audit);
-    tokio::spawn(async move {
-        if let Err(error) = audit.append(event).await {
-            tracing::error!(%error, rpc, "unauthenticated call not audited");
-        }
-    });
+        denied.status.message(),
+    );
 }
 
 /// The gRPC decoder refuses a message over `limits.max_message_bytes` with

@@ -7,7 +7,10 @@
 //! again (a new file for a rotation by move-and-create); if that fails (the
 //! path is now a directory, the disk is gone) the batch fails, and with it
 //! every reveal waiting on it. Writing on into an unlinked file would
-//! "succeed" while the SIEM sees nothing.
+//! "succeed" while the SIEM sees nothing. The same look notices a file cut
+//! short in place (shorter than what this sink wrote to it): every batch
+//! then fails until a restart, which copies what the file lacks from the
+//! store; the log never goes on silently after a cut.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -42,6 +45,8 @@ pub(crate) struct FileSink {
     dirty: bool,
     /// When `path_moved` last looked at the path.
     path_checked: Option<Instant>,
+    /// A cut file was found (and logged once).
+    cut_reported: bool,
 }
 
 /// The file as found at start-up.
@@ -93,10 +98,16 @@ impl FileSink {
                 good_len: complete,
                 dirty: false,
                 path_checked: None,
+                cut_reported: false,
             },
             last_line,
             torn_bytes: len - complete,
         })
+    }
+
+    /// Syncs what was written (at start-up, before a checkpoint).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// The handle the sync thread syncs.
@@ -120,7 +131,27 @@ impl FileSink {
             return Ok(false);
         }
         let moved = match std::fs::symlink_metadata(&self.path) {
-            Ok(metadata) if metadata.is_file() => Ok(identity(&metadata) != self.identity),
+            Ok(metadata) if metadata.is_file() && identity(&metadata) == self.identity => {
+                if metadata.len() < self.good_len && !self.dirty {
+                    if !self.cut_reported {
+                        self.cut_reported = true;
+                        tracing::error!(
+                            target: crate::policy::ALERT_TARGET,
+                            alert = "audit_file_cut",
+                            path = %self.path.display(),
+                            bytes = metadata.len(),
+                            written = self.good_len,
+                            "the audit file is shorter than what was written to it (cut while in use): reveals are refused; restart the server to copy the missing records from the database"
+                        );
+                    }
+                    Err(io::Error::other(
+                        "the audit file is shorter than what was written to it (cut while in use)",
+                    ))
+                } else {
+                    Ok(false)
+                }
+            }
+            Ok(metadata) if metadata.is_file() => Ok(true),
             Ok(_) => Err(io::Error::other("audit file path is not a regular file")),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(true),
             Err(error) => Err(error),
@@ -303,6 +334,24 @@ mod tests {
                 .collect();
             assert_eq!(found, expected, "after {after}");
         }
+    }
+
+    #[test]
+    fn a_file_cut_short_in_place_fails_every_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut sink = FileSink::open(&path, true).expect("open").sink;
+        sink.append(b"one\ntwo\n").expect("append");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_len(4))
+            .expect("cut");
+        std::thread::sleep(PATH_CHECK_EVERY);
+        let error = sink.append(b"three\n").expect_err("a cut file");
+        assert!(error.to_string().contains("shorter than"), "{error}");
+        assert!(sink.append(b"three\n").is_err(), "and every batch after");
+        assert_eq!(std::fs::read(&path).expect("read"), b"one\n");
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The tamper-evident audit log: one record for every reveal, erasure,
-//! export and denied call, hash-chained, written to the store (`audit`
-//! column family) and to a JSON-lines file a SIEM ships.
+//! export and denied call, chained under a key derived from the system
+//! key, written to the store (`audit` column family) and to a JSON-lines
+//! file a SIEM ships, its head anchored by MACed checkpoints in a file of
+//! their own ([`checkpoint`]), so that a tail cut from both copies shows.
 //!
-//! It owns the record format ([`record`]), the chain checks ([`verify`])
-//! and the writer that numbers, chains and stores records. A call
+//! It owns the record format ([`record`]), the chain checks ([`verify`]),
+//! the checkpoints and the writer that numbers, chains and stores records.
+//! Sequence numbers are never given twice: at start-up the next is above
+//! both copies' last record and the newest checkpoint's. A call
 //! that reveals data waits for [`AuditLog::append`] and reveals nothing
 //! when it fails: the log is fail-closed, never best-effort.
 //!
@@ -36,6 +40,7 @@
 //! the store lacks from the file's tail. With [`Durability::Synced`] each
 //! group is synced to disk in both before any of its reveals.
 
+pub mod checkpoint;
 mod file;
 pub mod record;
 pub mod verify;
@@ -54,9 +59,10 @@ use tokio::sync::oneshot;
 use crate::config::PurposeMode;
 use crate::crypto::{KeyedMac, SecretKey, SubjectHash};
 use crate::store::{Store, StoreError};
+use checkpoint::{Checkpoint, CheckpointKey};
 use file::FileSink;
 use record::ListedHash;
-pub use record::{AuditRecord, RecordOutcome, GENESIS_PREV};
+pub use record::{AuditRecord, ChainKey, RecordOutcome, GENESIS_PREV};
 use sync::{SyncHealth, SyncThread};
 pub use verify::{ChainError, ChainVerifier};
 
@@ -156,6 +162,85 @@ impl Durability {
     }
 }
 
+/// Where checkpoints go and how often (`[audit] checkpoint_file`,
+/// `checkpoint_interval_ms`).
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    pub path: std::path::PathBuf,
+    pub every: Duration,
+}
+
+impl Checkpointing {
+    /// Beside the audit file, every second.
+    pub fn beside(file: &Path) -> Self {
+        Checkpointing {
+            path: default_checkpoint_path(file),
+            every: Duration::from_secs(1),
+        }
+    }
+
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Checkpointing {
+            path: config.audit_checkpoint_file(),
+            every: Duration::from_millis(config.audit.checkpoint_interval_ms),
+        }
+    }
+}
+
+/// `audit.jsonl` → `audit.checkpoint`, in the same directory.
+pub fn default_checkpoint_path(file: &Path) -> std::path::PathBuf {
+    file.with_extension("checkpoint")
+}
+
+/// Writes checkpoints of heads both sinks hold durably, at most once an
+/// interval (and always when asked to, at start-up and shutdown).
+pub(crate) struct Checkpointer {
+    path: std::path::PathBuf,
+    key: CheckpointKey,
+    chain: String,
+    every: Duration,
+    /// The newest checkpoint written: when, and its record.
+    last: parking_lot::Mutex<(std::time::Instant, u64)>,
+    /// A write failed and was logged; logged again only after a success.
+    failing: AtomicBool,
+}
+
+impl Checkpointer {
+    /// Whether a checkpoint of `seq` is due.
+    fn due(&self, seq: u64) -> bool {
+        let last = self.last.lock();
+        seq > last.1 && last.0.elapsed() >= self.every
+    }
+
+    /// Writes a checkpoint of record `seq` with `hash`, if due (or
+    /// `always`, and newer than the last). Blocking. A failure is logged
+    /// (the log goes on: its records are whole, only the anchor is older).
+    fn write(&self, seq: u64, hash: &str, always: bool) {
+        if !(self.due(seq) || (always && seq > self.last.lock().1)) {
+            return;
+        }
+        let checkpoint = Checkpoint {
+            chain: self.chain.clone(),
+            seq,
+            hash: hash.to_string(),
+            time_unix_ms: unix_millis(),
+        };
+        match checkpoint::write(&self.path, &checkpoint, &self.key) {
+            Ok(()) => {
+                *self.last.lock() = (std::time::Instant::now(), seq);
+                if self.failing.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(path = %self.path.display(), "audit checkpoint written again");
+                }
+            }
+            Err(error) => {
+                if !self.failing.swap(true, Ordering::SeqCst) {
+                    tracing::error!(path = %self.path.display(), %error, "audit checkpoint not written: a cut of the records since the last one would not show");
+                }
+            }
+        }
+    }
+}
+
 /// The audit log of one vault: Arc-shared by everything that audits.
 pub struct AuditLog {
     /// The audit-hash key, ready to MAC tokens and subjects.
@@ -171,6 +256,7 @@ pub struct AuditLog {
     sync_thread: parking_lot::Mutex<Option<SyncThread>>,
     /// How purposes are recorded (`[audit] purpose_mode`).
     purpose_mode: PurposeMode,
+    checkpoints: Arc<Checkpointer>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -225,6 +311,27 @@ impl AuditLog {
         file: &Path,
         durability: Durability,
     ) -> Result<AuditLog, AuditError> {
+        let checkpointing = Checkpointing::beside(file);
+        Self::open_checkpointed(store, hash_key, file, &checkpointing, durability).await
+    }
+
+    /// [`AuditLog::open`] with checkpoints where and as often as given.
+    /// The newest checkpoint must verify (a bad one refuses the start),
+    /// and must name a record of the chain with its hash, or a number
+    /// above its end: then the records up to it were cut off, the start
+    /// says so, and numbering goes on after it.
+    pub async fn open_checkpointed(
+        store: Arc<dyn Store>,
+        hash_key: SecretKey,
+        file: &Path,
+        checkpointing: &Checkpointing,
+        durability: Durability,
+    ) -> Result<AuditLog, AuditError> {
+        let chain_key = ChainKey::from_audit_hash_key(&hash_key);
+        let checkpoint_key = CheckpointKey::from_audit_hash_key(&hash_key);
+        // The only writer of this chain from here on (a shared store
+        // refuses a second server with the same replica name).
+        store.claim_audit_chain().await?;
         let unavailable =
             |e: std::io::Error| AuditError::Unavailable(format!("{}: {e}", file.display()));
         let opened = FileSink::open(file, durability == Durability::Synced).map_err(unavailable)?;
@@ -232,16 +339,24 @@ impl AuditLog {
             tracing::warn!(path = %file.display(), bytes = opened.torn_bytes, "audit file ended in an unfinished line (a crash during a write); cut it off");
         }
         let mut sink = opened.sink;
-        let file_head = head_of("file", opened.last_line.as_deref())?;
+        let file_head = head_of(&chain_key, "file", opened.last_line.as_deref())?;
         let store_head = head_of(
+            &chain_key,
             "database",
             store.last_audit_record().await?.map(|(_, r)| r).as_deref(),
         )?;
         let head = if file_head.0 < store_head.0 {
-            file_catch_up(store.as_ref(), &mut sink, &file_head, store_head.0).await?;
+            file_catch_up(
+                &chain_key,
+                store.as_ref(),
+                &mut sink,
+                &file_head,
+                store_head.0,
+            )
+            .await?;
             store_head
         } else if store_head.0 < file_head.0 {
-            store_catch_up(store.as_ref(), file, &store_head).await?;
+            store_catch_up(&chain_key, store.as_ref(), file, &store_head).await?;
             file_head
         } else if file_head.1 != store_head.1 {
             return Err(AuditError::Inconsistent(format!(
@@ -252,12 +367,82 @@ impl AuditLog {
             file_head
         };
         tracing::info!(path = %file.display(), records = head.0, "audit log open");
+        let chain = store.audit_chain_name();
+        let newest = checkpoint::read(&checkpointing.path, &checkpoint_key, &chain)
+            .map_err(|e| AuditError::Inconsistent(format!("{e} (run tokenvault audit verify)")))?;
+        let checkpoints = Arc::new(Checkpointer {
+            path: checkpointing.path.clone(),
+            key: checkpoint_key,
+            chain,
+            every: checkpointing.every,
+            // The first records synced are checkpointed at once.
+            last: parking_lot::Mutex::new((
+                std::time::Instant::now()
+                    .checked_sub(checkpointing.every)
+                    .unwrap_or_else(std::time::Instant::now),
+                newest.as_ref().map_or(0, |c| c.seq),
+            )),
+            failing: AtomicBool::new(false),
+        });
+        let head = match &newest {
+            Some(newest) if newest.seq > head.0 => {
+                tracing::error!(
+                    target: crate::policy::ALERT_TARGET,
+                    alert = "audit_log_cut",
+                    path = %checkpointing.path.display(),
+                    "the audit log ends at record {} but its newest checkpoint names record {}: records {}-{} are missing (cut from the tail); numbering goes on after {}",
+                    head.0, newest.seq, head.0 + 1, newest.seq, newest.seq
+                );
+                (newest.seq, newest.hash.clone())
+            }
+            Some(newest) if newest.seq > 0 => {
+                let at = if newest.seq == head.0 {
+                    Some(head.1.clone())
+                } else {
+                    store
+                        .audit_records(newest.seq, 1)
+                        .await?
+                        .into_iter()
+                        .find(|(seq, _)| *seq == newest.seq)
+                        .and_then(|(_, line)| AuditRecord::open(&line, &chain_key).ok())
+                        .map(|record| record.hash().to_string())
+                };
+                if at.as_deref() != Some(newest.hash.as_str()) {
+                    return Err(AuditError::Inconsistent(format!(
+                        "record {} is not the one the audit checkpoint {} names: the chain was rewritten (run tokenvault audit verify)",
+                        newest.seq,
+                        checkpointing.path.display()
+                    )));
+                }
+                head
+            }
+            _ => head,
+        };
+        if head.0 > newest.as_ref().map_or(0, |c| c.seq) {
+            // What start-up copied between the sinks is made durable
+            // before a checkpoint vouches for it.
+            let synced = sink
+                .sync()
+                .map_err(|e| AuditError::Unavailable(format!("audit file: {e}")))
+                .and_then(|()| store.sync_wal().map_err(AuditError::from));
+            match synced {
+                Ok(()) => checkpoints.write(head.0, &head.1, true),
+                Err(error) => {
+                    tracing::error!(%error, "audit log not synced at start-up; no checkpoint written")
+                }
+            }
+        }
 
         let health = Arc::new(SyncHealth::default());
         let queue = Arc::new(Queue::default());
         let wakes = sync::Wakes::new();
         let file = sink.shared();
         let writer = Arc::new(tokio::sync::Mutex::new(Writer {
+            key: chain_key,
+            checkpoints: match durability {
+                Durability::Synced => Some(Arc::clone(&checkpoints)),
+                Durability::Written { .. } => None,
+            },
             store: Arc::clone(&store),
             file: sink,
             synced: durability == Durability::Synced,
@@ -287,6 +472,7 @@ impl AuditLog {
                     Arc::clone(&store),
                     store_catch_up_task(&writer, &queue, store),
                     Arc::clone(&health),
+                    Arc::clone(&checkpoints),
                 )
                 .map_err(|e| {
                     AuditError::Unavailable(format!("cannot start the audit sync thread: {e}"))
@@ -301,6 +487,7 @@ impl AuditLog {
             health,
             sync_thread: parking_lot::Mutex::new(sync_thread),
             purpose_mode: PurposeMode::Plain,
+            checkpoints,
         })
     }
 
@@ -315,13 +502,25 @@ impl AuditLog {
         if !queued.is_empty() || writer.has_waiting() {
             writer.commit(queued).await;
         }
-        if let Err(error) = writer.flush(true).await {
+        let flushed = writer.flush(true).await;
+        if let Err(error) = &flushed {
             tracing::error!(%error, "audit records not stored at shutdown; the next start copies them from the file");
         }
+        let head = (writer.next_seq - 1, writer.prev.clone());
         drop(writer);
         let thread = self.sync_thread.lock().take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.stop()).await;
+        let synced = match thread {
+            Some(thread) => tokio::task::spawn_blocking(move || thread.stop())
+                .await
+                .unwrap_or(false),
+            None => true,
+        };
+        // A clean stop leaves its last record checkpointed: a cut after it
+        // always shows.
+        if flushed.is_ok() && synced {
+            let checkpoints = Arc::clone(&self.checkpoints);
+            let _ =
+                tokio::task::spawn_blocking(move || checkpoints.write(head.0, &head.1, true)).await;
         }
     }
 
@@ -471,11 +670,14 @@ fn store_catch_up_task(
     let runtime = tokio::runtime::Handle::current();
     Box::new(move || {
         runtime.block_on(async {
-            let (filed, claimed) = {
+            let (filed, claimed, head) = {
                 let mut writer = writer.lock().await;
                 // Retries a file write that failed, with no leader to.
                 let filed = writer.flush(false).await;
-                (filed, writer.claim_for_store())
+                // Everything sealed is in the file now, and claimed for
+                // the store unless it is there already.
+                let head = (writer.next_seq - 1, writer.prev.clone());
+                (filed, writer.claim_for_store(), head)
             };
             queue.pass_turn();
             let stored = match claimed.last().map(|(seq, _)| *seq) {
@@ -491,7 +693,8 @@ fn store_catch_up_task(
                 tracing::error!(%error, "audit records not stored; reveals are refused until the store takes them");
             }
             filed.map_err(|error| error.to_string())?;
-            stored.map_err(|error| error.to_string())
+            stored.map_err(|error| error.to_string())?;
+            Ok(head)
         })
     })
 }
@@ -508,11 +711,11 @@ fn truncated(mut text: String, max: usize) -> String {
 }
 
 /// (sequence number, hash) of a sink's last record; (0, genesis) if empty.
-fn head_of(sink: &str, last: Option<&[u8]>) -> Result<(u64, String), AuditError> {
+fn head_of(key: &ChainKey, sink: &str, last: Option<&[u8]>) -> Result<(u64, String), AuditError> {
     match last {
         None => Ok((0, GENESIS_PREV.to_string())),
         Some(line) => {
-            let record = AuditRecord::open(line).map_err(|problem| {
+            let record = AuditRecord::open(line, key).map_err(|problem| {
                 AuditError::Inconsistent(format!(
                     "the last record of the {sink} is not valid ({problem:?}); run tokenvault audit verify"
                 ))
@@ -525,6 +728,7 @@ fn head_of(sink: &str, last: Option<&[u8]>) -> Result<(u64, String), AuditError>
 
 /// Appends the store's records after the file's last one to the file.
 async fn file_catch_up(
+    key: &ChainKey,
     store: &dyn Store,
     sink: &mut FileSink,
     file_head: &(u64, String),
@@ -541,7 +745,7 @@ async fn file_catch_up(
         }
         let mut lines = Vec::new();
         for (seq, line) in page.into_iter().take_while(|(seq, _)| *seq <= until) {
-            let record = AuditRecord::open(&line)
+            let record = AuditRecord::open(&line, key)
                 .ok()
                 .filter(|r| r.seq == seq && seq == next && r.prev == prev)
                 .ok_or_else(|| {
@@ -568,17 +772,18 @@ async fn file_catch_up(
 /// Stores the file's records after the store's last one: after a crash,
 /// those the store's deferred copy (or a write cut short) did not get.
 async fn store_catch_up(
+    key: &ChainKey,
     store: &dyn Store,
     path: &Path,
     store_head: &(u64, String),
 ) -> Result<(), AuditError> {
-    let seq_of = |line: &[u8]| AuditRecord::open(line).ok().map(|record| record.seq);
+    let seq_of = |line: &[u8]| AuditRecord::open(line, key).ok().map(|record| record.seq);
     let lines = file::lines_after(path, store_head.0, seq_of)
         .map_err(|e| AuditError::Unavailable(format!("{}: {e}", path.display())))?;
     let mut prev = store_head.1.clone();
     let mut missing = Vec::new();
     for line in lines {
-        let record = AuditRecord::open(&line)
+        let record = AuditRecord::open(&line, key)
             .ok()
             .filter(|r| r.seq == store_head.0 + 1 + missing.len() as u64 && r.prev == prev)
             .ok_or_else(|| {
@@ -603,6 +808,11 @@ async fn store_catch_up(
 /// The writer's state, held by one leader at a time: the chain's head
 /// and what is not yet in both sinks.
 struct Writer {
+    /// The chain's MAC key.
+    key: ChainKey,
+    /// Synced durability: the leader writes the checkpoints (both sinks
+    /// are synced at every flush). Written: the sync thread does.
+    checkpoints: Option<Arc<Checkpointer>>,
     store: Arc<dyn Store>,
     file: FileSink,
     /// Each group synced before it counts (`Durability::Synced`).
@@ -694,7 +904,7 @@ impl Writer {
         record.time_unix_ms = unix_millis();
         record.prev = self.prev.clone();
         let (line, hash) = record
-            .seal()
+            .seal(&self.key)
             .map_err(|e| AuditError::Unavailable(format!("record encoding: {e}")))?;
         self.next_seq += 1;
         self.prev = hash;
@@ -799,7 +1009,27 @@ impl Writer {
             tracing::error!(%error, "audit records not stored; reveals are refused until the store takes them");
         }
         stored.map_err(AuditError::from)?;
-        filed_result
+        filed_result?;
+        self.checkpoint_if_due();
+        Ok(())
+    }
+
+    /// Synced durability: after a flush that wrote everything sealed to
+    /// both sinks, synced, a checkpoint of the head if one is due.
+    fn checkpoint_if_due(&self) {
+        let Some(checkpoints) = &self.checkpoints else {
+            return;
+        };
+        let head = self.next_seq - 1;
+        if !self.unwritten.is_empty() || !checkpoints.due(head) {
+            return;
+        }
+        let write = || checkpoints.write(head, &self.prev, false);
+        if may_block_in_place() {
+            tokio::task::block_in_place(write);
+        } else {
+            write();
+        }
     }
 
     /// Drops the records both sinks have.

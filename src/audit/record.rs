@@ -16,18 +16,50 @@
 //! whose hex begins with the same 32 digits, so one prefix finds a token
 //! in old and new records alike. The chain's `prev` and `hash` are whole.
 //!
-//! `hash` is SHA-256 over the canonical bytes of the record without its
-//! `hash` field (the same JSON, ending after `prev`), so it covers `prev`
-//! and the chain links every record to all before it. The first record's
-//! `prev` is 64 zeros. A stored line is accepted only if it re-encodes to
-//! exactly its own bytes, so no byte can change without changing the hash
-//! input.
+//! `hash` covers the canonical bytes of the record without its `hash`
+//! field (the same JSON, ending after `prev`), so it covers `prev` and the
+//! chain links every record to all before it. The first record's `prev` is
+//! 64 zeros. A stored line is accepted only if it re-encodes to exactly
+//! its own bytes, so no byte can change without changing the hash input.
+//!
+//! Two versions, by `v`: records of version 1 (written before the chain
+//! had a key) are hashed with plain SHA-256, so anyone could rebuild
+//! them; version 2 records ([`RECORD_VERSION`], all new ones) with
+//! HMAC-SHA256 under the chain key ([`ChainKey`], derived from the
+//! system key), of the line's 4-byte big-endian length and its bytes.
+//! Rebuilding or extending a version 2 chain needs the vault's key, and
+//! so does verifying it. A chain may go from version 1 to 2 once, never
+//! back (see `verify`).
 
 use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-/// The record format version.
-pub const RECORD_VERSION: u32 = 1;
+use crate::crypto::{KeyedMac, SecretKey};
+
+/// The version of new records: chained under the chain key.
+pub const RECORD_VERSION: u32 = 2;
+/// Records written before the chain had a key: chained with SHA-256.
+pub const UNKEYED_VERSION: u32 = 1;
+
+/// The key of the chain's MACs (version 2 records), derived from the
+/// audit-hash key, which is derived from the system key: only the vault
+/// can extend or verify its chain.
+#[derive(Clone, Debug)]
+pub struct ChainKey(KeyedMac);
+
+impl ChainKey {
+    pub fn from_audit_hash_key(key: &SecretKey) -> Self {
+        ChainKey(key.derive(b"tokenvault/v1/audit/chain").keyed_mac())
+    }
+
+    fn hash(&self, version: u32, line: &[u8]) -> Option<[u8; 32]> {
+        match version {
+            UNKEYED_VERSION => Some(Sha256::digest(line).into()),
+            RECORD_VERSION => Some(self.0.mac(&[line])),
+            _ => None,
+        }
+    }
+}
 
 /// `prev` of the first record.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -75,13 +107,16 @@ pub enum LineProblem {
 }
 
 impl<H: Serialize> AuditRecord<H> {
-    /// Seals the record: computes `hash` and returns the line (without a
-    /// newline) and the hash.
-    pub fn seal(mut self) -> Result<(Vec<u8>, String), serde_json::Error> {
+    /// Seals the record: computes `hash` (as its version says) and
+    /// returns the line (without a newline) and the hash.
+    pub fn seal(mut self, key: &ChainKey) -> Result<(Vec<u8>, String), serde_json::Error> {
         self.hash = None;
         let mut line = Vec::with_capacity(self.encoded_len_estimate());
         serde_json::to_writer(&mut line, &self)?;
-        let hash = hex32(&Sha256::digest(&line).into());
+        let hash = key
+            .hash(self.v, &line)
+            .ok_or_else(|| serde::ser::Error::custom("unknown record version"))?;
+        let hash = hex32(&hash);
         // `hash` is the last field: the sealed line is the hashed one with
         // it added before the closing brace, as serializing again with
         // `hash` set would write it (`open` checks exactly that).
@@ -117,8 +152,9 @@ impl<H: Serialize> AuditRecord<H> {
 
 impl AuditRecord {
     /// Parses a stored line and checks it is canonical and its hash is
-    /// right. Chain links (`seq`, `prev`) are the verifier's business.
-    pub fn open(line: &[u8]) -> Result<AuditRecord, LineProblem> {
+    /// right (under `key` for version 2). Chain links (`seq`, `prev`) are
+    /// the verifier's business.
+    pub fn open(line: &[u8], key: &ChainKey) -> Result<AuditRecord, LineProblem> {
         let record: AuditRecord =
             serde_json::from_slice(line).map_err(|_| LineProblem::Malformed)?;
         let stated = record.hash.clone().ok_or(LineProblem::Malformed)?;
@@ -126,7 +162,10 @@ impl AuditRecord {
         if canonical != line {
             return Err(LineProblem::NotCanonical);
         }
-        let (_, hash) = record.clone().seal().map_err(|_| LineProblem::Malformed)?;
+        let (_, hash) = record
+            .clone()
+            .seal(key)
+            .map_err(|_| LineProblem::Malformed)?;
         if hash != stated {
             return Err(LineProblem::HashMismatch);
         }
@@ -203,6 +242,11 @@ impl<const N: usize> Serialize for HexDigits<N> {
 pub(crate) mod tests {
     use super::*;
 
+    /// The chain key of the tests.
+    pub(crate) fn key() -> ChainKey {
+        ChainKey::from_audit_hash_key(&SecretKey::from_slice(&[5; 32]).expect("key"))
+    }
+
     pub(crate) fn sample(seq: u64, prev: &str) -> AuditRecord {
         AuditRecord {
             v: RECORD_VERSION,
@@ -271,34 +315,58 @@ pub(crate) mod tests {
             let draft = with_digests(&record, &subjects, &tokens);
             record.subject_hashes = subjects.iter().map(|s| hex::encode(&s[..16])).collect();
             record.token_hashes = tokens.iter().map(|t| hex::encode(&t[..16])).collect();
-            let drafted = draft.seal().expect("seal draft");
-            let sealed = record.seal().expect("seal record");
+            let drafted = draft.seal(&key()).expect("seal draft");
+            let sealed = record.seal(&key()).expect("seal record");
             proptest::prop_assert_eq!(&drafted, &sealed);
-            let opened = AuditRecord::open(&drafted.0).expect("the draft's line opens");
+            let opened = AuditRecord::open(&drafted.0, &key()).expect("the draft's line opens");
             proptest::prop_assert_eq!(opened.hash(), drafted.1.as_str());
         }
     }
 
     #[test]
     fn sealed_line_opens_and_hash_covers_prev() {
-        let (line, hash) = sample(1, GENESIS_PREV).seal().expect("seal");
-        let opened = AuditRecord::open(&line).expect("open");
+        let (line, hash) = sample(1, GENESIS_PREV).seal(&key()).expect("seal");
+        let opened = AuditRecord::open(&line, &key()).expect("open");
         assert_eq!(opened.hash(), hash);
-        let (_, other) = sample(1, &"1".repeat(64)).seal().expect("seal");
+        let (_, other) = sample(1, &"1".repeat(64)).seal(&key()).expect("seal");
         assert_ne!(hash, other, "prev is part of the hash input");
         let text = String::from_utf8(line).expect("utf-8");
-        assert!(text.starts_with("{\"v\":1,\"seq\":1,"), "{text}");
+        assert!(text.starts_with("{\"v\":2,\"seq\":1,"), "{text}");
         assert!(text.ends_with(&format!(",\"hash\":\"{hash}\"}}")), "{text}");
     }
 
     #[test]
+    fn new_records_need_the_chain_key_and_old_ones_still_open() {
+        let (line, hash) = sample(1, GENESIS_PREV).seal(&key()).expect("seal");
+        let other = ChainKey::from_audit_hash_key(&SecretKey::from_slice(&[6; 32]).expect("key"));
+        assert_eq!(
+            AuditRecord::open(&line, &other),
+            Err(LineProblem::HashMismatch),
+            "a version 2 record opens under its own vault's key only"
+        );
+        let hashed = |sealed: &[u8]| [&sealed[..sealed.len() - 75], b"}"].concat();
+        let sha = hex32(&Sha256::digest(hashed(&line)).into());
+        assert_ne!(hash, sha, "not a plain SHA-256");
+        // A record of version 1 (SHA-256, no key), as older servers wrote.
+        let mut old = sample(1, GENESIS_PREV);
+        old.v = UNKEYED_VERSION;
+        let (old_line, old_hash) = old.seal(&other).expect("seal");
+        let unkeyed = hex32(&Sha256::digest(hashed(&old_line)).into());
+        assert_eq!(old_hash, unkeyed);
+        assert_eq!(
+            AuditRecord::open(&old_line, &key()).expect("opens").hash(),
+            old_hash
+        );
+    }
+
+    #[test]
     fn every_single_byte_change_is_rejected() {
-        let (line, _) = sample(3, GENESIS_PREV).seal().expect("seal");
+        let (line, _) = sample(3, GENESIS_PREV).seal(&key()).expect("seal");
         for i in 0..line.len() {
             let mut changed = line.clone();
             changed[i] ^= 0x01;
             assert!(
-                AuditRecord::open(&changed).is_err(),
+                AuditRecord::open(&changed, &key()).is_err(),
                 "byte {i} changed went unnoticed"
             );
         }
@@ -318,8 +386,11 @@ pub(crate) mod tests {
         ] {
             let mut record = sample(2, GENESIS_PREV);
             record.outcome = outcome.clone();
-            let (line, _) = record.seal().expect("seal");
-            assert_eq!(AuditRecord::open(&line).expect("open").outcome, outcome);
+            let (line, _) = record.seal(&key()).expect("seal");
+            assert_eq!(
+                AuditRecord::open(&line, &key()).expect("open").outcome,
+                outcome
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::file::SharedFile;
-use super::AuditError;
+use super::{AuditError, Checkpointer};
 use crate::store::Store;
 
 /// What the writer and the sync thread share.
@@ -71,8 +71,9 @@ impl SyncHealth {
 }
 
 /// Brings the store's copy of the log up to the file (written durability
-/// defers it); run for each full batch and before each sync.
-pub(crate) type StoreCatchUp = Box<dyn Fn() -> Result<(), String> + Send>;
+/// defers it); run for each full batch and before each sync. Returns the
+/// head (sequence number, hash) both sinks then hold, written.
+pub(crate) type StoreCatchUp = Box<dyn Fn() -> Result<(u64, String), String> + Send>;
 
 /// What wakes the sync thread before its next sync is due.
 enum Wake {
@@ -97,7 +98,7 @@ impl StoreRequests {
 /// The running sync thread; [`SyncThread::stop`] syncs once more and joins.
 pub(crate) struct SyncThread {
     wake: mpsc::Sender<Wake>,
-    thread: JoinHandle<()>,
+    thread: JoinHandle<bool>,
 }
 
 /// The sync thread's channel, made before the writer that sends on it.
@@ -125,6 +126,7 @@ impl SyncThread {
         store: Arc<dyn Store>,
         store_catch_up: StoreCatchUp,
         health: Arc<SyncHealth>,
+        checkpoints: Arc<Checkpointer>,
     ) -> std::io::Result<SyncThread> {
         let Wakes { sender, receiver } = wakes;
         let thread = std::thread::Builder::new()
@@ -133,6 +135,9 @@ impl SyncThread {
                 // A deadline, not a timeout per wait: batch requests come
                 // more often than syncs and must not put them off.
                 let mut sync_at = Instant::now() + every;
+                // The last head synced in both, for a checkpoint that was
+                // not due yet when it was synced.
+                let mut synced_head: Option<(u64, String)> = None;
                 loop {
                     // A due sync goes first, even with a request queued.
                     let wake = match sync_at.checked_duration_since(Instant::now()) {
@@ -153,14 +158,26 @@ impl SyncThread {
                     };
                     sync_at = Instant::now() + every;
                     if health.dirty.swap(false, Ordering::AcqRel) || last {
-                        health.record(
-                            store_catch_up()
-                                .map_err(|problem| format!("database: {problem}"))
-                                .and_then(|()| sync_both(&file, store.as_ref())),
-                        );
+                        let synced = store_catch_up()
+                            .map_err(|problem| format!("database: {problem}"))
+                            .and_then(|head| sync_both(&file, store.as_ref()).map(|()| head));
+                        let outcome = match synced {
+                            Ok((seq, hash)) => {
+                                // Durable in both: a checkpoint may name it.
+                                checkpoints.write(seq, &hash, false);
+                                synced_head = Some((seq, hash));
+                                Ok(())
+                            }
+                            Err(problem) => Err(problem),
+                        };
+                        health.record(outcome);
+                    } else if let Some((seq, hash)) = &synced_head {
+                        // Idle: the last records synced are checkpointed
+                        // once the interval has passed.
+                        checkpoints.write(*seq, hash, false);
                     }
                     if last {
-                        return;
+                        return health.check().is_ok();
                     }
                 }
             })?;
@@ -170,10 +187,11 @@ impl SyncThread {
         })
     }
 
-    /// Syncs what was written and ends the thread.
-    pub fn stop(self) {
+    /// Syncs what was written and ends the thread; whether that last
+    /// sync succeeded.
+    pub fn stop(self) -> bool {
         let _ = self.wake.send(Wake::Stop);
-        let _ = self.thread.join();
+        self.thread.join().unwrap_or(false)
     }
 }
 

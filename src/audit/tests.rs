@@ -86,9 +86,14 @@ async fn verify(store: &Arc<dyn Store>, file: &Path) -> Result<u64, VerifyError>
         pages.push(page);
     }
     let mut pages = pages.into_iter();
-    let hashes = walk_store(|_| Ok(pages.next().unwrap_or_default()), &mut |_, _| {})?;
+    let key = ChainKey::from_audit_hash_key(&hash_key());
+    let hashes = walk_store(
+        &key,
+        |_| Ok(pages.next().unwrap_or_default()),
+        &mut |_, _| {},
+    )?;
     let reader = std::io::BufReader::new(std::fs::File::open(file).expect("file"));
-    walk_file(reader, Some(&hashes), false, &mut |_, _| {})
+    walk_file(&key, reader, Some(&hashes), false, None, &mut |_, _| {})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,6 +126,61 @@ async fn concurrent_appends_make_one_chain(durability: Durability) {
     assert!(
         !text.contains(&hex::encode([9u8; 32])),
         "subject hashes are hashed again under the audit key"
+    );
+}
+
+#[tokio::test]
+async fn after_a_cut_tail_numbering_goes_on_above_the_checkpoint() {
+    let f = fixture();
+    let store = open_store(&f.db);
+    {
+        let log = open_log(&store, &f.file).await;
+        append_reveals(&log, 5).await;
+        log.close().await;
+    }
+    let checkpoint = checkpoint::read(
+        &default_checkpoint_path(&f.file),
+        &CheckpointKey::from_audit_hash_key(&hash_key()),
+        "",
+    )
+    .expect("read")
+    .expect("a clean close leaves a checkpoint");
+    assert_eq!(checkpoint.seq, 5);
+    // The last two records cut from both copies.
+    let text = std::fs::read_to_string(&f.file).expect("read");
+    let kept: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&f.file, format!("{}\n", kept.join("\n"))).expect("write");
+    drop(store);
+    {
+        let db = rocksdb::DB::open_cf(
+            &rocksdb::Options::default(),
+            &f.db,
+            rocksdb::DB::list_cf(&rocksdb::Options::default(), &f.db).expect("families"),
+        )
+        .expect("open");
+        let cf = db.cf_handle("audit").expect("audit family");
+        for seq in [4u64, 5] {
+            db.delete_cf(cf, seq.to_be_bytes()).expect("delete");
+        }
+    }
+    let store = open_store(&f.db);
+    assert_eq!(
+        verify(&store, &f.file).await,
+        Ok(3),
+        "each copy alone is sound"
+    );
+    let log = open_log(&store, &f.file).await;
+    assert_eq!(
+        log.append(reveal("t9")).await.expect("append"),
+        6,
+        "numbers 4 and 5 are not given again"
+    );
+    assert_eq!(
+        verify(&store, &f.file).await,
+        Err(VerifyError::Chain {
+            sink: "database",
+            error: ChainError::MissingRange(4, 5)
+        })
     );
 }
 

@@ -286,6 +286,7 @@ pub async fn rotation_marker_is_stored_and_cleared(store: &dyn Store) {
 }
 
 pub async fn audit_records_read_back_in_sequence_order(store: &dyn Store) {
+    store.claim_audit_chain().await.expect("claim the chain");
     assert_eq!(store.last_audit_record().await.expect("last"), None);
     let record = |seq: u64| (seq, format!("{{\"seq\":{seq}}}").into_bytes());
     // Sequence 256 sorts after 2 only with big-endian keys.

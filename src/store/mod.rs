@@ -53,6 +53,14 @@ pub enum StoreError {
     /// with the subject's key read again stores the batch.
     #[error("the subject was erased while its tokens were being stored")]
     SubjectErased,
+    /// Another running process writes the audit chain this one would: two
+    /// servers configured with one replica name.
+    #[error("{0}")]
+    ChainInUse(String),
+    /// An audit record is already stored under this sequence number with
+    /// other bytes: another writer of the same chain. Nothing was stored.
+    #[error("audit record {0} is already stored with other contents (another server writes this audit chain)")]
+    AuditConflict(u64),
     /// This store cannot do that; the message says what to use instead.
     #[error("not supported by this store: {0}")]
     Unsupported(&'static str),
@@ -265,10 +273,27 @@ pub trait Store: Send + Sync + 'static {
 
     // --- audit log (src/audit): records are opaque bytes to the store ---
 
+    /// Makes this process the only writer of its audit chain, for as long
+    /// as it runs: the audit log calls it before it reads the chain's
+    /// head. A store that one process opens at a time (RocksDB's lock)
+    /// needs nothing more; a shared store refuses a second process with
+    /// the same chain ([`StoreError::ChainInUse`]).
+    async fn claim_audit_chain(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The name of this process's audit chain, which its checkpoints name:
+    /// the replica name on a shared store, empty otherwise.
+    fn audit_chain_name(&self) -> String {
+        String::new()
+    }
+
     /// Stores audit records (sequence number, encoded record) atomically,
     /// synced or written as the store was opened to (`sync_audit` for
     /// RocksDB). The audit log is the only writer; it may store a record
-    /// again with the same bytes (a retry).
+    /// again with the same bytes (a retry). A shared store refuses a
+    /// record whose number it holds with other bytes
+    /// ([`StoreError::AuditConflict`]) and stores none of the batch.
     async fn append_audit(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError>;
 
     /// Makes every write acknowledged so far durable (the audit log's

@@ -23,6 +23,9 @@
 //! [`StoreError::SubjectErased`], so no token is ever stored under a
 //! destroyed key, whichever replicas the two calls reach.
 //!
+//! Audit chains: each replica writes its own, under a lease on its name,
+//! and a record stored twice must be the same bytes (see [`audit`]).
+//!
 //! Cache invalidation: a forget sends `NOTIFY tokenvault_keys` in its own
 //! transaction (delivered at commit); every replica LISTENs on a dedicated
 //! connection and drops the subject's cached DEK. While that connection is
@@ -52,6 +55,8 @@ use super::{
 };
 use crate::crypto::{IndexKey, SubjectHash};
 use crate::kek::WrappedKey;
+
+mod audit;
 
 /// `tv_meta` names of applied erasure-ledger entries: this, then the
 /// sequence number in 20 digits.
@@ -210,6 +215,8 @@ pub struct PostgresStore {
     listener: tokio::task::JoinHandle<()>,
     /// One purge (VACUUM) at a time; concurrent calls wait for it.
     purging: tokio::sync::Mutex<()>,
+    /// The lease on `replica`, taken when the audit log opens.
+    lease: audit::ReplicaLease,
 }
 
 impl Drop for PostgresStore {
@@ -332,6 +339,7 @@ impl PostgresStore {
         let sink: Arc<parking_lot::Mutex<Option<InvalidationSink>>> = Arc::default();
         let listening = Arc::new(AtomicBool::new(false));
         let (ready, first_listen) = tokio::sync::oneshot::channel();
+        let lease = audit::ReplicaLease::new(&options.replica, config.clone(), tls.clone());
         let listener = tokio::spawn(run_listener(
             config,
             tls,
@@ -350,6 +358,7 @@ impl PostgresStore {
             listening,
             listener,
             purging: tokio::sync::Mutex::new(()),
+            lease,
         })
     }
 
@@ -1234,7 +1243,16 @@ impl Store for PostgresStore {
         *self.sink.lock() = Some(sink);
     }
 
+    async fn claim_audit_chain(&self) -> Result<(), StoreError> {
+        self.lease.claim().await
+    }
+
+    fn audit_chain_name(&self) -> String {
+        self.replica.clone()
+    }
+
     async fn append_audit(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        self.lease.check()?;
         let seqs = records
             .iter()
             .map(|(seq, _)| i64::try_from(*seq).map_err(|_| StoreError::Misuse("audit seq")))
@@ -1248,14 +1266,23 @@ impl Store for PostgresStore {
         tx.batch_execute("SET LOCAL synchronous_commit = on")
             .await
             .map_err(engine)?;
-        tx.execute(
-            "INSERT INTO tv_audit (replica, seq, record)
-             SELECT $1, s, r FROM unnest($2::bigint[], $3::bytea[]) AS a(s, r)
-             ON CONFLICT (replica, seq) DO NOTHING",
-            &[&self.replica, &seqs, &bodies],
-        )
-        .await
-        .map_err(engine)?;
+        let inserted: HashSet<i64> = tx
+            .query(
+                "INSERT INTO tv_audit (replica, seq, record)
+                 SELECT $1, s, r FROM unnest($2::bigint[], $3::bytea[]) AS a(s, r)
+                 ON CONFLICT (replica, seq) DO NOTHING
+                 RETURNING seq",
+                &[&self.replica, &seqs, &bodies],
+            )
+            .await
+            .map_err(engine)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if inserted.len() < records.len() {
+            // Dropped uncommitted on an error: nothing of the batch stays.
+            audit::check_skipped(&tx, &self.replica, &records, &inserted).await?;
+        }
         tx.commit().await.map_err(engine)
     }
 

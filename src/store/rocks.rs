@@ -1144,8 +1144,26 @@ impl AuditReader {
                 path.display()
             )));
         }
-        let db = DB::open_cf_for_read_only(&options, path, [CF_AUDIT], false).map_err(engine)?;
+        let families: Vec<&str> = if families.iter().any(|f| f == CF_META) {
+            vec![CF_AUDIT, CF_META]
+        } else {
+            vec![CF_AUDIT]
+        };
+        let db = DB::open_cf_for_read_only(&options, path, families, false).map_err(engine)?;
         Ok(AuditReader { db })
+    }
+
+    /// The wrapped system key (the audit chain's keys derive from it).
+    pub fn system_key(&self) -> Result<Option<WrappedKey>, StoreError> {
+        let Some(cf) = self.db.cf_handle(CF_META) else {
+            return Ok(None);
+        };
+        match self.db.get_pinned_cf(cf, SYSTEM_KEY).map_err(engine)? {
+            Some(bytes) => WrappedKey::decode(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("system key")),
+            None => Ok(None),
+        }
     }
 
     /// Up to `limit` records from `from_seq` on, in sequence order.

@@ -353,6 +353,8 @@ async fn replicas_creating_one_subject_key_agree_on_it() {
 async fn each_replica_keeps_its_own_audit_chain() {
     let url = fresh_database().await;
     let (a, b) = tokio::join!(open(&url, "a"), open(&url, "b"));
+    a.claim_audit_chain().await.expect("lease a");
+    b.claim_audit_chain().await.expect("lease b");
     a.append_audit(vec![(1, b"a1".to_vec()), (2, b"a2".to_vec())])
         .await
         .expect("append");
@@ -367,6 +369,68 @@ async fn each_replica_keeps_its_own_audit_chain() {
         b.last_audit_record().await.expect("last"),
         Some((1, b"b1".to_vec()))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_audit_insert_is_an_error_and_a_retry_is_not() {
+    let url = fresh_database().await;
+    let store = open(&url, "r").await;
+    store.claim_audit_chain().await.expect("lease");
+    store
+        .append_audit(vec![(1, b"first".to_vec()), (2, b"second".to_vec())])
+        .await
+        .expect("append");
+    // The same bytes again: a retry of a write that may have landed.
+    store
+        .append_audit(vec![(2, b"second".to_vec()), (3, b"third".to_vec())])
+        .await
+        .expect("a retry stores nothing twice");
+    // Other bytes under a stored number: another writer of this chain.
+    let error = store
+        .append_audit(vec![(3, b"other".to_vec()), (4, b"fourth".to_vec())])
+        .await
+        .expect_err("a conflicting record must not be dropped silently");
+    assert!(error.to_string().contains("record 3"), "{error}");
+    assert_eq!(
+        store.audit_records(0, 10).await.expect("scan"),
+        vec![
+            (1, b"first".to_vec()),
+            (2, b"second".to_vec()),
+            (3, b"third".to_vec())
+        ],
+        "nothing of the refused batch is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_name_is_held_by_one_store_at_a_time() {
+    let url = fresh_database().await;
+    let first = open(&url, "twin").await;
+    first.claim_audit_chain().await.expect("lease");
+    let second = open(&url, "twin").await;
+    let error = second
+        .claim_audit_chain()
+        .await
+        .expect_err("a second holder of one replica name");
+    assert!(error.to_string().contains("\"twin\""), "{error}");
+    // Without the lease, its chain is not written.
+    assert!(second.append_audit(vec![(1, b"x".to_vec())]).await.is_err());
+    let other = open(&url, "other").await;
+    other.claim_audit_chain().await.expect("another name");
+    // The lease ends with its holder.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Err(error) = second.claim_audit_chain().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease outlived its store: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second
+        .append_audit(vec![(1, b"x".to_vec())])
+        .await
+        .expect("append under the lease");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
