@@ -66,11 +66,18 @@ pub fn check(config: &Config, dev: bool) -> Exposure {
             }
         }
     }
-    for host in postgres_plaintext_hosts(config) {
-        found.plaintext(
-            config,
-            format!("storage.postgres: a connection to {host} without TLS (tls = false; sslmode in the URL does not turn it on): set tls = true"),
-        );
+    let store = config.storage.postgres_options().ok().flatten();
+    let ledger = match config.ledger_location() {
+        Ok(crate::erasure::LedgerLocation::Postgres(options)) => Some(options),
+        _ => None,
+    };
+    for (section, options) in [("storage.postgres", store), ("erasure.postgres", ledger)] {
+        for host in options.map(|o| plaintext_hosts(&o)).unwrap_or_default() {
+            found.plaintext(
+                config,
+                format!("{section}: a connection to {host} without TLS (tls = false; sslmode in the URL does not turn it on): set tls = true"),
+            );
+        }
     }
     found
 }
@@ -109,14 +116,11 @@ fn plaintext_http_host(address: &str) -> Option<String> {
     url.host_str().map(str::to_string)
 }
 
-/// The non-loopback hosts the PostgreSQL store would reach without TLS.
-/// Unix sockets are local. A URL that cannot be read here (an unset
-/// `url_env`, a URL that does not parse) is reported by the store's own
-/// checks, not here.
-fn postgres_plaintext_hosts(config: &Config) -> Vec<String> {
-    let Ok(Some(options)) = config.storage.postgres_options() else {
-        return Vec::new();
-    };
+/// The non-loopback hosts a PostgreSQL connection (the store's or the
+/// erasure ledger's) would reach without TLS. Unix sockets are local. A
+/// URL that cannot be read here (an unset `url_env`, a URL that does not
+/// parse) is reported by the config's own checks, not here.
+fn plaintext_hosts(options: &crate::store::postgres::PostgresOptions) -> Vec<String> {
     if options.tls {
         return Vec::new();
     }
@@ -267,5 +271,33 @@ mod tests {
             assert!(found.refused[0].contains(host), "{found:?}");
             assert!(!found.refused[0].contains("pw@"), "{found:?}");
         }
+    }
+
+    #[test]
+    fn the_ledgers_database_without_tls_is_loopback_only_too() {
+        let pg = |ledger_url: &str, tls: bool| {
+            config(&format!(
+                "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://tv@127.0.0.1/tv\"\n[erasure.postgres]\nurl = \"{ledger_url}\"\ntls = {tls}"
+            ))
+        };
+        assert_eq!(
+            check(&pg("postgres://tv@127.0.0.1/tv_ledger", false), false),
+            Exposure::default()
+        );
+        assert_eq!(
+            check(&pg("postgres://tv@ledger.internal/tv_ledger", true), false),
+            Exposure::default()
+        );
+        let found = check(
+            &pg("postgres://tv:pw@ledger.internal/tv_ledger", false),
+            false,
+        );
+        assert_eq!(found.refused.len(), 1, "{found:?}");
+        assert!(
+            found.refused[0].starts_with("erasure.postgres")
+                && found.refused[0].contains("ledger.internal"),
+            "{found:?}"
+        );
+        assert!(!found.refused[0].contains("pw@"), "{found:?}");
     }
 }

@@ -30,6 +30,7 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
 
+use crate::policy::quota::QUOTA_ALERTS;
 use crate::vault::Vault;
 
 /// The `tracing` target of the one line logged per call.
@@ -216,11 +217,21 @@ fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
         ),
         family(
             "tokenvault_alerts_total",
-            "Alerts raised, by kind (rate limits, refused-credential floods)",
+            "Alerts raised, by kind (rate limits, new-value limits, refused-credential floods)",
             MetricType::COUNTER,
             vec![
                 labelled_counter("kind", "rate_warning", ALERTS.rate_warning.load(Relaxed)),
                 labelled_counter("kind", "rate_exceeded", ALERTS.rate_exceeded.load(Relaxed)),
+                labelled_counter(
+                    "kind",
+                    "new_value_limit_warning",
+                    QUOTA_ALERTS.warning.load(Relaxed),
+                ),
+                labelled_counter(
+                    "kind",
+                    "new_value_limit_exceeded",
+                    QUOTA_ALERTS.exceeded.load(Relaxed),
+                ),
                 labelled_counter(
                     "kind",
                     crate::api::denials::FLOOD_ALERT,
