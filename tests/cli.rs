@@ -270,7 +270,8 @@ fn run_for(args: &[&str], envs: &[(&str, &str)], seconds: u64) -> Run {
 }
 
 /// Writes a config to `dir`: the `top` keys, the data directory, `tables`,
-/// a `[kek]` (a local key file unless `tables` has one) and the test admin
+/// a `[kek]` (a local key file unless `tables` has one), an erasure ledger
+/// file (unless `tables` has `[erasure.postgres]`) and the test admin
 /// principal. Returns its path.
 fn config_file(dir: &std::path::Path, top: &str, tables: &str) -> String {
     std::fs::create_dir_all(dir).expect("dir");
@@ -284,13 +285,21 @@ fn config_file(dir: &std::path::Path, top: &str, tables: &str) -> String {
             path.display()
         )
     };
+    // A PostgreSQL ledger in `tables` replaces the ledger file.
+    let ledger = if tables.contains("[erasure.postgres]") {
+        String::new()
+    } else {
+        format!(
+            "[erasure]\nledger = \"{}\"\n",
+            dir.join("ledger").join("erasure-ledger.jsonl").display()
+        )
+    };
     let path = dir.join("tokenvault.toml");
     std::fs::write(
         &path,
         format!(
-            "{top}\ndata_dir = \"{}\"\n[erasure]\nledger = \"{}\"\n{tables}\n{kek}{}",
+            "{top}\ndata_dir = \"{}\"\n{ledger}{tables}\n{kek}{}",
             dir.join("data").display(),
-            dir.join("ledger").join("erasure-ledger.jsonl").display(),
             common::admin_principal_toml()
         ),
     )
@@ -356,7 +365,7 @@ fn serve_and_config_check_refuse_plaintext_off_loopback_naming_tls() {
         (
             "postgres",
             "",
-            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://tv@db.example:5432/tv\"\n",
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"postgres://tv@db.example:5432/tv\"\n[erasure.postgres]\nurl = \"postgres://tv@db.example:5432/tv_ledger\"\ntls = true\n",
             "db.example",
         ),
     ] {
@@ -534,6 +543,7 @@ fn config_check_passes_on_every_shipped_config_and_each_uses_tls() {
             ("kek", "ca_cert", "ca.pem"),
             ("kek.approle", "secret_id_file", "ca.pem"),
             ("storage.postgres", "ca_file", "ca.pem"),
+            ("erasure.postgres", "ca_file", "ca.pem"),
         ] {
             if let Some(path) = path_of(table, key) {
                 std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
@@ -544,10 +554,16 @@ fn config_check_passes_on_every_shipped_config_and_each_uses_tls() {
         std::fs::write(&path, &config).expect("config");
         let out = tokenvault(
             &["config", "check", &path.display().to_string()],
-            &[(
-                "TOKENVAULT_POSTGRES_URL",
-                "postgres://tokenvault@postgres.tokenvault.svc:5432/tokenvault",
-            )],
+            &[
+                (
+                    "TOKENVAULT_POSTGRES_URL",
+                    "postgres://tokenvault@postgres.tokenvault.svc:5432/tokenvault",
+                ),
+                (
+                    "TOKENVAULT_LEDGER_POSTGRES_URL",
+                    "postgres://tokenvault@postgres.tokenvault.svc:5432/tokenvault_ledger",
+                ),
+            ],
         );
         assert!(
             out.status.success() && stdout(&out).trim().ends_with(": ok"),

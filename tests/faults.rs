@@ -73,6 +73,10 @@ async fn assert_all_found(client: &mut Client, acknowledged: &[(String, String)]
     }
 }
 
+/// The admin's new-value limits raised as a bulk importer's: these tests
+/// write thousands of new values for a few subjects to fill a disk.
+const BULK_WRITER: &str = "[new_value_limits.principals.admin]\nper_subject_per_principal = 100000000\nper_subject = 100000000\nper_principal = 100000000\nper_shape_per_principal_permille = 1000\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_and_loses_no_acknowledged_token() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -208,7 +212,7 @@ async fn rocksdb_recovers_from_enospc_once_space_returns() {
     let kek = root.join("kek.key");
     std::fs::write(&kek, [7u8; 32]).expect("kek");
     let toml = format!(
-        "[kek]\nprovider = \"local\"\npath = \"{}\"\n[storage]\ndisk_reserve_bytes = 0\n{}",
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n[storage]\ndisk_reserve_bytes = 0\n{}{BULK_WRITER}",
         kek.display(),
         admin_principal_toml()
     );

@@ -107,48 +107,52 @@ pub fn window_start(now: i64, window_seconds: i64) -> i64 {
     now - now.rem_euclid(window)
 }
 
+/// What every implementation must do, run by each one's tests: a charge
+/// over any of its limits charges none of its counters, and a window that
+/// is over starts again from zero.
+#[cfg(test)]
+pub(crate) async fn a_charge_over_any_limit_charges_none_in(counters: &dyn WindowCounters) {
+    let charge = |key: &str, amount: u64, limit: u64| Charge {
+        key: key.into(),
+        window_start: 0,
+        window_seconds: 60,
+        amount,
+        limit,
+    };
+    let both = [charge("a", 60, 100), charge("b", 60, 70)];
+    assert_eq!(
+        counters.charge(&both, 1).await.expect("charge"),
+        Charged::Admitted(vec![60, 60])
+    );
+    assert_eq!(
+        counters.charge(&both, 2).await.expect("charge"),
+        Charged::Refused { index: 0, used: 60 }
+    );
+    assert_eq!(
+        counters
+            .charge(&[charge("a", 40, 100)], 3)
+            .await
+            .expect("charge"),
+        Charged::Admitted(vec![100])
+    );
+    // The window is over: a new one starts empty.
+    let next = Charge {
+        window_start: 60,
+        ..charge("a", 100, 100)
+    };
+    assert_eq!(
+        counters.charge(&[next], 61).await.expect("charge"),
+        Charged::Admitted(vec![100])
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn charge(key: &str, amount: u64, limit: u64) -> Charge {
-        Charge {
-            key: key.into(),
-            window_start: 0,
-            window_seconds: 60,
-            amount,
-            limit,
-        }
-    }
-
     #[tokio::test]
     async fn a_charge_over_any_limit_charges_none() {
-        let counters = MemoryCounters::new();
-        let both = [charge("a", 60, 100), charge("b", 60, 70)];
-        assert_eq!(
-            counters.charge(&both, 1).await.expect("charge"),
-            Charged::Admitted(vec![60, 60])
-        );
-        assert_eq!(
-            counters.charge(&both, 2).await.expect("charge"),
-            Charged::Refused { index: 0, used: 60 }
-        );
-        assert_eq!(
-            counters
-                .charge(&[charge("a", 40, 100)], 3)
-                .await
-                .expect("charge"),
-            Charged::Admitted(vec![100])
-        );
-        // The window is over: a new one starts empty.
-        let next = Charge {
-            window_start: 60,
-            ..charge("a", 100, 100)
-        };
-        assert_eq!(
-            counters.charge(&[next], 61).await.expect("charge"),
-            Charged::Admitted(vec![100])
-        );
+        a_charge_over_any_limit_charges_none_in(&MemoryCounters::new()).await;
     }
 
     #[test]

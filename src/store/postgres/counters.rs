@@ -68,7 +68,7 @@ impl PostgresStore {
         let rows = tx
             .query(
                 "INSERT INTO tv_rate_windows AS w (key, window_start, used, ends_at)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+                 SELECT c.key, c.window_start, c.used, c.ends_at FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
                      WITH ORDINALITY AS c(key, window_start, used, ends_at, n)
                      ORDER BY n
                  ON CONFLICT (key, window_start) DO UPDATE SET used = w.used + EXCLUDED.used

@@ -100,6 +100,13 @@ async fn postgres_passes_the_store_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_counters_charge_all_or_none() {
+    let url = fresh_database().await;
+    let store = open(&url, "r1").await;
+    crate::store::counters::a_charge_over_any_limit_charges_none_in(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_once_when_replicas_start_together() {
     let url = fresh_database().await;
     let (a, b, c) = tokio::join!(open(&url, "a"), open(&url, "b"), open(&url, "c"));

@@ -91,3 +91,40 @@ impl WindowCounters for RocksCounters {
         Ok(decided)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::RocksOptions;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_charge_over_any_limit_charges_none_and_a_reopen_keeps_the_counts() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let options = RocksOptions {
+            sync_writes: false,
+            sync_audit: true,
+            block_cache_bytes: 1 << 20,
+        };
+        {
+            let store = RocksStore::open(root.path(), &options).expect("open");
+            crate::store::counters::a_charge_over_any_limit_charges_none_in(&store.counters())
+                .await;
+        }
+        let store = RocksStore::open(root.path(), &options).expect("reopen");
+        let full = Charge {
+            key: "a".into(),
+            window_start: 60,
+            window_seconds: 60,
+            amount: 1,
+            limit: 100,
+        };
+        assert_eq!(
+            store.counters().charge(&[full], 62).await.expect("charge"),
+            Charged::Refused {
+                index: 0,
+                used: 100
+            },
+            "the window's use survives a reopen"
+        );
+    }
+}
