@@ -114,10 +114,21 @@ pub enum LogFormat {
 }
 
 /// `[erasure]`: where forgetting is recorded so that it outlives a restore
-/// (see `erasure::ledger`).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// (see `erasure::ledger`), and when a forgotten subject's data leaves
+/// the disk (see `vault::erasure`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErasureConfig {
+    /// Seconds within which a forgotten subject's ciphertexts and index
+    /// entries are physically removed (a full purge runs by then). Its
+    /// wrapped key is gone before ForgetSubject returns whatever this says.
+    #[serde(default = "default_purge_within")]
+    pub purge_within_seconds: u64,
+    /// Every byte of a forgotten subject gone before ForgetSubject returns:
+    /// a full purge per forget, whose cost grows with the store (for small
+    /// vaults).
+    #[serde(default)]
+    pub full_purge_at_return: bool,
     /// The erasure ledger file (the RocksDB store). Outside `--dev` it must
     /// be set, and not under `data_dir`: on storage that outlives the data
     /// directory. `--dev` defaults to `<data_dir>/erasure-ledger.jsonl`.
@@ -127,6 +138,23 @@ pub struct ErasureConfig {
     /// "postgres"`, and never the data database.
     pub postgres: Option<LedgerPostgresConfig>,
 }
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        ErasureConfig {
+            purge_within_seconds: default_purge_within(),
+            full_purge_at_return: false,
+            ledger: None,
+            postgres: None,
+        }
+    }
+}
+
+/// The bound on physical removal after a forget, and its limits.
+fn default_purge_within() -> u64 {
+    86_400
+}
+pub const MAX_PURGE_WITHIN_SECONDS: u64 = 30 * 86_400;
 
 /// `[erasure.postgres]`: the ledger's database.
 #[derive(Clone, Deserialize)]
@@ -740,6 +768,11 @@ impl Config {
                     "kek.timeout_ms must be 50 to 60000".into(),
                 ));
             }
+        }
+        if !(1..=MAX_PURGE_WITHIN_SECONDS).contains(&self.erasure.purge_within_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "erasure.purge_within_seconds must be 1 to {MAX_PURGE_WITHIN_SECONDS} (30 days)"
+            )));
         }
         if self.cache.max_subjects == 0 {
             return Err(ConfigError::Invalid(

@@ -182,6 +182,7 @@ impl Metrics {
 /// Counters other modules keep, and store gauges, as metric families.
 fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
     use crate::policy::ALERTS;
+    use crate::vault::purge_schedule::{DEADLINE_MISSED_ALERT, PURGE_GAUGES};
     let cache = vault.cache().stats();
     let kek = vault.kek_stats();
     let mut families = vec![
@@ -217,7 +218,7 @@ fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
         ),
         family(
             "tokenvault_alerts_total",
-            "Alerts raised, by kind (rate limits, new-value limits, refused-credential floods)",
+            "Alerts raised, by kind (rate limits, new-value limits, refused-credential floods, missed purge deadlines)",
             MetricType::COUNTER,
             vec![
                 labelled_counter("kind", "rate_warning", ALERTS.rate_warning.load(Relaxed)),
@@ -237,7 +238,22 @@ fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
                     crate::api::denials::FLOOD_ALERT,
                     crate::api::denials::FLOOD_ALERTS.load(Relaxed),
                 ),
+                labelled_counter(
+                    "kind",
+                    DEADLINE_MISSED_ALERT,
+                    PURGE_GAUGES.deadline_missed_alerts.load(Relaxed),
+                ),
             ],
+        ),
+        gauge(
+            "tokenvault_erasure_pending_purges",
+            "Forgets whose ciphertexts and index entries await the scheduled full purge",
+            PURGE_GAUGES.pending.load(Relaxed),
+        ),
+        counter(
+            "tokenvault_erasure_full_purges_total",
+            "Scheduled full purges done (erased and expired data removed from the files)",
+            PURGE_GAUGES.full_purges.load(Relaxed),
         ),
     ];
     if let Some(calls) = vault.kek().remote_calls() {

@@ -1,8 +1,10 @@
 //! The right to be forgotten, end to end on the real binary: ForgetSubject
 //! erases one subject of many (its tokens answer ERASED, the others still
 //! detokenize), is idempotent, and returns only once no file under the data
-//! directory holds the subject's wrapped DEK or ciphertexts (checked from
-//! outside the process, with the local and the Vault KEK); ExportSubject
+//! directory holds the subject's wrapped DEK (checked from outside the
+//! process, with the local and the Vault KEK); its ciphertexts leave the
+//! files at the full purge (`retention purge`, the server's schedule, or
+//! before the return under `full_purge_at_return`); ExportSubject
 //! returns exactly one subject's tokens; receipts verify and any changed
 //! byte fails; a backup restore cannot bring a forgotten subject back;
 //! tokens past their ttl answer EXPIRED and leave the disk at a purge.
@@ -302,9 +304,53 @@ fn assert_off_disk(data_dir: &Path, stored: &Stored, what: &str) {
     }
 }
 
+/// How a test server purges after a forget (`[erasure]`).
+#[derive(Clone, Copy, PartialEq)]
+enum Purge {
+    /// The default: the wrapped key at return, the rest by a full purge
+    /// (`retention purge` here, so the test does not wait on the bound).
+    KeyAtReturn,
+    /// `full_purge_at_return = true`: every byte before the return.
+    EverythingAtReturn,
+    /// `purge_within_seconds = 2`: the server's schedule runs the full
+    /// purge by itself.
+    Scheduled,
+}
+
+impl Purge {
+    fn erasure_toml(self, root: &Path) -> String {
+        let extra = match self {
+            Purge::KeyAtReturn => "",
+            Purge::EverythingAtReturn => "full_purge_at_return = true\n",
+            Purge::Scheduled => "purge_within_seconds = 2\n",
+        };
+        format!(
+            "[erasure]\nledger = \"{}\"\n{extra}",
+            root.join("ledger").join("erasure-ledger.jsonl").display()
+        )
+    }
+}
+
+/// `erasure status` of a running server, with its exit status.
+fn erasure_status(server: &Server) -> (bool, String) {
+    let data_dir = server.data_dir();
+    let output = server.run_cli(&[
+        "erasure",
+        "status",
+        "--data-dir",
+        data_dir.to_str().expect("utf-8 path"),
+    ]);
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 /// Tokenizes, finds the forgotten subject's data in the files, forgets
-/// it, and checks every file again while the server still runs.
-async fn forget_purges_files(server: &mut Server, vault_kek: bool) {
+/// it, and checks every file again while the server still runs: the
+/// wrapped DEK is gone at return, the ciphertexts at return or after the
+/// full purge that `purge` names.
+async fn forget_purges_files(server: &mut Server, vault_kek: bool, purge: Purge) {
     let mut client = server.client().await;
     let subjects = tokenize_all(&mut client).await;
     let data_dir = server.data_dir();
@@ -331,11 +377,56 @@ async fn forget_purges_files(server: &mut Server, vault_kek: bool) {
     }
     assert_on_disk(&data_dir, &gone, "before the forget");
 
-    assert_eq!(
-        forget(&mut client, &subjects[1].0).await.tokens_erased,
-        PER_SUBJECT as u64 + 1
+    let forgotten = forget(&mut client, &subjects[1].0).await;
+    assert_eq!(forgotten.tokens_erased, PER_SUBJECT as u64 + 1);
+    let receipt = forgotten.receipt.expect("a receipt");
+    let holders = files_containing(&data_dir, &gone.wrapped_dek);
+    assert!(
+        holders.is_empty(),
+        "after ForgetSubject returned: the wrapped DEK is still in {holders:?}"
     );
-    assert_off_disk(&data_dir, &gone, "after ForgetSubject returned");
+    match purge {
+        Purge::EverythingAtReturn => {
+            assert_eq!(receipt.at_return, "everything_gone");
+            assert_eq!(receipt.purged_by_unix, receipt.erased_at_unix);
+            assert_off_disk(&data_dir, &gone, "after ForgetSubject returned");
+            let (ok, status) = erasure_status(server);
+            assert!(
+                ok && status.contains("pending physical purges: none"),
+                "{status}"
+            );
+        }
+        Purge::KeyAtReturn => {
+            assert_eq!(receipt.at_return, "key_gone");
+            assert_eq!(receipt.purged_by_unix, receipt.erased_at_unix + 86_400);
+            let (ok, status) = erasure_status(server);
+            assert!(
+                ok && status.contains("pending physical purges: 1 forgets"),
+                "{status}"
+            );
+            let data_dir_arg = data_dir.to_str().expect("utf-8 path");
+            cli_ok(server, &["retention", "purge", "--data-dir", data_dir_arg]);
+            assert_off_disk(&data_dir, &gone, "after `retention purge`");
+            let (ok, status) = erasure_status(server);
+            assert!(
+                ok && status.contains("pending physical purges: none"),
+                "{status}"
+            );
+        }
+        Purge::Scheduled => {
+            assert_eq!(receipt.at_return, "key_gone");
+            assert_eq!(receipt.purged_by_unix, receipt.erased_at_unix + 2);
+            // The schedule purges once half the bound is used (1 s), and
+            // checks every second; its log line says when it is done.
+            server.wait_for_log("full purge done", 1).await;
+            assert_off_disk(&data_dir, &gone, "after the scheduled purge");
+            let (ok, status) = erasure_status(server);
+            assert!(
+                ok && status.contains("pending physical purges: none"),
+                "{status}"
+            );
+        }
+    }
     assert_on_disk(&data_dir, &kept, "another subject");
     let results = detokenize(&mut client, &subjects[3].2).await;
     assert_eq!(
@@ -344,29 +435,56 @@ async fn forget_purges_files(server: &mut Server, vault_kek: bool) {
     );
 }
 
+/// A config server with the test admin and `purge`'s `[erasure]`.
+fn start_purging(root: &Path, purge: Purge) -> Server {
+    std::fs::create_dir_all(root).expect("dir");
+    let kek = root.join("kek.key");
+    std::fs::write(&kek, [5u8; 32]).expect("kek");
+    let config = format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n{}{}",
+        kek.display(),
+        admin_principal_toml(),
+        purge.erasure_toml(root)
+    );
+    Server::start_with_config(root, &config)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_leaves_no_file_with_the_subjects_key_or_values_local_kek() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::start(dir.path());
-    forget_purges_files(&mut server, false).await;
+    let mut server = start_purging(dir.path(), Purge::KeyAtReturn);
+    forget_purges_files(&mut server, false, Purge::KeyAtReturn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_full_purge_at_return_no_file_holds_the_subjects_values_at_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start_purging(dir.path(), Purge::EverythingAtReturn);
+    forget_purges_files(&mut server, false, Purge::EverythingAtReturn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_purge_removes_the_values_within_the_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start_purging(dir.path(), Purge::Scheduled);
+    forget_purges_files(&mut server, false, Purge::Scheduled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_leaves_no_file_with_the_subjects_key_or_values_vault_kek() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bao = Bao::dev(&dir.path().join("bao"));
+    let root = dir.path().join("tv");
     let config = format!(
-        "[kek]\nprovider = \"vault\"\naddress = \"{}\"\nkey_name = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n{}",
+        "[kek]\nprovider = \"vault\"\naddress = \"{}\"\nkey_name = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n{}{}",
         bao.addr(),
         common::bao::KEY_NAME,
-        admin_principal_toml()
+        admin_principal_toml(),
+        Purge::KeyAtReturn.erasure_toml(&root)
     );
-    let mut server = Server::start_with_config_env(
-        &dir.path().join("tv"),
-        &config,
-        &[(TOKEN_ENV, bao.root_token.as_str())],
-    );
-    forget_purges_files(&mut server, true).await;
+    let mut server =
+        Server::start_with_config_env(&root, &config, &[(TOKEN_ENV, bao.root_token.as_str())]);
+    forget_purges_files(&mut server, true, Purge::KeyAtReturn).await;
 }
 
 fn cli_ok(server: &Server, args: &[&str]) -> String {

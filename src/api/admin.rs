@@ -1,5 +1,5 @@
 //! The operator API (`tokenvault.admin.v1.Admin`): KEK rotation and key
-//! status, purges, backups and receipt checks, served only on the Unix socket `<data_dir>/admin.sock`, created
+//! status, purges and their status, backups and receipt checks, served only on the Unix socket `<data_dir>/admin.sock`, created
 //! owner-only (umask 077, in the 0700 data directory). Whoever may open that socket may already read the data
 //! directory, so the socket's file mode is its authentication; nothing
 //! here reveals a value or a key, and it is never on the network port.
@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::status::to_status;
 use crate::erasure::SignedReceipt;
 use crate::pb::admin;
+use crate::vault::erasure::PurgeStatus;
 use crate::vault::{KeyStatus, RotationProgress, Vault};
 
 /// The socket's file name inside the data directory.
@@ -43,6 +44,20 @@ pub fn progress_message(progress: RotationProgress, finished: bool) -> admin::Ro
         rewrapped: progress.rewrapped,
         resumed: progress.resumed,
         finished,
+    }
+}
+
+pub fn erasure_status_message(
+    status: &PurgeStatus,
+    full_purge_at_return: bool,
+) -> admin::ErasureStatusResponse {
+    admin::ErasureStatusResponse {
+        pending: status.pending.count,
+        oldest_erased_at_unix: status.pending.oldest_erased_at.unwrap_or(0),
+        deadline_unix: status.deadline_unix.unwrap_or(0),
+        purge_within_seconds: status.within_seconds,
+        missed: status.missed(crate::vault::unix_now()),
+        full_purge_at_return,
     }
 }
 
@@ -125,6 +140,17 @@ impl admin::admin_server::Admin for AdminService {
     ) -> Result<Response<admin::PurgeResponse>, Status> {
         self.vault.purge().await.map_err(to_status)?;
         Ok(Response::new(admin::PurgeResponse {}))
+    }
+
+    async fn erasure_status(
+        &self,
+        _request: Request<admin::ErasureStatusRequest>,
+    ) -> Result<Response<admin::ErasureStatusResponse>, Status> {
+        let status = self.vault.purge_status().await.map_err(to_status)?;
+        Ok(Response::new(erasure_status_message(
+            &status,
+            self.vault.physical_purge().full_at_return,
+        )))
     }
 
     async fn create_backup(

@@ -152,12 +152,12 @@ pub async fn serve(
     let kek_probe = tokio::spawn(probe_kek(Arc::clone(&vault), health_reporter.clone()));
     let admin_socket = serve_admin_socket(&config.data_dir, Arc::clone(&vault))?;
     let metrics = serve_metrics(config, &vault).await?;
-    let purges = (config.retention.purge_interval_seconds > 0).then(|| {
-        tokio::spawn(purge_periodically(
-            Arc::clone(&vault),
-            Duration::from_secs(config.retention.purge_interval_seconds),
-        ))
-    });
+    let retention = (config.retention.purge_interval_seconds > 0)
+        .then(|| Duration::from_secs(config.retention.purge_interval_seconds));
+    let purges = Some(tokio::spawn(crate::vault::purge_schedule::run(
+        Arc::clone(&vault),
+        retention,
+    )));
 
     // A line on stdout that scripts and tests wait for; the port is the
     // real one when the config asked for port 0.
@@ -346,20 +346,6 @@ fn serve_admin_socket(
 
 /// Reports the key provider's reachability as the `tokenvault.kek` health
 /// service, logging each change.
-/// Retention: expired records are dropped by compactions; this makes sure
-/// one runs at least every `interval`, however little is written.
-async fn purge_periodically(vault: Arc<Vault>, interval: Duration) {
-    loop {
-        tokio::time::sleep(interval).await;
-        match vault.purge().await {
-            Ok(()) => tracing::debug!("periodic purge done"),
-            Err(error) => {
-                tracing::warn!(%error, "periodic purge failed; retrying at the next interval")
-            }
-        }
-    }
-}
-
 async fn probe_kek(vault: Arc<Vault>, health: tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;
     let mut was_up = None;

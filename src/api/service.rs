@@ -540,6 +540,12 @@ pub fn receipt_message(receipt: &SignedReceipt) -> pb::ErasureReceipt {
         tokens_erased: receipt.receipt.tokens_erased,
         audit_sequence: receipt.receipt.audit_sequence,
         mac: hex::encode(receipt.mac),
+        at_return: receipt
+            .receipt
+            .guarantees
+            .map(|g| g.at_return.name().to_string())
+            .unwrap_or_default(),
+        purged_by_unix: receipt.receipt.guarantees.map_or(0, |g| g.purged_by_unix),
     }
 }
 

@@ -84,14 +84,19 @@ pub struct BenchArgs {
     /// messages/s and MB/s.
     #[arg(long, conflicts_with = "kek_phase")]
     pub redact_corpus: Option<std::path::PathBuf>,
-    /// Instead of the matrix, measure erasure: forget latency for this many
-    /// subjects with --forget-tokens tokens each, then Tokenize p50/p99
-    /// alone and while 100 forgets run.
+    /// Instead of the matrix, measure erasure: after --forget-fill tokens,
+    /// forget latency for this many subjects with --forget-tokens tokens
+    /// each, forget throughput with 8 callers, then Tokenize p50/p99 alone
+    /// and while 50 forgets/s run.
     #[arg(long, conflicts_with_all = ["kek_phase", "redact_corpus"])]
     pub forget_subjects: Option<usize>,
     /// Tokens per forgotten subject in the latency measurement.
     #[arg(long, default_value_t = 1000)]
     pub forget_tokens: usize,
+    /// Tokens to add to the store before the erasure measurement (its
+    /// size at which forgets are measured).
+    #[arg(long, default_value_t = 0)]
+    pub forget_fill: u64,
     /// More replicas of the same vault (a shared PostgreSQL store),
     /// comma-separated: the load spreads evenly over --addr and these.
     #[arg(long, value_delimiter = ',')]
@@ -192,7 +197,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return super::bench_kek::run(phase, &args).await;
     }
     if let Some(subjects) = args.forget_subjects {
-        return super::bench_forget::run(subjects.max(1), args.forget_tokens.max(1), &args).await;
+        return super::bench_forget::run(
+            subjects.max(1),
+            args.forget_tokens.max(1),
+            args.forget_fill,
+            &args,
+        )
+        .await;
     }
     if let Some(corpus) = &args.redact_corpus {
         return super::bench_redact::run(corpus, &args).await;

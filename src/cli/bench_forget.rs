@@ -1,15 +1,19 @@
 //! The erasure phase of `tokenvault bench` (`--forget-subjects N`):
-//! 1. forget latency: N subjects with `--forget-tokens` tokens each (1,000
-//!    by default), forgotten one after the other; prints each latency's
-//!    median and maximum. A forget returns only after the purge (flush,
-//!    compaction, obsolete files deleted), so this is the cost of a
-//!    provable erasure, not of a deleted row.
-//! 2. Tokenize under erasure: single-value Tokenize of new values at
+//! 0. with `--forget-fill T`, the store first gets T more tokens (subjects
+//!    of 1,000 cards each, 8 callers), so the forget is measured at a
+//!    store size;
+//! 1. forget latency: N subjects with `--forget-tokens` tokens each,
+//!    forgotten one after the other; prints the median, p99 and maximum.
+//!    A forget returns once no file holds the subject's wrapped key (or,
+//!    under `erasure.full_purge_at_return`, nothing of it at all);
+//! 2. forget throughput: `FORGET_CALLERS` callers forget N subjects of as
+//!    many tokens each; prints forgets/s;
+//! 3. Tokenize under erasure: single-value Tokenize of new values at
 //!    `--concurrency` (the first value) for `--seconds` alone, then again
-//!    while 100 forgets (of subjects with 100 tokens each, 4 at a time)
-//!    run; prints both p50/p99 side by side.
+//!    while forgets run at `FORGETS_PER_SECOND`; prints both p50/p99 side
+//!    by side.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,15 +23,26 @@ use super::bench::{tokenize_request, BenchArgs, CardSource};
 use super::client::{connect, Client};
 use crate::pb;
 
-/// Forgets that run during the second measurement, and how many at once.
-const CONCURRENT_FORGETS: usize = 100;
-const FORGET_STREAMS: usize = 4;
+/// Concurrent callers of the throughput measurement and the fill.
+const FORGET_CALLERS: usize = 8;
+const FILL_CALLERS: usize = 8;
+const FILL_PER_SUBJECT: usize = 1000;
+/// The forget rate while Tokenize is measured, and its subjects' size.
+const FORGETS_PER_SECOND: f64 = 50.0;
 const TOKENS_PER_CONCURRENT_SUBJECT: usize = 100;
 
-pub async fn run(subjects: usize, tokens: usize, args: &BenchArgs) -> anyhow::Result<()> {
+pub async fn run(
+    subjects: usize,
+    tokens: usize,
+    fill_tokens: u64,
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
     let cards = Arc::new(CardSource::new());
     let run = cards.run;
+    if fill_tokens > 0 {
+        fill_store(&client, &cards, fill_tokens).await?;
+    }
 
     let names: Vec<String> = (0..subjects).map(|i| format!("forget-{run}-{i}")).collect();
     for name in &names {
@@ -44,19 +59,37 @@ pub async fn run(subjects: usize, tokens: usize, args: &BenchArgs) -> anyhow::Re
         );
     }
     latencies.sort();
-    println!("| forget of a subject with {tokens} tokens | subjects | median ms | max ms |");
-    println!("|---|---:|---:|---:|");
+    let at = |p: f64| ms(latencies[((latencies.len() - 1) as f64 * p).round() as usize]);
     println!(
-        "| sequential | {subjects} | {:.1} | {:.1} |",
-        ms(latencies[latencies.len() / 2]),
-        ms(latencies[latencies.len() - 1])
+        "| forget of a subject with {tokens} tokens | subjects | median ms | p99 ms | max ms |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| sequential | {subjects} | {:.1} | {:.1} | {:.1} |",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+
+    let names: Vec<String> = (0..subjects)
+        .map(|i| format!("forget-{run}-many-{i}"))
+        .collect();
+    for name in &names {
+        fill(&mut client, name, tokens, &cards).await?;
+    }
+    let began = Instant::now();
+    forget_all(&client, &names, FORGET_CALLERS, None).await?;
+    let window = began.elapsed();
+    println!(
+        "| {FORGET_CALLERS} callers | {subjects} | {:.0} forgets/s | | |",
+        subjects as f64 / window.as_secs_f64()
     );
 
     let concurrency = args.concurrency.first().copied().unwrap_or(16);
     let duration = Duration::from_secs_f64(args.seconds);
     let alone = tokenize_load(&args.client, &cards, concurrency, Load::For(duration)).await?;
 
-    let victims: Vec<String> = (0..CONCURRENT_FORGETS)
+    let victims: Vec<String> = (0..(FORGETS_PER_SECOND * args.seconds).ceil() as usize)
         .map(|i| format!("forget-{run}-load-{i}"))
         .collect();
     for name in &victims {
@@ -69,20 +102,7 @@ pub async fn run(subjects: usize, tokens: usize, args: &BenchArgs) -> anyhow::Re
         async move { tokenize_load(&client_args, &cards, concurrency, Load::Until(done)).await }
     });
     let began = Instant::now();
-    let victims = Arc::new(victims);
-    let mut streams = Vec::new();
-    for stream in 0..FORGET_STREAMS {
-        let (victims, mut client) = (Arc::clone(&victims), client.clone());
-        streams.push(tokio::spawn(async move {
-            for name in victims.iter().skip(stream).step_by(FORGET_STREAMS) {
-                forget(&mut client, name).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for stream in streams {
-        stream.await??;
-    }
+    forget_all(&client, &victims, FORGET_CALLERS, Some(FORGETS_PER_SECOND)).await?;
     let forget_window = began.elapsed();
     done.store(true, Ordering::Relaxed);
     let during = load.await??;
@@ -99,8 +119,10 @@ pub async fn run(subjects: usize, tokens: usize, args: &BenchArgs) -> anyhow::Re
         alone.errors
     );
     println!(
-        "| while {CONCURRENT_FORGETS} forgets run ({FORGET_STREAMS} at a time, {:.1} s) | {} | {:.0} | {:.3} | {:.3} | {} |",
-        forget_window.as_secs_f64(),
+        "| while {} forgets run ({:.0}/s paced, {:.1}/s reached) | {} | {:.0} | {:.3} | {:.3} | {} |",
+        victims.len(),
+        FORGETS_PER_SECOND,
+        victims.len() as f64 / forget_window.as_secs_f64(),
         during.calls(),
         during.rate(),
         during.p(0.5),
@@ -110,11 +132,81 @@ pub async fn run(subjects: usize, tokens: usize, args: &BenchArgs) -> anyhow::Re
     Ok(())
 }
 
+/// Adds `total` tokens to the store: subjects of `FILL_PER_SUBJECT` cards,
+/// one call each, on `FILL_CALLERS` callers; prints progress to stderr.
+async fn fill_store(client: &Client, cards: &Arc<CardSource>, total: u64) -> anyhow::Result<()> {
+    let subjects = total.div_ceil(FILL_PER_SUBJECT as u64);
+    let next = Arc::new(AtomicU64::new(0));
+    let began = Instant::now();
+    let workers: Vec<_> = (0..FILL_CALLERS)
+        .map(|_| {
+            let (mut client, cards, next) = (client.clone(), Arc::clone(cards), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= subjects {
+                        return anyhow::Ok(());
+                    }
+                    let subject = format!("fill-{}-{n}", cards.run);
+                    fill(&mut client, &subject, FILL_PER_SUBJECT, &cards).await?;
+                    if n % 1000 == 999 {
+                        eprintln!(
+                            "fill: {} tokens, {:.0}/s",
+                            (n + 1) * FILL_PER_SUBJECT as u64,
+                            ((n + 1) * FILL_PER_SUBJECT as u64) as f64
+                                / began.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await??;
+    }
+    eprintln!(
+        "fill: {} tokens in {:.0} s",
+        subjects * FILL_PER_SUBJECT as u64,
+        began.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Forgets every subject on `callers` callers, paced to `per_second`
+/// forgets in all when given.
+async fn forget_all(
+    client: &Client,
+    names: &[String],
+    callers: usize,
+    per_second: Option<f64>,
+) -> anyhow::Result<()> {
+    let names = Arc::new(names.to_vec());
+    let began = Instant::now();
+    let mut streams = Vec::new();
+    for caller in 0..callers {
+        let (names, mut client) = (Arc::clone(&names), client.clone());
+        streams.push(tokio::spawn(async move {
+            for (i, name) in names.iter().enumerate().skip(caller).step_by(callers) {
+                if let Some(rate) = per_second {
+                    let due = began + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                forget(&mut client, name).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for stream in streams {
+        stream.await??;
+    }
+    Ok(())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Gives a subject `tokens` new card tokens, 100 per call.
+/// Gives a subject `tokens` new card tokens, 1,000 per call.
 async fn fill(
     client: &mut Client,
     subject: &str,
@@ -123,7 +215,7 @@ async fn fill(
 ) -> anyhow::Result<()> {
     let mut left = tokens;
     while left > 0 {
-        let values: Vec<String> = (0..left.min(100)).map(|_| cards.card()).collect();
+        let values: Vec<String> = (0..left.min(1000)).map(|_| cards.card()).collect();
         left -= values.len();
         client
             .tokenize(tokenize_request(subject, &values))

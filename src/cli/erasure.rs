@@ -1,6 +1,7 @@
 //! Erasure and data-lifecycle commands: `forget` and `export` (clients of
 //! the gRPC API, like `tokenize`), and the operator commands `backup
-//! create|restore`, `receipt verify` and `retention purge`, which talk to
+//! create|restore`, `receipt verify`, `retention purge` and `erasure
+//! status`, which talk to
 //! the running server's admin socket or, with no server running, open the
 //! vault in this process.
 
@@ -15,7 +16,9 @@ use super::keys::{connect_admin, VaultArgs};
 use super::ClientArgs;
 use crate::erasure::SignedReceipt;
 use crate::pb;
-use crate::pb::admin::{CreateBackupRequest, PurgeRequest, VerifyReceiptRequest};
+use crate::pb::admin::{
+    CreateBackupRequest, ErasureStatusRequest, PurgeRequest, VerifyReceiptRequest,
+};
 use crate::store::rocks::RocksStore;
 use crate::vault::{ledger, Vault};
 
@@ -88,6 +91,14 @@ pub enum RetentionCommand {
     Purge(VaultArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ErasureCommand {
+    /// Forgets whose ciphertexts and index entries await the scheduled
+    /// full purge, and the oldest one's deadline; exits non-zero when a
+    /// deadline has passed.
+    Status(VaultArgs),
+}
+
 pub async fn forget(args: ForgetArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
     let response = client
@@ -118,6 +129,7 @@ pub fn receipt_from_message(message: &pb::ErasureReceipt) -> anyhow::Result<Sign
         message.erased_at_unix,
         message.tokens_erased,
         message.audit_sequence,
+        (&message.at_return, message.purged_by_unix),
         &message.mac,
     )
     .context("the server sent a malformed receipt")
@@ -223,7 +235,9 @@ pub async fn receipt(command: ReceiptCommand) -> anyhow::Result<()> {
     let (valid, reason) = match connect_admin(&config.data_dir).await? {
         Some(mut admin) => {
             let verdict = admin
-                .verify_receipt(VerifyReceiptRequest { receipt: text })
+                .verify_receipt(VerifyReceiptRequest {
+                    receipt: text.clone(),
+                })
                 .await
                 .map_err(call_error)?
                 .into_inner();
@@ -244,6 +258,10 @@ pub async fn receipt(command: ReceiptCommand) -> anyhow::Result<()> {
         bail!("receipt {} does not verify: {reason}", args.file.display());
     }
     println!("receipt {} verifies", args.file.display());
+    // It verified, so it parses; what it states is under the MAC.
+    if let Ok(signed) = SignedReceipt::parse(&text) {
+        println!("{}", receipt_statement(&signed.receipt));
+    }
     Ok(())
 }
 
@@ -264,6 +282,52 @@ pub async fn retention(command: RetentionCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn erasure(command: ErasureCommand) -> anyhow::Result<()> {
+    let ErasureCommand::Status(args) = command;
+    let config = args.load()?;
+    let status = match connect_admin(&config.data_dir).await? {
+        Some(mut admin) => admin
+            .erasure_status(ErasureStatusRequest {})
+            .await
+            .map_err(call_error)?
+            .into_inner(),
+        None => {
+            let vault = open_offline(&config).await?;
+            let status = vault.purge_status().await;
+            let full_at_return = vault.physical_purge().full_at_return;
+            vault.shutdown();
+            crate::api::admin::erasure_status_message(&status?, full_at_return)
+        }
+    };
+    let mode = if status.full_purge_at_return {
+        "every forget purges every file before it returns (erasure.full_purge_at_return)"
+            .to_string()
+    } else {
+        format!(
+            "a forget's wrapped key leaves the files before it returns; its ciphertexts and index entries within {} s",
+            status.purge_within_seconds
+        )
+    };
+    println!("erasure: {mode}");
+    if status.pending == 0 {
+        println!("pending physical purges: none");
+        return Ok(());
+    }
+    println!(
+        "pending physical purges: {} forgets, the oldest erased at {}, deadline {}{}",
+        status.pending,
+        status.oldest_erased_at_unix,
+        status.deadline_unix,
+        if status.missed { " (MISSED)" } else { "" }
+    );
+    if status.missed {
+        bail!(
+            "a purge deadline has passed: run `tokenvault retention purge` and see the server log"
+        );
+    }
+    Ok(())
+}
+
 async fn open_offline(config: &crate::config::Config) -> anyhow::Result<Vault> {
     Vault::open(config, false)
         .await
@@ -274,4 +338,30 @@ async fn open_offline(config: &crate::config::Config) -> anyhow::Result<Vault> {
 /// absolute against this command's directory.
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(std::path::absolute(path)?)
+}
+
+/// What a verified receipt guarantees, in a line.
+fn receipt_statement(receipt: &crate::erasure::Receipt) -> String {
+    use crate::erasure::AtReturn;
+    let head = format!(
+        "erased at {} ({} tokens, audit record {})",
+        receipt.erased_at_unix, receipt.tokens_erased, receipt.audit_sequence
+    );
+    let Some(guarantees) = receipt.guarantees else {
+        return format!(
+            "{head}; a version 1 receipt: every file was purged before the forget returned"
+        );
+    };
+    let at_return = match guarantees.at_return {
+        AtReturn::EverythingGone => "no file of the store held any of the subject's data",
+        AtReturn::KeyGone => "no file of the store held the subject's wrapped key",
+        AtReturn::KeyDeleted => {
+            "the subject's key row was deleted and vacuumed (copies in WAL and backups die with the KEK version)"
+        }
+    };
+    format!(
+        "{head}; at return ({}): {at_return}; ciphertexts and index entries physically gone by {}",
+        guarantees.at_return.name(),
+        guarantees.purged_by_unix
+    )
 }

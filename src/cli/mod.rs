@@ -63,6 +63,10 @@ pub enum Command {
     /// Retention of expired tokens.
     #[command(subcommand)]
     Retention(erasure::RetentionCommand),
+    /// Erasure: `erasure status` shows the forgets whose data the scheduled
+    /// full purge still has to remove, and the deadline.
+    #[command(subcommand)]
+    Erasure(erasure::ErasureCommand),
     /// The audit log: verify its hash chain, or follow new records.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -208,6 +212,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Backup(command) => erasure::backup(command).await,
             Command::Receipt(command) => erasure::receipt(command).await,
             Command::Retention(command) => erasure::retention(command).await,
+            Command::Erasure(command) => erasure::erasure(command).await,
             Command::Audit(command) => audit::run(command).await,
             Command::Config(command) => config_check::run(command).await,
         }

@@ -10,4 +10,4 @@ pub mod ledger;
 pub mod receipt;
 
 pub use ledger::{ErasureLedger, LedgerError, LedgerLocation};
-pub use receipt::{Receipt, ReceiptError, SignedReceipt};
+pub use receipt::{AtReturn, Guarantees, Receipt, ReceiptError, SignedReceipt};

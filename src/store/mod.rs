@@ -116,6 +116,14 @@ pub struct TokenPage {
     pub next: Option<Vec<u8>>,
 }
 
+/// Forgets whose ciphertexts and index entries await a full purge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingPurges {
+    pub count: u64,
+    /// When the oldest of them was erased (unix seconds).
+    pub oldest_erased_at: Option<i64>,
+}
+
 /// A backup the store made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupInfo {
@@ -241,8 +249,9 @@ pub trait Store: Send + Sync + 'static {
     /// Erases a subject atomically: its wrapped key, every token record and
     /// index entry under it; each token leaves a tombstone (`hasher`).
     /// Returns how many tokens were erased (0 when there was nothing).
-    /// The data is logically gone at return; [`Store::purge`] makes it
-    /// physically gone.
+    /// The data is logically gone at return; [`Store::purge_erased_keys`]
+    /// makes the key physically gone, [`Store::purge`] the rest. A forget
+    /// that erased something is listed in [`Store::pending_purges`].
     async fn forget_subject(
         &self,
         subject: SubjectHash,
@@ -255,8 +264,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns once nothing erased or expired before the call remains in
     /// any file the store keeps (flushes, compacts, waits for obsolete
-    /// files to be deleted). Concurrent calls share the work.
+    /// files to be deleted), and drops the forgets it served from
+    /// [`Store::pending_purges`]. Its cost is the store's size. Concurrent
+    /// calls share the work.
     async fn purge(&self) -> Result<(), StoreError>;
+
+    /// Returns once no copy of this forgotten subject's wrapped key that the
+    /// store keeps can be read back (RocksDB: no file under the data
+    /// directory holds it). Its cost is the subject's, not the store's; the
+    /// subject's ciphertexts and index entries wait for [`Store::purge`].
+    /// Concurrent calls share the work.
+    async fn purge_erased_keys(&self, subject: SubjectHash) -> Result<(), StoreError>;
+
+    /// Whether [`Store::purge_erased_keys`] leaves no copy of the key in any
+    /// file the store keeps (RocksDB), rather than only deleting it where
+    /// the engine may keep old versions beyond the process's reach.
+    fn erased_keys_leave_no_file(&self) -> bool {
+        false
+    }
+
+    /// The forgets whose ciphertexts and index entries a [`Store::purge`]
+    /// still has to remove physically (recorded by `forget_subject`).
+    async fn pending_purges(&self) -> Result<PendingPurges, StoreError>;
 
     /// A consistent backup into `dir` while serving.
     async fn create_backup(&self, dir: &Path) -> Result<BackupInfo, StoreError>;

@@ -51,7 +51,7 @@ use tokio_postgres::AsyncMessage;
 
 use super::{
     BackupInfo, Conflict, IndexEntry, InsertOutcome, Invalidation, InvalidationSink, NewToken,
-    Store, StoreError, TokenPage, TokenRecord, TombstoneHasher,
+    PendingPurges, Store, StoreError, TokenPage, TokenRecord, TombstoneHasher,
 };
 use crate::crypto::{IndexKey, SubjectHash};
 use crate::kek::WrappedKey;
@@ -68,9 +68,10 @@ const CHANNEL: &str = "tokenvault_keys";
 /// Versioned schema migrations, applied in order once each (recorded in
 /// `tv_migrations`) under an advisory lock, so replicas starting together
 /// do not race. Never edit a released entry: append a new one.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE tv_meta (name text PRIMARY KEY, value bytea NOT NULL);
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE tv_meta (name text PRIMARY KEY, value bytea NOT NULL);
      CREATE TABLE tv_subjects (subject bytea PRIMARY KEY, wrapped bytea NOT NULL);
      CREATE TABLE tv_tokens (
          token text PRIMARY KEY,
@@ -88,7 +89,15 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
          seq bigint NOT NULL,
          record bytea NOT NULL,
          PRIMARY KEY (replica, seq));",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE tv_purge_pending (
+             erased_at bigint NOT NULL,
+             subject bytea NOT NULL,
+             PRIMARY KEY (erased_at, subject));",
+    ),
+];
 
 /// An arbitrary constant: the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x746f_6b65_6e76;
@@ -588,6 +597,13 @@ impl PostgresStore {
         .await?;
         tx.execute("DELETE FROM tv_subjects WHERE subject = $1", &[&key])
             .await?;
+        // Owed to the next full purge (see `Store::pending_purges`).
+        tx.execute(
+            "INSERT INTO tv_purge_pending (erased_at, subject) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+            &[&now, &key],
+        )
+        .await?;
         // Delivered to every listener at commit, before this call returns.
         tx.execute(
             "SELECT pg_notify($1, $2)",
@@ -1210,6 +1226,12 @@ impl Store for PostgresStore {
         let _one_at_a_time = self.purging.lock().await;
         let client = self.client().await?;
         let now = crate::vault::unix_now();
+        let owed = client
+            .query("SELECT erased_at, subject FROM tv_purge_pending", &[])
+            .await
+            .map_err(engine)?;
+        let owed_at: Vec<i64> = owed.iter().map(|row| row.get(0)).collect();
+        let owed_subjects: Vec<Vec<u8>> = owed.iter().map(|row| row.get(1)).collect();
         client
             .execute(
                 "DELETE FROM tv_tokens WHERE expires_at IS NOT NULL AND expires_at <= $1",
@@ -1227,7 +1249,41 @@ impl Store for PostgresStore {
         client
             .batch_execute("VACUUM tv_subjects, tv_tokens, tv_index")
             .await
+            .map_err(engine)?;
+        client
+            .execute(
+                "DELETE FROM tv_purge_pending p USING unnest($1::bigint[], $2::bytea[]) AS o(at, s)
+                 WHERE p.erased_at = o.at AND p.subject = o.s",
+                &[&owed_at, &owed_subjects],
+            )
+            .await
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    /// VACUUMs `tv_subjects` (small: a row per subject), so the deleted key
+    /// row's space is marked free. PostgreSQL does not zero it, and WAL
+    /// segments, a WAL archive or a base backup keep the row: docs/erasure.md
+    /// says what that means and what an operator must do.
+    async fn purge_erased_keys(&self, _subject: SubjectHash) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .batch_execute("VACUUM tv_subjects")
+            .await
             .map_err(engine)
+    }
+
+    async fn pending_purges(&self) -> Result<PendingPurges, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT count(*), min(erased_at) FROM tv_purge_pending", &[])
+            .await
+            .map_err(engine)?;
+        let count: i64 = row.get(0);
+        Ok(PendingPurges {
+            count: count.max(0) as u64,
+            oldest_erased_at: row.get(1),
+        })
     }
 
     async fn create_backup(&self, _dir: &Path) -> Result<BackupInfo, StoreError> {

@@ -64,8 +64,8 @@ use tokio::sync::oneshot;
 use super::disk::DiskGuard;
 use super::records::{index_entry_expired, token_record_expired};
 use super::{
-    BackupInfo, Conflict, IndexEntry, InsertOutcome, NewToken, Store, StoreError, TokenPage,
-    TokenRecord, TombstoneHasher,
+    BackupInfo, Conflict, IndexEntry, InsertOutcome, NewToken, PendingPurges, Store, StoreError,
+    TokenPage, TokenRecord, TombstoneHasher,
 };
 use crate::crypto::{IndexKey, SubjectHash};
 use crate::kek::WrappedKey;
@@ -73,6 +73,7 @@ use crate::kek::WrappedKey;
 mod counters;
 mod purge;
 pub use counters::RocksCounters;
+use purge::{PurgeRequest, PurgeScope};
 
 const CF_META: &str = "meta";
 const CF_SUBJECTS: &str = "subjects";
@@ -151,6 +152,9 @@ const WRITE_BUFFER_BYTES: usize = 16 << 20;
 /// it there.
 const TOKENS_BLOCK_BYTES: usize = 1 << 10;
 
+/// Table file size of the `subjects` family (RocksDB's default is 64 MiB).
+const SUBJECTS_FILE_BYTES: u64 = 2 << 20;
+
 /// Most requests committed in one write group.
 const MAX_GROUP: usize = 256;
 
@@ -184,7 +188,7 @@ pub struct RocksStore {
     inner: Arc<Inner>,
     writer: Option<mpsc::Sender<WriteRequest>>,
     writer_thread: Option<JoinHandle<()>>,
-    purger: Option<mpsc::Sender<PurgeReply>>,
+    purger: Option<mpsc::Sender<PurgeRequest>>,
     purger_thread: Option<JoinHandle<()>>,
 }
 
@@ -204,7 +208,6 @@ struct Inner {
     disk: Option<Arc<DiskGuard>>,
 }
 
-type PurgeReply = oneshot::Sender<Result<(), StoreError>>;
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 /// A write for the writer thread, with where to send its outcome.
@@ -332,6 +335,31 @@ impl RocksStore {
         Ok(info)
     }
 
+    /// Queues a purge for the purger thread and waits for it.
+    async fn purge_scope(&self, scope: PurgeScope) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Engine("the purger thread has stopped".into());
+        let purger = self.purger.as_ref().ok_or_else(stopped)?;
+        purger
+            .send(PurgeRequest { scope, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The live table files of a family (file names), for tests that
+    /// check which files a purge rewrote.
+    pub fn live_table_files(&self, family: &str) -> Result<HashSet<String>, StoreError> {
+        Ok(self
+            .inner
+            .db
+            .live_files()
+            .map_err(engine)?
+            .into_iter()
+            .filter(|file| file.column_family_name == family)
+            .map(|file| file.name.trim_start_matches('/').to_string())
+            .collect())
+    }
+
     /// Counts the keys of each family by scanning them.
     pub fn counts(&self) -> Result<StoreCounts, StoreError> {
         let count = |family, keep: fn(&[u8]) -> bool| -> Result<u64, StoreError> {
@@ -413,6 +441,12 @@ fn family_options(cache: &Cache, family: &str) -> Options {
         table.set_block_size(TOKENS_BLOCK_BYTES);
     }
     let mut options = Options::default();
+    if family == CF_SUBJECTS {
+        // A forget compacts one key of this family (see `purge`), which
+        // rewrites the file that holds it on each level: small files keep
+        // that cheap. The family is small (a wrapped key per subject).
+        options.set_target_file_size_base(SUBJECTS_FILE_BYTES);
+    }
     options.set_block_based_table_factory(&table);
     // New tokens are checked for existence before they are written, so most
     // lookups miss; a memtable bloom filter answers those without walking
@@ -691,6 +725,7 @@ impl Inner {
             return Ok(0);
         }
         batch.delete_cf(subjects, subject.as_bytes());
+        batch.put_cf(self.cf(CF_META)?, purge::pending_key(now, subject), []);
         self.db
             .write_opt(batch, &self.write_options)
             .map_err(engine)?;
@@ -1393,11 +1428,19 @@ impl Store for RocksStore {
     }
 
     async fn purge(&self) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StoreError::Engine("the purger thread has stopped".into());
-        let purger = self.purger.as_ref().ok_or_else(stopped)?;
-        purger.send(reply).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.purge_scope(PurgeScope::Everything).await
+    }
+
+    async fn purge_erased_keys(&self, subject: SubjectHash) -> Result<(), StoreError> {
+        self.purge_scope(PurgeScope::Keys(vec![subject])).await
+    }
+
+    async fn pending_purges(&self) -> Result<PendingPurges, StoreError> {
+        self.inner.pending_purges()
+    }
+
+    fn erased_keys_leave_no_file(&self) -> bool {
+        true
     }
 
     fn stop_background_work(&self) {

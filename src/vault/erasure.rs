@@ -9,9 +9,16 @@
 //! marked applied in the store (see `vault::ledger`); (3) the cached DEK is
 //! dropped (and zeroized once unused), before (2) as well, and no read that
 //! fetched the wrapped key before can cache it afterwards (see `cache`);
-//! (4) the store purges its files, unless (2) found neither a key nor a
-//! token of the subject. The call returns only after (4): then no file
-//! holds the wrapped DEK or a ciphertext of the subject.
+//! (4) unless (2) found neither a key nor a token of the subject, the
+//! store purges the subject's wrapped key from its files
+//! ([`Store::purge_erased_keys`]: on RocksDB no file holds it at return),
+//! or everything under `erasure.full_purge_at_return`. The call returns
+//! only after (4). Without the wrapped DEK the ciphertexts are noise; they
+//! and the index entries leave the files by the next full purge, which
+//! the server schedules within `erasure.purge_within_seconds` (see
+//! [`Vault::purge_due`]). The receipt states both (see `erasure::receipt`).
+//!
+//! [`Store::purge_erased_keys`]: crate::store::Store::purge_erased_keys
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,8 +28,8 @@ use zeroize::Zeroizing;
 
 use super::{unix_now, Vault, VaultError};
 use crate::crypto::{token_aad, CryptoError, SubjectHash};
-use crate::erasure::{Receipt, ReceiptError, SignedReceipt};
-use crate::store::BackupInfo;
+use crate::erasure::{AtReturn, Guarantees, Receipt, ReceiptError, SignedReceipt};
+use crate::store::{BackupInfo, PendingPurges};
 
 /// Tokens read per store page while exporting.
 pub const EXPORT_PAGE: usize = 256;
@@ -33,6 +40,41 @@ pub struct Forgotten {
     pub subject: SubjectHash,
     pub tokens_erased: u64,
     pub erased_at_unix: i64,
+    /// What held at return, and by when the rest is physically gone.
+    pub guarantees: Guarantees,
+}
+
+/// When a forgotten subject's data leaves the store's files
+/// (`[erasure] purge_within_seconds`, `full_purge_at_return`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhysicalPurge {
+    pub within_seconds: i64,
+    pub full_at_return: bool,
+}
+
+impl Default for PhysicalPurge {
+    fn default() -> Self {
+        PhysicalPurge {
+            within_seconds: 86_400,
+            full_at_return: false,
+        }
+    }
+}
+
+/// The forgets a full purge still owes, against their deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeStatus {
+    pub pending: PendingPurges,
+    /// The oldest pending forget's deadline (unix seconds).
+    pub deadline_unix: Option<i64>,
+    pub within_seconds: i64,
+}
+
+impl PurgeStatus {
+    /// The oldest pending forget is past its deadline.
+    pub fn missed(&self, now: i64) -> bool {
+        self.deadline_unix.is_some_and(|deadline| deadline < now)
+    }
 }
 
 /// One exported token with its value.
@@ -90,17 +132,79 @@ impl Vault {
         let entry = self.ledger_forget(subject, erased_at_unix).await?;
         let erased = self.erase(subject, erased_at_unix).await?;
         self.ledger_applied(entry).await?;
-        // A subject this vault never had (or forgot already) left nothing
-        // in any file: no purge, which costs every other forget waiting
-        // on the store's purger.
-        if erased.is_some() {
-            self.store.purge().await?;
-        }
+        let guarantees = self
+            .purge_forgotten(subject, erased.is_some(), erased_at_unix)
+            .await?;
         Ok(Forgotten {
             subject,
             tokens_erased: erased.unwrap_or(0),
             erased_at_unix,
+            guarantees,
         })
+    }
+
+    /// Step (4) of a forget: the purge, and what it guarantees.
+    async fn purge_forgotten(
+        &self,
+        subject: SubjectHash,
+        erased_something: bool,
+        erased_at_unix: i64,
+    ) -> Result<Guarantees, VaultError> {
+        let everything_now = Guarantees {
+            at_return: AtReturn::EverythingGone,
+            purged_by_unix: erased_at_unix,
+        };
+        // A subject this vault never had (or forgot already) left nothing
+        // in any file: no purge, which costs every other forget waiting
+        // on the store's purger.
+        if !erased_something {
+            return Ok(everything_now);
+        }
+        if self.physical_purge.full_at_return {
+            self.store.purge().await?;
+            return Ok(everything_now);
+        }
+        self.store.purge_erased_keys(subject).await?;
+        Ok(Guarantees {
+            at_return: if self.store.erased_keys_leave_no_file() {
+                AtReturn::KeyGone
+            } else {
+                AtReturn::KeyDeleted
+            },
+            purged_by_unix: erased_at_unix.saturating_add(self.physical_purge.within_seconds),
+        })
+    }
+
+    pub fn physical_purge(&self) -> PhysicalPurge {
+        self.physical_purge
+    }
+
+    /// Sets when forgotten data leaves the files (from `[erasure]`).
+    pub fn set_physical_purge(&mut self, purge: PhysicalPurge) {
+        self.physical_purge = purge;
+    }
+
+    /// The forgets a full purge still owes, and the oldest's deadline.
+    pub async fn purge_status(&self) -> Result<PurgeStatus, VaultError> {
+        let pending = self.store.pending_purges().await?;
+        let within_seconds = self.physical_purge.within_seconds;
+        Ok(PurgeStatus {
+            pending,
+            deadline_unix: pending
+                .oldest_erased_at
+                .map(|erased_at| erased_at.saturating_add(within_seconds)),
+            within_seconds,
+        })
+    }
+
+    /// Whether the scheduled full purge should run now for the erasure
+    /// bound: once the oldest pending forget has used half of it, so the
+    /// purge (whose length grows with the store) has the other half.
+    pub fn purge_due(&self, status: &PurgeStatus, now: i64) -> bool {
+        status
+            .pending
+            .oldest_erased_at
+            .is_some_and(|erased_at| erased_at.saturating_add(status.within_seconds / 2) <= now)
     }
 
     /// The store erasure and cache eviction of a forget, without the
@@ -133,6 +237,7 @@ impl Vault {
             erased_at_unix: forgotten.erased_at_unix,
             tokens_erased: forgotten.tokens_erased,
             audit_sequence,
+            guarantees: Some(forgotten.guarantees),
         }
         .sign(self.system.receipt_mac_key())
     }
@@ -490,6 +595,106 @@ mod tests {
         for lane in lanes {
             lane.await.expect("every round holds");
         }
+    }
+
+    /// A vault over a RocksDB store the test keeps a handle on.
+    async fn vault_and_store(dir: &Path, purge: PhysicalPurge) -> (Arc<Vault>, Arc<RocksStore>) {
+        let store = Arc::new(
+            RocksStore::open(
+                dir,
+                &RocksOptions {
+                    sync_writes: false,
+                    sync_audit: true,
+                    block_cache_bytes: 1 << 20,
+                },
+            )
+            .expect("store"),
+        );
+        let kek = LocalKek::from_key(&SecretKey::from_slice(&[9; 32]).expect("key"));
+        let mut vault = Vault::with_parts(
+            Arc::clone(&store) as Arc<dyn crate::store::Store>,
+            Arc::new(kek),
+            16,
+            Limits::default(),
+        )
+        .await
+        .expect("vault");
+        vault.set_physical_purge(purge);
+        (Arc::new(vault), store)
+    }
+
+    /// Fills the store with many subjects' tokens, compacted into table
+    /// files; returns the tokens family's files.
+    async fn filled(vault: &Vault, store: &RocksStore) -> std::collections::HashSet<String> {
+        for subject in 0..40 {
+            let values = (0..50)
+                .map(|n| text(format!("value {subject} {n}")))
+                .collect::<Vec<_>>();
+            vault
+                .tokenize(&format!("subject {subject}"), &values)
+                .await
+                .expect("tokenize");
+        }
+        vault.purge().await.expect("purge");
+        store.live_table_files("tokens").expect("files")
+    }
+
+    /// The forget's purge costs the subject's data, not the store's: it
+    /// rewrites none of the tokens family's files (the full purge it
+    /// replaced rewrote every one), lists the forget as owed to the
+    /// scheduled full purge, and says so in the receipt's guarantees;
+    /// that full purge then rewrites them and owes nothing.
+    #[tokio::test]
+    async fn a_forget_rewrites_no_tokens_file_and_is_owed_to_the_full_purge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (vault, store) = vault_and_store(dir.path(), PhysicalPurge::default()).await;
+        let before = filled(&vault, &store).await;
+        assert!(!before.is_empty());
+        assert_eq!(vault.purge_status().await.expect("status").pending.count, 0);
+
+        let forgotten = vault.forget("subject 7").await.expect("forget");
+        assert_eq!(forgotten.tokens_erased, 50);
+        let after = store.live_table_files("tokens").expect("files");
+        assert!(
+            before.is_subset(&after),
+            "the forget rewrote tokens files: {before:?} -> {after:?}"
+        );
+        assert_eq!(forgotten.guarantees.at_return, AtReturn::KeyGone);
+        assert_eq!(
+            forgotten.guarantees.purged_by_unix,
+            forgotten.erased_at_unix + 86_400
+        );
+        let status = vault.purge_status().await.expect("status");
+        assert_eq!(status.pending.count, 1);
+        assert_eq!(
+            status.deadline_unix,
+            Some(forgotten.erased_at_unix + 86_400)
+        );
+        assert!(!vault.purge_due(&status, forgotten.erased_at_unix));
+        assert!(vault.purge_due(&status, forgotten.erased_at_unix + 43_200));
+
+        vault.purge().await.expect("full purge");
+        let purged = store.live_table_files("tokens").expect("files");
+        assert!(before.is_disjoint(&purged), "the full purge rewrote them");
+        assert_eq!(vault.purge_status().await.expect("status").pending.count, 0);
+    }
+
+    /// `full_purge_at_return`: the old behaviour, every file rewritten
+    /// before the return, and nothing owed.
+    #[tokio::test]
+    async fn with_full_purge_at_return_a_forget_rewrites_every_tokens_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let purge = PhysicalPurge {
+            full_at_return: true,
+            ..PhysicalPurge::default()
+        };
+        let (vault, store) = vault_and_store(dir.path(), purge).await;
+        let before = filled(&vault, &store).await;
+        let forgotten = vault.forget("subject 7").await.expect("forget");
+        assert_eq!(forgotten.guarantees.at_return, AtReturn::EverythingGone);
+        let after = store.live_table_files("tokens").expect("files");
+        assert!(before.is_disjoint(&after));
+        assert_eq!(vault.purge_status().await.expect("status").pending.count, 0);
     }
 
     /// A forget of a subject the vault never had leaves nothing in any

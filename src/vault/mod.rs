@@ -10,6 +10,7 @@ pub mod cache;
 pub mod erasure;
 pub mod error;
 pub mod ledger;
+pub mod purge_schedule;
 pub mod quota;
 pub mod rotation;
 pub mod text;
@@ -130,6 +131,8 @@ pub struct Vault {
     ledger: Option<ErasureLedger>,
     /// New-value limits and the window counters (see `quota`).
     quotas: quota::Quotas,
+    /// When forgotten data leaves the store's files.
+    physical_purge: erasure::PhysicalPurge,
 }
 
 impl Vault {
@@ -172,6 +175,10 @@ impl Vault {
                 .or_insert_with(crate::config::NewValueOverride::bulk);
         }
         vault.set_new_value_limits(new_value_limits);
+        vault.set_physical_purge(erasure::PhysicalPurge {
+            within_seconds: i64::try_from(config.erasure.purge_within_seconds).unwrap_or(i64::MAX),
+            full_at_return: config.erasure.full_purge_at_return,
+        });
         vault.scanner = scanner;
         // Masked reveal finds a template by the stored format name.
         template::install(&templates);
@@ -214,6 +221,7 @@ impl Vault {
             subject_locks: SubjectLocks::new(),
             ledger: None,
             quotas: quota::Quotas::new(Arc::new(MemoryCounters::new()), &system_key),
+            physical_purge: erasure::PhysicalPurge::default(),
         })
     }
 
