@@ -186,7 +186,9 @@ pub struct StoreCounts {
 
 pub struct RocksStore {
     inner: Arc<Inner>,
-    writer: Option<mpsc::Sender<WriteRequest>>,
+    /// Counters hold a weak reference (see `counters`), so dropping this
+    /// closes the queue whoever else is alive.
+    writer: Option<Arc<mpsc::Sender<WriteRequest>>>,
     writer_thread: Option<JoinHandle<()>>,
     purger: Option<mpsc::Sender<PurgeRequest>>,
     purger_thread: Option<JoinHandle<()>>,
@@ -252,6 +254,9 @@ enum WriteRequest {
         replace: bool,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Window-counter merges (`counters`): nobody waits for them; they are
+    /// written with the group, so with the token batch sent after them.
+    Counters { merges: Vec<(Vec<u8>, Vec<u8>)> },
 }
 
 impl RocksStore {
@@ -313,7 +318,7 @@ impl RocksStore {
         let purger_thread = spawn("tokenvault-purger", move || purger_inner.run_purger(purges))?;
         Ok(RocksStore {
             inner,
-            writer: Some(writer),
+            writer: Some(Arc::new(writer)),
             writer_thread: Some(writer_thread),
             purger: Some(purger),
             purger_thread: Some(purger_thread),
@@ -349,15 +354,7 @@ impl RocksStore {
     /// The live table files of a family (file names), for tests that
     /// check which files a purge rewrote.
     pub fn live_table_files(&self, family: &str) -> Result<HashSet<String>, StoreError> {
-        Ok(self
-            .inner
-            .db
-            .live_files()
-            .map_err(engine)?
-            .into_iter()
-            .filter(|file| file.column_family_name == family)
-            .map(|file| file.name.trim_start_matches('/').to_string())
-            .collect())
+        self.inner.live_tables_of(family)
     }
 
     /// Counts the keys of each family by scanning them.
@@ -477,9 +474,12 @@ fn family_options(cache: &Cache, family: &str) -> Options {
         CF_INDEX => options.set_compaction_filter("tokenvault-expired-index", |_, _, value| {
             drop_if(index_entry_expired(value, crate::vault::unix_now()))
         }),
-        CF_META => options.set_compaction_filter("tokenvault-expired-counters", |_, key, value| {
-            drop_if(counters::expired(key, value, crate::vault::unix_now()))
-        }),
+        CF_META => {
+            options.set_compaction_filter("tokenvault-expired-counters", |_, key, value| {
+                drop_if(counters::expired(key, value, crate::vault::unix_now()))
+            });
+            options.set_merge_operator_associative("tokenvault-counter-max", counters::merge_max);
+        }
         _ => {}
     }
     options
@@ -655,6 +655,17 @@ impl Inner {
                         let _ = reply.send(Err(error));
                     }
                 },
+                WriteRequest::Counters { merges } => match self.cf(CF_META) {
+                    Ok(cf) => {
+                        for (key, value) in merges {
+                            state.batch.merge_cf(cf, key, value);
+                        }
+                        state.unanswered_writes = true;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "window counters not stored; a restart may refill them")
+                    }
+                },
                 WriteRequest::Audit { records, reply } => match self.cf(CF_AUDIT) {
                     Ok(cf) => {
                         for (seq, record) in records {
@@ -674,7 +685,7 @@ impl Inner {
 
     /// Writes what a group staged and answers its waiting requests.
     fn commit(&self, mut state: GroupState, waiting: Vec<Answer>) {
-        if waiting.is_empty() {
+        if waiting.is_empty() && !state.unanswered_writes {
             return;
         }
         let write_options = if state.carries_audit {
@@ -1115,6 +1126,8 @@ struct GroupState {
     keys: HashMap<(&'static str, Vec<u8>), WrappedKey>,
     /// Audit records are synced whatever `sync_writes` says.
     carries_audit: bool,
+    /// The batch holds writes nobody waits for (window counters).
+    unanswered_writes: bool,
 }
 
 enum KeyStaged {

@@ -101,7 +101,11 @@ impl Inner {
 
     /// No file holds the wrapped key of these subjects at return.
     fn purge_keys(&self, subjects: &[SubjectHash]) -> Result<(), StoreError> {
-        let (wals, tables) = self.flush_everything()?;
+        let (wals, _) = self.flush_everything()?;
+        // Only `subjects` files hold keys. Live ones only: a file in the
+        // directory that is not live is another family's compaction still
+        // writing (which can take longer than the deadline below).
+        let tables = self.live_tables_of(CF_SUBJECTS)?;
         let subjects_family = self.cf(CF_SUBJECTS)?;
         let compact = forced_compaction();
         if subjects.len() > WHOLE_FAMILY_ABOVE {
@@ -115,8 +119,8 @@ impl Inner {
             }
         }
         // The files that held a key overlapped its range, so the compaction
-        // replaced them: every table from before that is no longer live
-        // must be deleted; live ones never held a forgotten key.
+        // replaced them: every `subjects` table from before that is no
+        // longer live must be deleted; live ones never held a forgotten key.
         self.wait_until_gone(&wals, &tables, &[])
     }
 
@@ -169,6 +173,17 @@ impl Inner {
             .filter(|f| f.ends_with(".sst"))
             .collect();
         Ok((wals, tables))
+    }
+
+    pub(super) fn live_tables_of(&self, family: &str) -> Result<HashSet<String>, StoreError> {
+        Ok(self
+            .db
+            .live_files()
+            .map_err(engine)?
+            .into_iter()
+            .filter(|file| file.column_family_name == family)
+            .map(|file| file.name.trim_start_matches('/').to_string())
+            .collect())
     }
 
     /// The forgets a full purge still owes.
