@@ -86,9 +86,7 @@ fn edit_lines(path: &Path, edit: impl FnOnce(&mut Vec<String>)) -> String {
 /// Opens the stopped server's RocksDB with every column family.
 fn open_db(server: &Server) -> rocksdb::DB {
     let path = server.data_dir().join("rocksdb");
-    let options = rocksdb::Options::default();
-    let families = rocksdb::DB::list_cf(&options, &path).expect("list families");
-    rocksdb::DB::open_cf(&options, &path, families).expect("open rocksdb")
+    tokenvault::store::rocks::open_for_inspection(&path, false).expect("open rocksdb")
 }
 
 /// Edits the database's audit family while the server is stopped; returns

@@ -159,9 +159,7 @@ async fn every_answered_reveal_keeps_its_audit_record_through_kill_9() {
 /// Audit records of Detokenize calls in a stopped server's database.
 fn detokenize_records_in_database(data_dir: &std::path::Path) -> u64 {
     let path = data_dir.join("rocksdb");
-    let options = rocksdb::Options::default();
-    let families = rocksdb::DB::list_cf(&options, &path).expect("families");
-    let db = rocksdb::DB::open_cf_for_read_only(&options, &path, families, false)
+    let db = tokenvault::store::rocks::open_for_inspection(&path, true)
         .expect("open the store read-only");
     let audit = db.cf_handle("audit").expect("audit family");
     const NEEDLE: &[u8] = b"\"rpc\":\"detokenize\"";

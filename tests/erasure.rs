@@ -221,21 +221,8 @@ struct Stored {
 }
 
 fn read_stored(data_dir: &Path, tokens: &[String]) -> Stored {
-    let families = [
-        "default",
-        "meta",
-        "subjects",
-        "tokens",
-        "index",
-        "tombstones",
-    ];
-    let db = rocksdb::DB::open_cf_for_read_only(
-        &rocksdb::Options::default(),
-        data_dir.join("rocksdb"),
-        families,
-        false,
-    )
-    .expect("open the store read-only");
+    let db = tokenvault::store::rocks::open_for_inspection(&data_dir.join("rocksdb"), true)
+        .expect("open the store read-only");
     let records: Vec<TokenRecord> = tokens
         .iter()
         .map(|token| {
@@ -884,19 +871,38 @@ async fn a_ledger_with_its_last_line_cut_stops_the_server() {
 
 /// Must-show 2 (PostgreSQL): a `pg_dump` taken before a forget, restored
 /// after it (the database dropped and made again under its name): the
-/// vault started on it answers ERASED for the forgotten subject.
+/// vault started on it answers ERASED for the forgotten subject; with the
+/// local KEK and with the Vault KEK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pg_dump_from_before_a_forget_restored_after_it_keeps_the_subject_erased() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kek = dir.path().join("kek.key");
     std::fs::write(&kek, [9u8; 32]).expect("kek file");
+    let kek = format!("[kek]\nprovider = \"local\"\npath = \"{}\"\n", kek.display());
+    pg_dump_restore_keeps_the_subject_erased(dir.path(), &kek, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_dump_from_before_a_forget_restored_after_it_keeps_the_subject_erased_vault_kek() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bao = Bao::dev(&dir.path().join("bao"));
+    let kek = format!(
+        "[kek]\nprovider = \"vault\"\naddress = \"{}\"\nkey_name = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n",
+        bao.addr(),
+        common::bao::KEY_NAME,
+    );
+    let env = [(TOKEN_ENV, bao.root_token.as_str())];
+    pg_dump_restore_keeps_the_subject_erased(dir.path(), &kek, &env).await;
+}
+
+async fn pg_dump_restore_keeps_the_subject_erased(dir: &Path, kek_toml: &str, env: &[(&str, &str)]) {
     let url = common::postgres::fresh_database().await;
-    let root = dir.path().join("r0");
-    let mut server =
-        Server::start_with_config(&root, &common::postgres::replica_config(&url, &kek, "r0"));
+    let root = dir.join("r0");
+    let config = common::postgres::replica_config_with_kek(&url, kek_toml, "r0");
+    let mut server = Server::start_with_config_env(&root, &config, env);
     let mut client = server.client().await;
     let subjects = tokenize_all(&mut client).await;
-    let dump = dir.path().join("vault.dump");
+    let dump = dir.join("vault.dump");
     common::postgres::pg_dump(&url, &dump);
     forget(&mut client, &subjects[0].0).await;
     assert_eq!(

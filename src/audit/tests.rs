@@ -152,12 +152,7 @@ async fn after_a_cut_tail_numbering_goes_on_above_the_checkpoint() {
     std::fs::write(&f.file, format!("{}\n", kept.join("\n"))).expect("write");
     drop(store);
     {
-        let db = rocksdb::DB::open_cf(
-            &rocksdb::Options::default(),
-            &f.db,
-            rocksdb::DB::list_cf(&rocksdb::Options::default(), &f.db).expect("families"),
-        )
-        .expect("open");
+        let db = crate::store::rocks::open_for_inspection(&f.db, false).expect("open");
         let cf = db.cf_handle("audit").expect("audit family");
         for seq in [4u64, 5] {
             db.delete_cf(cf, seq.to_be_bytes()).expect("delete");

@@ -174,6 +174,18 @@ pub struct RocksOptions {
     pub sync_audit: bool,
 }
 
+#[cfg(test)]
+impl RocksOptions {
+    /// Unit tests: unsynced data writes, synced audit, a 1 MiB cache.
+    pub(crate) fn for_tests() -> Self {
+        RocksOptions {
+            sync_writes: false,
+            sync_audit: true,
+            block_cache_bytes: 1 << 20,
+        }
+    }
+}
+
 /// Key counts per family, for operators and tests (a full scan: not for
 /// the request path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1062,6 +1074,25 @@ fn audit_seq(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
+/// Opens a stopped (or, read-only, a running) store's database with every
+/// column family it has and the options this store gives them, for tools
+/// and tests that read the files directly. The options matter: `meta`
+/// holds merge records (the window counters), and a WAL with merges does
+/// not replay without the family's merge operator.
+pub fn open_for_inspection(path: &Path, read_only: bool) -> Result<DB, StoreError> {
+    let db_options = Options::default();
+    let names = DB::list_cf(&db_options, path).map_err(engine)?;
+    let cache = Cache::new_lru_cache(1 << 20);
+    let families = names
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, family_options(&cache, name)));
+    if read_only {
+        DB::open_cf_descriptors_read_only(&db_options, path, families, false).map_err(engine)
+    } else {
+        DB::open_cf_descriptors(&db_options, path, families).map_err(engine)
+    }
+}
+
 /// The `audit` family of a store opened read-only, for `tokenvault audit
 /// verify`: RocksDB's read-only mode takes no lock, so it also works
 /// beside a running server (it then sees the records as of opening).
@@ -1079,13 +1110,9 @@ impl AuditReader {
                 path.display()
             )));
         }
-        let families: Vec<&str> = if families.iter().any(|f| f == CF_META) {
-            vec![CF_AUDIT, CF_META]
-        } else {
-            vec![CF_AUDIT]
-        };
-        let db = DB::open_cf_for_read_only(&options, path, families, false).map_err(engine)?;
-        Ok(AuditReader { db })
+        Ok(AuditReader {
+            db: open_for_inspection(path, true)?,
+        })
     }
 
     /// The wrapped system key (the audit chain's keys derive from it).
@@ -1547,11 +1574,7 @@ mod tests {
     #[tokio::test]
     async fn every_token_is_listed_once_under_its_subject() {
         let root = tempfile::tempdir().expect("tempdir");
-        let options = RocksOptions {
-            sync_writes: false,
-            sync_audit: true,
-            block_cache_bytes: 1 << 20,
-        };
+        let options = RocksOptions::for_tests();
         let store = RocksStore::open(root.path(), &options).expect("open");
         let subject = SubjectHash([3; 32]);
         let record = |tag: u8| TokenRecord {

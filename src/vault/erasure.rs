@@ -374,15 +374,7 @@ mod tests {
     }
 
     async fn vault_with_kek(dir: &Path, kek: Arc<dyn KekProvider>) -> Arc<Vault> {
-        let store = RocksStore::open(
-            dir,
-            &RocksOptions {
-                sync_writes: false,
-                sync_audit: true,
-                block_cache_bytes: 1 << 20,
-            },
-        )
-        .expect("store");
+        let store = RocksStore::open(dir, &RocksOptions::for_tests()).expect("store");
         Arc::new(
             Vault::with_parts(Arc::new(store), kek, 16, Limits::default())
                 .await
@@ -599,17 +591,7 @@ mod tests {
 
     /// A vault over a RocksDB store the test keeps a handle on.
     async fn vault_and_store(dir: &Path, purge: PhysicalPurge) -> (Arc<Vault>, Arc<RocksStore>) {
-        let store = Arc::new(
-            RocksStore::open(
-                dir,
-                &RocksOptions {
-                    sync_writes: false,
-                    sync_audit: true,
-                    block_cache_bytes: 1 << 20,
-                },
-            )
-            .expect("store"),
-        );
+        let store = Arc::new(RocksStore::open(dir, &RocksOptions::for_tests()).expect("store"));
         let kek = LocalKek::from_key(&SecretKey::from_slice(&[9; 32]).expect("key"));
         let mut vault = Vault::with_parts(
             Arc::clone(&store) as Arc<dyn crate::store::Store>,

@@ -39,10 +39,15 @@ pub async fn fresh_database() -> String {
 /// erasure ledger is in the database `<name>_ledger` that
 /// [`fresh_database`] made beside it.
 pub fn replica_config(url: &str, kek: &std::path::Path, replica: &str) -> String {
+    let kek = format!("[kek]\nprovider = \"local\"\npath = \"{}\"\n", kek.display());
+    replica_config_with_kek(url, &kek, replica)
+}
+
+/// [`replica_config`] with the `[kek]` section given as TOML.
+pub fn replica_config_with_kek(url: &str, kek_toml: &str, replica: &str) -> String {
     format!(
-        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"{url}\"\nreplica = \"{replica}\"\npool_size = 8\n[erasure.postgres]\nurl = \"{}\"\n[kek]\nprovider = \"local\"\npath = \"{}\"\n{}",
+        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nurl = \"{url}\"\nreplica = \"{replica}\"\npool_size = 8\n[erasure.postgres]\nurl = \"{}\"\n{kek_toml}{}",
         ledger_url(url),
-        kek.display(),
         super::admin_principal_toml()
     )
 }

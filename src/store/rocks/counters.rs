@@ -177,11 +177,7 @@ mod tests {
     #[tokio::test]
     async fn a_charge_over_any_limit_charges_none_and_a_reopen_keeps_the_counts() {
         let root = tempfile::tempdir().expect("tempdir");
-        let options = RocksOptions {
-            sync_writes: false,
-            sync_audit: true,
-            block_cache_bytes: 1 << 20,
-        };
+        let options = RocksOptions::for_tests();
         {
             let store = RocksStore::open(root.path(), &options).expect("open");
             crate::store::counters::a_charge_over_any_limit_charges_none_in(&store.counters())
@@ -211,11 +207,7 @@ mod tests {
     #[test]
     fn stored_counts_keep_the_largest_of_the_latest_window() {
         let root = tempfile::tempdir().expect("tempdir");
-        let options = RocksOptions {
-            sync_writes: false,
-            sync_audit: true,
-            block_cache_bytes: 1 << 20,
-        };
+        let options = RocksOptions::for_tests();
         let store = RocksStore::open(root.path(), &options).expect("open");
         let inner = &store.inner;
         let cf = inner.cf(CF_META).expect("cf");

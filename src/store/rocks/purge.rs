@@ -107,7 +107,10 @@ impl Inner {
         // writing (which can take longer than the deadline below).
         let tables = self.live_tables_of(CF_SUBJECTS)?;
         let subjects_family = self.cf(CF_SUBJECTS)?;
-        let compact = forced_compaction();
+        // Not exclusive: an exclusive manual compaction first waits for
+        // every running compaction of every family, so after a bulk load
+        // a forget would wait for `tokens` compactions it does not need.
+        let compact = forced_compaction(false);
         if subjects.len() > WHOLE_FAMILY_ABOVE {
             self.db
                 .compact_range_cf_opt(subjects_family, None::<&[u8]>, None::<&[u8]>, &compact);
@@ -128,7 +131,7 @@ impl Inner {
     fn purge_everything(&self) -> Result<(), StoreError> {
         let owed = self.pending_keys()?;
         let (wals, tables) = self.flush_everything()?;
-        let compact = forced_compaction();
+        let compact = forced_compaction(true);
         for name in PURGED_FAMILIES {
             self.db
                 .compact_range_cf_opt(self.cf(name)?, None::<&[u8]>, None::<&[u8]>, &compact);
@@ -277,9 +280,9 @@ impl Inner {
     }
 }
 
-fn forced_compaction() -> CompactOptions {
+fn forced_compaction(exclusive: bool) -> CompactOptions {
     let mut compact = CompactOptions::default();
-    compact.set_exclusive_manual_compaction(true);
+    compact.set_exclusive_manual_compaction(exclusive);
     compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
     compact
 }
