@@ -878,7 +878,7 @@ async fn a_pg_dump_from_before_a_forget_restored_after_it_keeps_the_subject_eras
     let dir = tempfile::tempdir().expect("tempdir");
     let kek = dir.path().join("kek.key");
     std::fs::write(&kek, [9u8; 32]).expect("kek file");
-    let kek = format!("[kek]\nprovider = \"local\"\npath = \"{}\"\n", kek.display());
+    let kek = common::postgres::local_kek_toml(&kek);
     pg_dump_restore_keeps_the_subject_erased(dir.path(), &kek, &[]).await;
 }
 
@@ -895,7 +895,11 @@ async fn a_pg_dump_from_before_a_forget_restored_after_it_keeps_the_subject_eras
     pg_dump_restore_keeps_the_subject_erased(dir.path(), &kek, &env).await;
 }
 
-async fn pg_dump_restore_keeps_the_subject_erased(dir: &Path, kek_toml: &str, env: &[(&str, &str)]) {
+async fn pg_dump_restore_keeps_the_subject_erased(
+    dir: &Path,
+    kek_toml: &str,
+    env: &[(&str, &str)],
+) {
     let url = common::postgres::fresh_database().await;
     let root = dir.join("r0");
     let config = common::postgres::replica_config_with_kek(&url, kek_toml, "r0");

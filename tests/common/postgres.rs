@@ -39,8 +39,15 @@ pub async fn fresh_database() -> String {
 /// erasure ledger is in the database `<name>_ledger` that
 /// [`fresh_database`] made beside it.
 pub fn replica_config(url: &str, kek: &std::path::Path, replica: &str) -> String {
-    let kek = format!("[kek]\nprovider = \"local\"\npath = \"{}\"\n", kek.display());
-    replica_config_with_kek(url, &kek, replica)
+    replica_config_with_kek(url, &local_kek_toml(kek), replica)
+}
+
+/// The `[kek]` section of the local provider with its key file `kek`.
+pub fn local_kek_toml(kek: &std::path::Path) -> String {
+    format!(
+        "[kek]\nprovider = \"local\"\npath = \"{}\"\n",
+        kek.display()
+    )
 }
 
 /// [`replica_config`] with the `[kek]` section given as TOML.
