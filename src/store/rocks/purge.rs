@@ -240,20 +240,26 @@ impl Inner {
                 .filter(|file| !rewritten.contains(&file.column_family_name.as_str()))
                 .map(|file| file.name.trim_start_matches('/').to_string())
                 .collect();
-            let lingering = self
+            let lingering: Vec<String> = self
                 .database_files()?
                 .into_iter()
                 .filter(|name| {
                     wals.contains(name) || (tables.contains(name) && !kept_live.contains(name))
                 })
-                .count();
-            if lingering == 0 {
+                .collect();
+            if lingering.is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                // File names hold no data. A table that is no longer live
+                // but still on disk is most often held by a compaction still
+                // running in another family: RocksDB keeps every file
+                // numbered above the outputs of a running job.
                 return Err(StoreError::Engine(format!(
-                    "{lingering} files that held purged data were not deleted within {}s",
-                    OBSOLETE_FILES_DEADLINE.as_secs()
+                    "{} files that held purged data were not deleted within {}s ({}); a long compaction may still be running",
+                    lingering.len(),
+                    OBSOLETE_FILES_DEADLINE.as_secs(),
+                    lingering.join(", ")
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
