@@ -16,7 +16,10 @@ pub fn policy_status(error: &PolicyError) -> Status {
     match error {
         PolicyError::RateLimited(_) => Status::resource_exhausted(error.to_string()),
         PolicyError::PurposeTooLong => Status::invalid_argument(error.to_string()),
-        _ => Status::permission_denied(error.to_string()),
+        PolicyError::NotAllowed { .. }
+        | PolicyError::PurposeRequired { .. }
+        | PolicyError::ActorRequired { .. }
+        | PolicyError::SecondFactorRequired => Status::permission_denied(error.to_string()),
     }
 }
 
@@ -32,6 +35,8 @@ pub fn audit_status(error: AuditError) -> Status {
     Status::unavailable("audit log unavailable; nothing was revealed")
 }
 
+/// Every service error's status. No wildcard arm: a new variant of
+/// `VaultError` does not compile until it is given its code here.
 pub fn to_status(error: VaultError) -> Status {
     match &error {
         VaultError::InvalidArgument(message) => Status::invalid_argument(message.clone()),
@@ -41,9 +46,7 @@ pub fn to_status(error: VaultError) -> Status {
         }
         // The disk guard's refusal: logged once when the disk fills (see
         // `store::disk`), not per call; the caller learns the cause.
-        VaultError::StorageUnavailable(crate::store::StoreError::Engine(detail))
-            if detail.starts_with(crate::store::disk::DISK_FULL) =>
-        {
+        VaultError::StorageUnavailable(crate::store::StoreError::DiskFull) => {
             tracing::debug!("call refused: disk full");
             Status::unavailable(
                 "disk full: new tokens are refused until space returns; nothing was stored; retry later",
@@ -63,14 +66,14 @@ pub fn to_status(error: VaultError) -> Status {
             tracing::error!(error = %detail, "erasure ledger unavailable");
             Status::unavailable(error.to_string())
         }
-        VaultError::Internal(detail) => {
-            tracing::error!(error = %detail, "internal error");
+        // Raised while opening, before anything is served: a call never
+        // sees it, but if one did it would be the operator's to fix.
+        VaultError::LedgerRefused(detail) => {
+            tracing::error!(error = %detail, "erasure ledger refused");
             Status::internal("internal error; see the server log")
         }
-        // Later variants fall back to a safe internal status.
-        #[allow(unreachable_patterns)]
-        _ => {
-            tracing::error!(error = %error, "unmapped error");
+        VaultError::Internal(detail) => {
+            tracing::error!(error = %detail, "internal error");
             Status::internal("internal error; see the server log")
         }
     }
@@ -106,6 +109,10 @@ mod tests {
             (
                 VaultError::LedgerUnavailable("disk full".into()),
                 Code::Unavailable,
+            ),
+            (
+                VaultError::LedgerRefused("ledger cut at the tail".into()),
+                Code::Internal,
             ),
         ];
         for (error, code) in cases {
@@ -148,11 +155,7 @@ mod tests {
 
     #[test]
     fn a_full_disk_is_unavailable_and_says_so() {
-        let error = StoreError::Engine(format!(
-            "{}: below the reserve",
-            crate::store::disk::DISK_FULL
-        ));
-        let status = to_status(error.into());
+        let status = to_status(StoreError::DiskFull.into());
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().starts_with("disk full"), "{status:?}");
     }

@@ -138,9 +138,7 @@ impl DiskGuard {
     /// Refuses a write that adds data while the disk is full.
     pub fn admit(&self) -> Result<(), StoreError> {
         if self.check() {
-            return Err(StoreError::Engine(format!(
-                "{DISK_FULL}: the data directory has less free space than storage.disk_reserve_bytes; new tokens are refused until space returns (reveals and erasures are still served)"
-            )));
+            return Err(StoreError::DiskFull);
         }
         Ok(())
     }

@@ -41,6 +41,11 @@ pub enum StoreError {
     /// The storage engine failed (I/O, disk full, closed database).
     #[error("storage engine: {0}")]
     Engine(String),
+    /// The data directory's free space is below `storage.disk_reserve_bytes`
+    /// (`store::disk`): a write that adds data is refused before the engine
+    /// sees it; reveals and erasures are still served.
+    #[error("storage engine: {}: the data directory has less free space than storage.disk_reserve_bytes; new tokens are refused until space returns (reveals and erasures are still served)", disk::DISK_FULL)]
+    DiskFull,
     /// A stored record does not decode: corruption or an unknown version.
     #[error("stored {0} record is corrupt or of an unknown version")]
     Corrupt(&'static str),

@@ -64,7 +64,7 @@ impl From<StoreError> for VaultError {
         match error {
             // A forget on another replica won the race: nothing was
             // stored, and a retry creates the subject's new key.
-            StoreError::Engine(_) | StoreError::SubjectErased => {
+            StoreError::Engine(_) | StoreError::DiskFull | StoreError::SubjectErased => {
                 VaultError::StorageUnavailable(error)
             }
             StoreError::Unsupported(message) => VaultError::KeyManagement(message.to_string()),
