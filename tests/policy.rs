@@ -705,7 +705,7 @@ fn jwt(private_pem: &[u8], claims: serde_json::Value) -> String {
 }
 
 fn unix_now() -> i64 {
-    tokenvault::vault::unix_now()
+    tokenvault::clock::unix_now()
 }
 
 fn claims(sub: &str, amr: &[&str]) -> serde_json::Value {

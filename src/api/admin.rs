@@ -56,7 +56,7 @@ pub fn erasure_status_message(
         oldest_erased_at_unix: status.pending.oldest_erased_at.unwrap_or(0),
         deadline_unix: status.deadline_unix.unwrap_or(0),
         purge_within_seconds: status.within_seconds,
-        missed: status.missed(crate::vault::unix_now()),
+        missed: status.missed(crate::clock::unix_now()),
         full_purge_at_return,
     }
 }

@@ -166,7 +166,7 @@ pub(super) struct CardSource {
 
 impl CardSource {
     pub(super) fn new() -> Self {
-        let run = crate::vault::unix_now() as u64 % 100_000;
+        let run = crate::clock::unix_now() as u64 % 100_000;
         CardSource {
             next: AtomicU64::new(0),
             run,

@@ -25,7 +25,7 @@ pub async fn run(phase: KekPhase, args: &BenchArgs) -> anyhow::Result<()> {
         KekPhase::Load => {
             let run = CardSource::new();
             let subjects: Vec<String> = (0..args.subjects)
-                .map(|i| format!("kek-bench-{}-{i}", crate::vault::unix_now()))
+                .map(|i| format!("kek-bench-{}-{i}", crate::clock::unix_now()))
                 .collect();
             let mut first_tokens = Vec::new();
             for (pass, label) in ["tokenize, new subjects", "tokenize, known subjects"]

@@ -28,7 +28,7 @@ pub async fn run(corpus: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     for _ in 0..4 {
         clients.push(connect(&args.client).await?);
     }
-    let run = crate::vault::unix_now();
+    let run = crate::clock::unix_now();
     let duration = Duration::from_secs_f64(args.seconds);
     let bytes: usize = messages.iter().map(String::len).sum();
     println!(

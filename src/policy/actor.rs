@@ -202,7 +202,7 @@ impl ActorVerifier {
             .filter(|sub| !sub.chars().any(char::is_control))
             .ok_or(ActorError::MissingClaim("sub"))?;
         let iat = data.claims.iat.ok_or(ActorError::MissingClaim("iat"))?;
-        self.check_age(iat, crate::vault::unix_now())?;
+        self.check_age(iat, crate::clock::unix_now())?;
         let client = data.claims.azp.or(data.claims.client_id);
         Ok(Actor {
             name: name.into(),
@@ -321,7 +321,7 @@ mod tests {
     }
 
     fn now() -> i64 {
-        crate::vault::unix_now()
+        crate::clock::unix_now()
     }
 
     fn sign(signer: &Signer, claims: serde_json::Value) -> String {

@@ -241,7 +241,7 @@ impl RateLimiter {
             return Ok(());
         };
         let policy = principal.policy();
-        let now = crate::vault::unix_now();
+        let now = crate::clock::unix_now();
         let window = window_start(now, SHARED_WINDOW_SECONDS);
         let actor = principal.actor.as_ref().map(|a| Arc::clone(&a.name));
         let mut charges = Vec::new();

@@ -1225,7 +1225,7 @@ impl Store for PostgresStore {
     async fn purge(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.purging.lock().await;
         let client = self.client().await?;
-        let now = crate::vault::unix_now();
+        let now = crate::clock::unix_now();
         let owed = client
             .query("SELECT erased_at, subject FROM tv_purge_pending", &[])
             .await

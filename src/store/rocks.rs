@@ -481,14 +481,14 @@ fn family_options(cache: &Cache, family: &str) -> Options {
     // expired values leave the disk without a scan on the request path.
     match family {
         CF_TOKENS => options.set_compaction_filter("tokenvault-expired-tokens", |_, _, value| {
-            drop_if(token_record_expired(value, crate::vault::unix_now()))
+            drop_if(token_record_expired(value, crate::clock::unix_now()))
         }),
         CF_INDEX => options.set_compaction_filter("tokenvault-expired-index", |_, _, value| {
-            drop_if(index_entry_expired(value, crate::vault::unix_now()))
+            drop_if(index_entry_expired(value, crate::clock::unix_now()))
         }),
         CF_META => {
             options.set_compaction_filter("tokenvault-expired-counters", |_, key, value| {
-                drop_if(counters::expired(key, value, crate::vault::unix_now()))
+                drop_if(counters::expired(key, value, crate::clock::unix_now()))
             });
             options.set_merge_operator_associative("tokenvault-counter-max", counters::merge_max);
         }

@@ -26,7 +26,8 @@ use std::sync::Arc;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use zeroize::Zeroizing;
 
-use super::{unix_now, Vault, VaultError};
+use super::{Vault, VaultError};
+use crate::clock::unix_now;
 use crate::crypto::{token_aad, CryptoError, SubjectHash};
 use crate::erasure::{AtReturn, Guarantees, Receipt, ReceiptError, SignedReceipt};
 use crate::store::{BackupInfo, PendingPurges};

@@ -21,7 +21,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use super::{unix_now, Vault, VaultError};
+use super::{Vault, VaultError};
+use crate::clock::unix_now;
 use crate::config::Config;
 use crate::erasure::ledger::{Entry, IfMissing, Record};
 use crate::erasure::{ErasureLedger, LedgerError};

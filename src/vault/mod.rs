@@ -29,6 +29,7 @@ pub use error::VaultError;
 pub use rotation::{KeyStatus, RotationProgress};
 pub use text::{Redacted, RedactedFinding, Restored};
 
+use crate::clock::unix_now;
 use crate::config::{AuditDurability, Config, Limits};
 use crate::crypto::{
     token_aad, CryptoError, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys,
@@ -954,13 +955,6 @@ pub(crate) fn utf8_value(mut plain: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Stri
             Err(VaultError::Internal("a sealed value is not UTF-8".into()))
         }
     }
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Cuts caller-supplied names (never values) for error messages.

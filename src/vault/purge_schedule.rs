@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::erasure::PurgeStatus;
-use super::{unix_now, Vault};
+use super::Vault;
+use crate::clock::unix_now;
 use crate::policy::ALERT_TARGET;
 
 /// The alert's kind in `tokenvault_alerts_total` and the alert log.

@@ -134,7 +134,7 @@ impl Vault {
             return Ok(Vec::new());
         }
         let limits = ResolvedLimits::of(&self.quotas.limits, &caller.principal);
-        let now = super::unix_now();
+        let now = crate::clock::unix_now();
         let window_seconds = i64::try_from(limits.window_seconds).unwrap_or(i64::MAX);
         let window = window_start(now, window_seconds);
         let values = pending.len() as u64;

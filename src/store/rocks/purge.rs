@@ -157,7 +157,7 @@ impl Inner {
             .put_cf_opt(
                 self.cf(CF_META)?,
                 LAST_PURGE,
-                crate::vault::unix_now().to_be_bytes(),
+                crate::clock::unix_now().to_be_bytes(),
                 &self.write_options,
             )
             .map_err(engine)?;
