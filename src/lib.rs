@@ -1,9 +1,19 @@
 //! tokenvault: a gRPC tokenization vault that keeps customers' sensitive
 //! data out of chat systems.
 //!
-//! Layers, outside in: `api` (gRPC, auth, status codes) → `vault`
-//! (service logic) → `token` (formats), `crypto` (sealing, derivation),
-//! `kek` (key-encryption-key providers) and `store` (persistence).
+//! Layers, bottom up; a module uses only its own layer and those below
+//! (checked by the `layering` test, which lists the edges that still run
+//! back up until they are moved):
+//!
+//! 1. leaves: `clock`, `crypto`, `token` (formats), `scan` (detection in
+//!    text), `config` (the file's schema), `pb` (generated);
+//! 2. backends: `kek` (key-encryption-key providers), `store`
+//!    (persistence), `erasure` (receipts and the ledger), `metrics`;
+//! 3. `audit` (the tamper-evident log) and `policy` (access control);
+//! 4. `vault`: the service logic;
+//! 5. `exposure`: what a configuration would expose;
+//! 6. `api`: gRPC, authentication, status codes;
+//! 7. `cli`: the command line, `serve` among it.
 
 pub mod api;
 pub mod audit;
@@ -14,6 +24,8 @@ pub mod crypto;
 pub mod erasure;
 pub mod exposure;
 pub mod kek;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod policy;
 pub mod scan;
