@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::policy::Rpc;
+use crate::rpc::Rpc;
 
 /// The default gRPC address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";

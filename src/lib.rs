@@ -5,7 +5,7 @@
 //! (checked by the `layering` test, which lists the edges that still run
 //! back up until they are moved):
 //!
-//! 1. leaves: `clock`, `crypto`, `token` (formats), `scan` (detection in
+//! 1. leaves: `clock`, `rpc` (the RPCs' names), `crypto`, `token` (formats), `scan` (detection in
 //!    text), `config` (the file's schema), `pb` (generated);
 //! 2. backends: `kek` (key-encryption-key providers), `store`
 //!    (persistence), `erasure` (receipts and the ledger), `metrics`;
@@ -28,6 +28,7 @@ pub mod kek;
 mod layering;
 pub mod metrics;
 pub mod policy;
+pub mod rpc;
 pub mod scan;
 pub mod store;
 pub mod token;

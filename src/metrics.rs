@@ -144,7 +144,7 @@ impl Metrics {
         self.duration.with_label_values(&[rpc]).observe(seconds);
     }
 
-    /// `n` values handled by `rpc` (a [`crate::policy::Rpc`] name).
+    /// `n` values handled by `rpc` (a [`crate::rpc::Rpc`] name).
     pub fn values(&self, rpc: &'static str, n: u64) {
         self.values.with_label_values(&[rpc]).inc_by(n);
     }
@@ -340,7 +340,7 @@ impl CallRecord {
 
     /// `n` values handled by `rpc`: counted in [`METRICS`] and in the log
     /// line.
-    pub fn values(&self, rpc: crate::policy::Rpc, n: u64) {
+    pub fn values(&self, rpc: crate::rpc::Rpc, n: u64) {
         METRICS.values(rpc.name(), n);
         self.0.lock().values += n;
     }
@@ -416,7 +416,7 @@ fn finished(rpc: &'static str, code: &'static str, started: Instant, record: &Ca
 
 /// The RPC of a request path, from a fixed set.
 pub fn rpc_label(path: &str) -> &'static str {
-    use crate::policy::Rpc;
+    use crate::rpc::Rpc;
     match path.strip_prefix("/tokenvault.v1.TokenVault/") {
         Some("Tokenize") => Rpc::Tokenize.name(),
         Some("Detokenize") => Rpc::Detokenize.name(),

@@ -264,7 +264,7 @@ pub fn key_digest(api_key: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Rpc;
+    use crate::rpc::Rpc;
     use tonic::Code;
 
     fn metadata(value: &str) -> MetadataMap {

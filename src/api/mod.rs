@@ -13,5 +13,6 @@ pub mod server;
 pub mod service;
 pub mod status;
 
-pub use crate::policy::{Principal, Rpc};
+pub use crate::policy::Principal;
+pub use crate::rpc::Rpc;
 pub use auth::Authenticator;

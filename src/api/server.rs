@@ -39,7 +39,7 @@ use crate::config::{Config, TlsConfig};
 use crate::pb;
 use crate::pb::admin::admin_server::AdminServer;
 use crate::pb::token_vault_server::TokenVaultServer;
-use crate::policy::Rpc;
+use crate::rpc::Rpc;
 use crate::vault::Vault;
 
 /// The health name of the key provider dependency.

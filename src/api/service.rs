@@ -21,7 +21,8 @@ use crate::metrics::{CallRecord, METRICS};
 use crate::pb;
 use crate::policy::quota::{NewValueCaller, QuotaAlert};
 use crate::policy::rate::SharedRefusal;
-use crate::policy::{Alert, PolicyError, Principal, RateLimiter, Reveal, Rpc};
+use crate::policy::{Alert, PolicyError, Principal, RateLimiter, Reveal};
+use crate::rpc::Rpc;
 use crate::vault::{self, TokenMode, TokenStatus, Vault};
 
 pub struct TokenVaultService {

@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn policy_and_actor_refusals_have_their_codes() {
-        use crate::policy::{Alert, AlertKind, Rpc, Scope};
+        use crate::policy::{Alert, AlertKind, Scope};
+        use crate::rpc::Rpc;
         let alert = Alert {
             kind: AlertKind::RateExceeded,
             scope: Scope::Principal,

@@ -23,53 +23,13 @@ pub use mask::mask;
 pub use rate::{Alert, AlertKind, RateLimiter, Scope, ALERTS, ALERT_TARGET};
 
 use crate::config::{PrincipalConfig, RevealConfig, SecondFactorFallback};
+use crate::rpc::Rpc;
 
 /// Longest purpose accepted, in bytes.
 pub const MAX_PURPOSE_BYTES: usize = 256;
 /// `amr` values that count as a second factor unless the policy names its
 /// own (RFC 8176: multi-factor, one-time password, hardware key, SMS).
 pub const DEFAULT_SECOND_FACTOR_AMR: [&str; 4] = ["mfa", "otp", "hwk", "sms"];
-
-/// The RPCs of `TokenVault`, by their snake_case config names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rpc {
-    Tokenize,
-    Detokenize,
-    RedactText,
-    RestoreText,
-    ForgetSubject,
-    ExportSubject,
-}
-
-impl Rpc {
-    pub const ALL: [Rpc; 6] = [
-        Rpc::Tokenize,
-        Rpc::Detokenize,
-        Rpc::RedactText,
-        Rpc::RestoreText,
-        Rpc::ForgetSubject,
-        Rpc::ExportSubject,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Rpc::Tokenize => "tokenize",
-            Rpc::Detokenize => "detokenize",
-            Rpc::RedactText => "redact_text",
-            Rpc::RestoreText => "restore_text",
-            Rpc::ForgetSubject => "forget_subject",
-            Rpc::ExportSubject => "export_subject",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Rpc> {
-        Rpc::ALL.into_iter().find(|rpc| rpc.name() == name)
-    }
-
-    fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
-}
 
 /// How a caller sees a detokenized value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::rate::ALERT_TARGET;
-use super::Rpc;
 use crate::config::{NewValueLimits, NewValueOverride};
 use crate::crypto::SubjectHash;
+use crate::rpc::Rpc;
 
 /// Which new-value limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,8 +25,9 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::{Principal, Rpc};
+use super::Principal;
 use crate::crypto::SecretKey;
+use crate::rpc::Rpc;
 use crate::store::counters::{window_start, Charge, Charged, WindowCounters};
 use crate::store::StoreError;
 
