@@ -189,3 +189,39 @@ fn paths_are_read_in_every_form() {
     let expected: BTreeSet<String> = ["api", "clock", "vault"].map(String::from).into();
     assert_eq!(named, expected);
 }
+
+/// The backticked `src/…` and `tests/…` paths that `docs/architecture.md`
+/// names.
+fn paths_in_module_map(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|span| span.starts_with("src/") || span.starts_with("tests/"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_module_map_names_every_module_and_only_paths_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("docs/architecture.md")).expect("read the map");
+    let named = paths_in_module_map(&map);
+    for path in &named {
+        assert!(
+            root.join(path).exists(),
+            "docs/architecture.md names {path}, which does not exist"
+        );
+    }
+    for entry in std::fs::read_dir(root.join("src")).expect("read src") {
+        let name = entry.expect("entry").file_name();
+        let name = name.to_string_lossy();
+        let module = name.trim_end_matches(".rs");
+        if ["lib", "main", "layering"].contains(&module) {
+            continue;
+        }
+        assert!(
+            named.iter().any(|path| path == &format!("src/{name}")),
+            "docs/architecture.md has no row for src/{name}"
+        );
+    }
+}
