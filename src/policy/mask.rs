@@ -1,6 +1,6 @@
 //! Masked reveal: what a caller whose policy says `masked` sees instead of a
 //! value. Each mask keeps at most the few characters named per format below
-//! (the README lists the same table) and replaces the rest by `•`.
+//! (docs/access-control.md lists the same table) and replaces the rest by `•`.
 //!
 //! It must never keep more than its format's documented characters, and it
 //! never logs: the input is a value. A copy it makes of a value's digits is

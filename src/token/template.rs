@@ -21,7 +21,7 @@
 //! group (a repeated group captures only its last repetition, so the other
 //! repetitions would be copied into the token as if they were fixed parts).
 //! Whatever the pattern matches outside the groups IS copied: operators
-//! must put every secret character inside a group (README, `[[formats]]`).
+//! must put every secret character inside a group (docs/formats.md, `[[formats]]`).
 //!
 //! It must never: put any part of a value into an error ([`TemplateError`]
 //! carries only names and indices from the configuration); compute a token
@@ -74,7 +74,7 @@ const BUILTIN_ALPHABETS: [(&str, &str); 11] = [
     ("cyrillic_lower", "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"),
 ];
 
-/// The names of the built-in alphabets, for the README and errors.
+/// The names of the built-in alphabets, for docs/formats.md and errors.
 pub fn builtin_alphabet_names() -> impl Iterator<Item = &'static str> {
     BUILTIN_ALPHABETS.iter().map(|(name, _)| *name)
 }
