@@ -16,23 +16,34 @@ pub const KEY_LEN: usize = 32;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A 256-bit secret. Zeroized on drop; never printed.
+/// A 256-bit secret. Zeroized on drop; never printed. On the heap:
+/// moving one moves a pointer, so no copy of the bytes is left behind on
+/// a stack frame unwiped; a clone is a second heap copy, wiped on its own
+/// drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct SecretKey([u8; KEY_LEN]);
+pub struct SecretKey(Box<[u8; KEY_LEN]>);
 
 impl SecretKey {
     /// A fresh key from the operating system's CSPRNG.
     pub fn generate() -> Result<Self, CryptoError> {
-        let mut key = SecretKey([0u8; KEY_LEN]);
-        getrandom::fill(&mut key.0).map_err(|_| CryptoError::Random)?;
+        let mut key = SecretKey::zeroed();
+        getrandom::fill(&mut key.0[..]).map_err(|_| CryptoError::Random)?;
         Ok(key)
     }
 
     /// Takes a key from a slice (a key file, an unwrapped DEK). The caller
     /// zeroizes its own copy.
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        let array: [u8; KEY_LEN] = bytes.try_into().ok()?;
-        Some(SecretKey(array))
+        if bytes.len() != KEY_LEN {
+            return None;
+        }
+        let mut key = SecretKey::zeroed();
+        key.0.copy_from_slice(bytes);
+        Some(key)
+    }
+
+    fn zeroed() -> Self {
+        SecretKey(Box::new([0u8; KEY_LEN]))
     }
 
     /// The raw bytes, for handing to a cipher or a KEK provider.
@@ -43,10 +54,10 @@ impl SecretKey {
     /// Derives a sub-key with HKDF-SHA256 (no salt: the input is already a
     /// uniformly random key) under a fixed label.
     pub fn derive(&self, label: &[u8]) -> SecretKey {
-        let hkdf = Hkdf::<Sha256>::new(None, &self.0);
-        let mut out = SecretKey([0u8; KEY_LEN]);
+        let hkdf = Hkdf::<Sha256>::new(None, &self.0[..]);
+        let mut out = SecretKey::zeroed();
         // Cannot fail: 32 bytes is far below HKDF-SHA256's 8160-byte limit.
-        hkdf.expand(label, &mut out.0)
+        hkdf.expand(label, &mut out.0[..])
             .expect("32-byte HKDF output is always valid");
         out
     }
@@ -62,7 +73,7 @@ impl SecretKey {
     /// from a copy instead of hashing the key's pads again.
     pub fn keyed_mac(&self) -> KeyedMac {
         KeyedMac(
-            <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC accepts keys of any length"),
+            <HmacSha256 as Mac>::new_from_slice(&self.0[..]).expect("HMAC accepts keys of any length"),
         )
     }
 }
@@ -262,7 +273,7 @@ mod tests {
     use super::*;
 
     fn key(byte: u8) -> SecretKey {
-        SecretKey([byte; KEY_LEN])
+        SecretKey(Box::new([byte; KEY_LEN]))
     }
 
     #[test]
