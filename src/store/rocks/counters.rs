@@ -26,7 +26,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rocksdb::MergeOperands;
 
-use super::{Inner, RocksStore, WriteRequest, CF_META};
+use super::schema::CF_META;
+use super::writer::WriteRequest;
+use super::{Inner, RocksStore};
 use crate::store::counters::{decide, Charge, Charged, WindowCounters};
 use crate::store::StoreError;
 

@@ -30,10 +30,8 @@ use std::time::{Duration, Instant};
 
 use rocksdb::{BottommostLevelCompaction, CompactOptions, FlushOptions, WriteBatch};
 
-use super::{
-    engine, Inner, CF_META, CF_SUBJECTS, COLUMN_FAMILIES, LAST_PURGE, OBSOLETE_FILES_DEADLINE,
-    PURGED_FAMILIES,
-};
+use super::schema::{CF_META, CF_SUBJECTS, COLUMN_FAMILIES, LAST_PURGE, PURGED_FAMILIES};
+use super::{engine, Inner, OBSOLETE_FILES_DEADLINE};
 use crate::crypto::SubjectHash;
 use crate::store::{PendingPurges, StoreError};
 
