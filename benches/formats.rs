@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::collections::BTreeMap;
 
-use tokenvault::token::formats::{generate_token, Format};
+use tokenvault::token::format::{generate_token, Format};
 use tokenvault::token::template::{Template, TemplateSpec};
 
 const SAMPLES: &[(&str, &str)] = &[

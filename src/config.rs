@@ -942,7 +942,7 @@ impl Config {
             .map(|d| d.to_custom(templates))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ConfigError::Invalid)?;
-        crate::scan::Scanner::with_custom(&crate::token::formats::Format::ALL, &custom)
+        crate::scan::Scanner::with_custom(&crate::token::format::Format::ALL, &custom)
             .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use tokenvault::scan::Scanner;
-use tokenvault::token::formats::Format;
+use tokenvault::token::format::Format;
 
 const CORPUS: &str = include_str!("data/chat_corpus.jsonl");
 

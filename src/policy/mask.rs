@@ -23,7 +23,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::token::formats::Format;
+use crate::token::format::Format;
 use crate::token::template;
 
 /// The character a masked position shows.

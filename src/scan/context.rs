@@ -19,7 +19,7 @@
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
-use crate::token::formats::Format;
+use crate::token::format::Format;
 
 /// How far back, in characters, a keyword may stand before its candidate.
 pub(crate) const WINDOW_CHARS: usize = 40;

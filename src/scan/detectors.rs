@@ -17,7 +17,7 @@ use regex::Regex;
 
 use super::context::Cue;
 use super::Scanner;
-use crate::token::formats::{validate, Format};
+use crate::token::format::{validate, Format};
 use crate::token::template::TokenFormat;
 
 /// Priorities: which of two overlapping candidates wins.

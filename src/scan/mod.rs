@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use regex::{Regex, RegexSet};
 
 use crate::token::checks::{iban_mod97, luhn_valid};
-use crate::token::formats::Format;
+use crate::token::format::Format;
 use crate::token::template::TokenFormat;
 
 use self::context::Context;

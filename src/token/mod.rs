@@ -6,5 +6,5 @@
 //! into an error message.
 
 pub mod checks;
-pub mod formats;
+pub mod format;
 pub mod template;

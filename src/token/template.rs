@@ -14,7 +14,7 @@
 //! are copied. So the token has the value's length in characters, the same
 //! fixed parts at the same places and the same alphabet at each position.
 //! A draw that equals the value or no longer matches the pattern is thrown
-//! away and redrawn (rejection sampling, as in `formats`).
+//! away and redrawn (rejection sampling, as in `format`).
 //!
 //! Patterns are checked when the config is loaded: they compile, have at
 //! least one group, match no empty string, and have no nested or repeated
@@ -40,7 +40,7 @@ use std::sync::{Arc, RwLock};
 use rand::Rng;
 use regex::{Regex, RegexBuilder};
 
-use super::formats::{self, Format, FormatError};
+use super::format::{self, Format, FormatError};
 
 /// Draws before a template gives up (see [`TemplateError::NoToken`]). A
 /// draw is rejected when it equals the value (at most 1/2 for the smallest
@@ -473,19 +473,19 @@ impl TokenFormat {
         }
     }
 
-    /// See [`formats::validate`] and [`Template::validate`].
+    /// See [`format::validate`] and [`Template::validate`].
     ///
     /// # Errors
     ///
     /// [`ValueError`] without any part of the value.
     pub fn validate(&self, value: &str) -> Result<(), ValueError> {
         match self {
-            TokenFormat::Builtin(format) => Ok(formats::validate(*format, value)?),
+            TokenFormat::Builtin(format) => Ok(format::validate(*format, value)?),
             TokenFormat::Template(template) => template.validate(value),
         }
     }
 
-    /// See [`formats::generate_token`] and [`Template::generate_token`].
+    /// See [`format::generate_token`] and [`Template::generate_token`].
     ///
     /// # Errors
     ///
@@ -496,7 +496,7 @@ impl TokenFormat {
         rng: &mut R,
     ) -> Result<String, ValueError> {
         match self {
-            TokenFormat::Builtin(format) => Ok(formats::generate_token(*format, value, rng)?),
+            TokenFormat::Builtin(format) => Ok(format::generate_token(*format, value, rng)?),
             TokenFormat::Template(template) => template.generate_token(value, rng),
         }
     }

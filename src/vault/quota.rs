@@ -22,7 +22,7 @@ use crate::config::NewValueLimits;
 use crate::crypto::{SecretKey, SubjectHash};
 use crate::policy::quota::{NewValueCaller, QuotaAlert, QuotaScope, ResolvedLimits};
 use crate::store::counters::{window_start, Charge, Charged, WindowCounters};
-use crate::token::formats::Format;
+use crate::token::format::Format;
 use crate::token::template::TokenFormat;
 
 /// The principal of `serve --dev`'s admin key: its new-value limits are a

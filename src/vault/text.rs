@@ -70,7 +70,7 @@ use crate::policy::quota::{NewValueCaller, QuotaAlert};
 use crate::scan::spans::{splice, token_candidates, EMAIL_TOKEN_SUFFIX};
 use crate::scan::Finding;
 use crate::store::TokenRecord;
-use crate::token::formats::Format;
+use crate::token::format::Format;
 use crate::token::template::{Templates, TokenFormat};
 
 /// Rescans of a preview with grown email tokens (see

@@ -12,13 +12,13 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 // The modules are compiled straight from the main crate's sources, at the
-// crate root so that `formats`' `super::checks` resolves.
+// crate root so that `format`'s `super::super::checks` resolves.
 #[allow(dead_code)]
 #[path = "../../../src/token/checks.rs"]
 mod checks;
 #[allow(dead_code)]
-#[path = "../../../src/token/formats.rs"]
-mod formats;
+#[path = "../../../src/token/format/mod.rs"]
+mod format;
 #[allow(dead_code)]
 #[path = "../../../src/token/template.rs"]
 mod template;
@@ -26,7 +26,7 @@ mod template;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use formats::{generate_token, validate, Format};
+use format::{generate_token, validate, Format};
 use template::{Template, TemplateSpec};
 
 /// A template with fixed parts, a kept group, an optional group and a

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use scan::spans::{splice, token_candidates};
 use scan::{CustomDetector, Scanner, Validator};
-use token::formats::Format;
+use token::format::Format;
 use token::template::{TemplateSpec, Templates, TokenFormat};
 
 /// One operator-defined format, as `[[formats]]` would give it.
