@@ -73,7 +73,8 @@ impl SecretKey {
     /// from a copy instead of hashing the key's pads again.
     pub fn keyed_mac(&self) -> KeyedMac {
         KeyedMac(
-            <HmacSha256 as Mac>::new_from_slice(&self.0[..]).expect("HMAC accepts keys of any length"),
+            <HmacSha256 as Mac>::new_from_slice(&self.0[..])
+                .expect("HMAC accepts keys of any length"),
         )
     }
 }
