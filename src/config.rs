@@ -699,7 +699,7 @@ impl Config {
         self.audit
             .checkpoint_file
             .clone()
-            .unwrap_or_else(|| crate::audit::default_checkpoint_path(&self.audit_file()))
+            .unwrap_or_else(|| default_checkpoint_path(&self.audit_file()))
     }
 
     /// The embedded default of `serve --dev`.
@@ -950,6 +950,12 @@ impl Config {
     pub fn scanner(&self) -> Result<crate::scan::Scanner, ConfigError> {
         self.scanner_with(&self.templates()?)
     }
+}
+
+/// `audit.jsonl` → `audit.checkpoint`, in the same directory: where the
+/// audit checkpoints go when `[audit] checkpoint_file` is not set.
+pub fn default_checkpoint_path(file: &Path) -> PathBuf {
+    file.with_extension("checkpoint")
 }
 
 /// `text` with the password of every `scheme://user:password@` URL and

@@ -27,8 +27,6 @@ const KNOWN_BACK_EDGES: &[(&str, &str)] = &[
     // options by the composition root, not by the config.
     ("config.rs", "store"),
     ("config.rs", "erasure"),
-    // The checkpoint file's default path is a config rule.
-    ("config.rs", "audit"),
     // The registry must be a leaf; the scrape (alerts, the vault's
     // gauges, the denial flood counter) belongs to the composition root.
     ("metrics.rs", "api"),

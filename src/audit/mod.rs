@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::config::PurposeMode;
+use crate::config::{default_checkpoint_path, PurposeMode};
 use crate::crypto::{KeyedMac, SecretKey, SubjectHash};
 use crate::store::{Store, StoreError};
 use checkpoint::{Checkpoint, CheckpointKey};
@@ -185,11 +185,6 @@ impl Checkpointing {
             every: Duration::from_millis(config.audit.checkpoint_interval_ms),
         }
     }
-}
-
-/// `audit.jsonl` → `audit.checkpoint`, in the same directory.
-pub fn default_checkpoint_path(file: &Path) -> std::path::PathBuf {
-    file.with_extension("checkpoint")
 }
 
 /// Writes checkpoints of heads both sinks hold durably, at most once an
