@@ -71,6 +71,22 @@ pub enum StoreError {
     Unsupported(&'static str),
 }
 
+/// The key a token batch says `subject`'s tokens were sealed under (the
+/// `sealed_under` of `Store::insert_tokens`); a batch that names none for
+/// one of its subjects is a caller's bug.
+pub(crate) fn sealing_key_of<K: std::borrow::Borrow<WrappedKey>>(
+    sealed_under: &[(SubjectHash, K)],
+    subject: SubjectHash,
+) -> Result<&WrappedKey, StoreError> {
+    sealed_under
+        .iter()
+        .find(|(named, _)| *named == subject)
+        .map(|(_, key)| key.borrow())
+        .ok_or(StoreError::Misuse(
+            "a token batch names no sealing key for one of its subjects",
+        ))
+}
+
 /// What another process sharing the store asks of this one's DEK cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalidation {

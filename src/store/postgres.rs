@@ -650,12 +650,7 @@ impl SealingKeys {
             wrapped: Vec::with_capacity(subjects.len()),
         };
         for subject in subjects {
-            let (_, key) = sealed_under
-                .iter()
-                .find(|(named, _)| *named == subject)
-                .ok_or(StoreError::Misuse(
-                    "a token batch names no sealing key for one of its subjects",
-                ))?;
+            let key = crate::store::sealing_key_of(sealed_under, subject)?;
             keys.subjects.push(subject.0.to_vec());
             keys.wrapped.push(key.encode());
         }

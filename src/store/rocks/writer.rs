@@ -357,12 +357,7 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let subjects: HashSet<SubjectHash> = batch.iter().map(|item| item.record.subject).collect();
         for subject in subjects {
-            let (_, named) = sealed_under
-                .iter()
-                .find(|(named, _)| *named == subject)
-                .ok_or(StoreError::Misuse(
-                    "a token batch names no sealing key for one of its subjects",
-                ))?;
+            let named = crate::store::sealing_key_of(sealed_under, subject)?;
             if self
                 .current_key(state, CF_SUBJECTS, subject.as_bytes())?
                 .as_ref()
