@@ -234,8 +234,13 @@ fn read_stored(data_dir: &Path, tokens: &[String]) -> Stored {
         })
         .collect();
     let subject = records[0].subject;
-    let wrapped = db
-        .get_cf(db.cf_handle("subjects").expect("cf"), subject.as_bytes())
+    // The wrapped keys are in the key instance, `keys/` in the store's
+    // directory.
+    let keys =
+        tokenvault::store::rocks::open_for_inspection(&data_dir.join("rocksdb").join("keys"), true)
+            .expect("open the key instance read-only");
+    let wrapped = keys
+        .get_cf(keys.cf_handle("subjects").expect("cf"), subject.as_bytes())
         .expect("read")
         .expect("the subject's key is stored");
     let wrapped = WrappedKey::decode(&wrapped).expect("wrapped key");
@@ -391,9 +396,20 @@ async fn forget_purges_files(server: &mut Server, vault_kek: bool, purge: Purge)
                 ok && status.contains("pending physical purges: 1 forgets"),
                 "{status}"
             );
+            // A repeated forget (a workflow's retry) erases nothing, and its
+            // receipt promises what holds: the values are still owed to the
+            // full purge, by the first forget's bound.
+            let again = forget(&mut client, &subjects[1].0).await;
+            assert_eq!(again.tokens_erased, 0);
+            let again = again.receipt.expect("a receipt");
+            assert_eq!(again.at_return, "key_gone");
+            assert_eq!(again.purged_by_unix, receipt.purged_by_unix);
             let data_dir_arg = data_dir.to_str().expect("utf-8 path");
             cli_ok(server, &["retention", "purge", "--data-dir", data_dir_arg]);
             assert_off_disk(&data_dir, &gone, "after `retention purge`");
+            let after_purge = forget(&mut client, &subjects[1].0).await;
+            let after_purge = after_purge.receipt.expect("a receipt");
+            assert_eq!(after_purge.at_return, "everything_gone");
             let (ok, status) = erasure_status(server);
             assert!(
                 ok && status.contains("pending physical purges: none"),

@@ -308,6 +308,11 @@ pub trait Store: Send + Sync + 'static {
     /// still has to remove physically (recorded by `forget_subject`).
     async fn pending_purges(&self) -> Result<PendingPurges, StoreError>;
 
+    /// When this subject was erased, if a [`Store::purge`] still owes the
+    /// physical removal of what that forget erased (the earliest such
+    /// forget): a repeated forget must not promise more than holds.
+    async fn purge_owed(&self, subject: SubjectHash) -> Result<Option<i64>, StoreError>;
+
     /// A consistent backup into `dir` while serving.
     async fn create_backup(&self, dir: &Path) -> Result<BackupInfo, StoreError>;
 

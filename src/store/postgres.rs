@@ -1268,6 +1268,18 @@ impl Store for PostgresStore {
             .map_err(engine)
     }
 
+    async fn purge_owed(&self, subject: SubjectHash) -> Result<Option<i64>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT min(erased_at) FROM tv_purge_pending WHERE subject = $1",
+                &[&subject.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(engine)?;
+        Ok(row.get(0))
+    }
+
     async fn pending_purges(&self) -> Result<PendingPurges, StoreError> {
         let client = self.client().await?;
         let row = client

@@ -6,7 +6,7 @@
 //! |------------|-------------------------------------|---------------------|
 //! | `meta`     | `system_key`, `kek_rotation`, `last_purge` | wrapped key, u32 BE, i64 BE |
 //! | `meta`     | `ledger_applied/` ‖ seq (u64 BE)    | erasure-ledger entry's MAC (32) |
-//! | `subjects` | subject hash (32)                   | wrapped subject DEK |
+//! | `subjects` (key instance, `keys/`) | subject hash (32) | wrapped subject DEK |
 //! | `tokens`   | token (UTF-8)                       | [`TokenRecord`]     |
 //! | `index`    | subject hash (32) ‖ 0x01 ‖ MAC (32) | [`IndexEntry`]      |
 //! | `index`    | subject hash (32) ‖ 0x02 ‖ token    | [`IndexEntry`]      |
@@ -32,14 +32,16 @@
 //! staged earlier in the group) is the one its tokens were sealed under
 //! (`sealed_under`), so no token is stored under a key a forget deleted.
 //!
-//! Erasure: forgetting a subject deletes its key, records and index
-//! entries in one batch (a barrier in the writer's group, so no token of
-//! the subject is staged around it) and leaves a tombstone per token.
-//! [`Store::purge`] then makes the deletion physical: flush every
-//! memtable (so the WAL that held the values becomes obsolete), compact
-//! the families that held them down to the last level, and wait until
-//! RocksDB has deleted every file that is no longer live. Expired records
-//! go the same way: a compaction filter drops them.
+//! The wrapped subject keys live in a second RocksDB instance of their
+//! own, under `keys/` (see `keys` for why and for the write order across
+//! the two); everything else is in the vault instance.
+//!
+//! Erasure: forgetting a subject deletes its key, then its records and
+//! index entries in one batch (a barrier in the writer's group, so no
+//! token of the subject is staged around it) and leaves a tombstone per
+//! token. The purgers (`purge`) then make the deletion physical: the key
+//! at once, the rest by a full purge. Expired records go the same way: a
+//! compaction filter drops them.
 //!
 //! Reads run on the caller's thread: point lookups served from memtables
 //! and the block cache take microseconds, cheaper than a hand-off to a
@@ -67,6 +69,7 @@ use crate::kek::WrappedKey;
 mod audit;
 mod backup;
 mod counters;
+mod keys;
 mod purge;
 mod schema;
 mod store_impl;
@@ -77,7 +80,7 @@ pub use audit::{open_for_inspection, AuditReader};
 pub use counters::RocksCounters;
 use purge::{PurgeRequest, PurgeScope};
 use schema::{
-    family_options, subject_range, CF_INDEX, CF_SUBJECTS, CF_TOKENS, COLUMN_FAMILIES,
+    family_options, subject_range, CF_INDEX, CF_SUBJECTS, CF_TOKENS, COLUMN_FAMILIES, KEYS_DIR,
     OLD_LAYOUT_FAMILY, TAG_DETERMINISTIC,
 };
 use writer::WriteRequest;
@@ -128,13 +131,20 @@ pub struct RocksStore {
     /// closes the queue whoever else is alive.
     writer: Option<Arc<mpsc::Sender<WriteRequest>>>,
     writer_thread: Option<JoinHandle<()>>,
-    purger: Option<mpsc::Sender<PurgeRequest>>,
-    purger_thread: Option<JoinHandle<()>>,
+    /// Key purges; full purges have a thread of their own, so a forget
+    /// never waits behind a full purge.
+    key_purger: Option<mpsc::Sender<PurgeRequest>>,
+    full_purger: Option<mpsc::Sender<PurgeRequest>>,
+    purger_threads: Vec<JoinHandle<()>>,
 }
 
 struct Inner {
+    /// The vault instance: tokens, index, tombstones, audit, meta.
     db: DB,
     path: PathBuf,
+    /// The key instance: the wrapped subject keys (see `keys`).
+    keys: DB,
+    keys_path: PathBuf,
     write_options: WriteOptions,
     /// For groups that carry audit records when `sync_audit` is on: those
     /// are synced even when `sync_writes` is off.
@@ -182,9 +192,21 @@ impl RocksStore {
         // random tokens looks up ~100 blocks; with the LRU cache those
         // lookups were ~7% of its CPU (perf). 0 = entry size estimated.
         let cache = Cache::new_hyper_clock_cache(options.block_cache_bytes, 0);
+        // A store from before the key instance keeps `subjects` here until
+        // `keys::move_keys_out` has moved them.
+        let legacy_keys = DB::list_cf(&db_options, path)
+            .map(|families| families.iter().any(|f| f == CF_SUBJECTS))
+            .unwrap_or(false);
         let families = COLUMN_FAMILIES
-            .map(|name| ColumnFamilyDescriptor::new(name, family_options(&cache, name)));
-        let db = DB::open_cf_descriptors(&db_options, path, families).map_err(engine)?;
+            .iter()
+            .chain(legacy_keys.then_some(&CF_SUBJECTS))
+            .map(|name| ColumnFamilyDescriptor::new(*name, family_options(&cache, name)));
+        let mut db = DB::open_cf_descriptors(&db_options, path, families).map_err(engine)?;
+        let keys_path = path.join(KEYS_DIR);
+        let keys = keys::open(&db_options, &keys_path, &cache)?;
+        if legacy_keys {
+            keys::move_keys_out(&mut db, path, &keys)?;
+        }
 
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.sync_writes);
@@ -195,6 +217,8 @@ impl RocksStore {
         let inner = Arc::new(Inner {
             db,
             path: path.to_path_buf(),
+            keys,
+            keys_path,
             write_options,
             synced_write_options,
             unsynced_write_options,
@@ -204,15 +228,23 @@ impl RocksStore {
         let (writer, queue) = mpsc::channel();
         let writer_inner = Arc::clone(&inner);
         let writer_thread = spawn("tokenvault-writer", move || writer_inner.run_writer(queue))?;
-        let (purger, purges) = mpsc::channel();
-        let purger_inner = Arc::clone(&inner);
-        let purger_thread = spawn("tokenvault-purger", move || purger_inner.run_purger(purges))?;
+        let (key_purger, key_purges) = mpsc::channel();
+        let key_inner = Arc::clone(&inner);
+        let key_thread = spawn("tokenvault-key-purger", move || {
+            key_inner.run_purger(key_purges)
+        })?;
+        let (full_purger, full_purges) = mpsc::channel();
+        let full_inner = Arc::clone(&inner);
+        let full_thread = spawn("tokenvault-full-purger", move || {
+            full_inner.run_purger(full_purges)
+        })?;
         Ok(RocksStore {
             inner,
             writer: Some(Arc::new(writer)),
             writer_thread: Some(writer_thread),
-            purger: Some(purger),
-            purger_thread: Some(purger_thread),
+            key_purger: Some(key_purger),
+            full_purger: Some(full_purger),
+            purger_threads: vec![key_thread, full_thread],
         })
     }
 
@@ -220,7 +252,11 @@ impl RocksStore {
     async fn purge_scope(&self, scope: PurgeScope) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Engine("the purger thread has stopped".into());
-        let purger = self.purger.as_ref().ok_or_else(stopped)?;
+        let purger = match &scope {
+            PurgeScope::Keys(_) => self.key_purger.as_ref(),
+            PurgeScope::Everything => self.full_purger.as_ref(),
+        };
+        let purger = purger.ok_or_else(stopped)?;
         purger
             .send(PurgeRequest { scope, reply })
             .map_err(|_| stopped())?;
@@ -230,7 +266,11 @@ impl RocksStore {
     /// The live table files of a family (file names), for tests that
     /// check which files a purge rewrote.
     pub fn live_table_files(&self, family: &str) -> Result<HashSet<String>, StoreError> {
-        self.inner.live_tables_of(family)
+        if family == CF_SUBJECTS {
+            self.inner.key_instance().live_tables_of(family)
+        } else {
+            self.inner.vault_instance().live_tables_of(family)
+        }
     }
 
     /// Counts the keys of each family by scanning them.
@@ -238,7 +278,8 @@ impl RocksStore {
         let count = |family, keep: fn(&[u8]) -> bool| -> Result<u64, StoreError> {
             let cf = self.inner.cf(family)?;
             let mut n = 0;
-            for entry in self.inner.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let db = self.inner.db_of(family);
+            for entry in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
                 let (key, _) = entry.map_err(engine)?;
                 n += u64::from(keep(&key));
             }
@@ -256,11 +297,10 @@ impl Drop for RocksStore {
     fn drop(&mut self) {
         // Closing a queue ends its thread's loop once it has drained.
         self.writer.take();
-        self.purger.take();
-        for thread in [self.writer_thread.take(), self.purger_thread.take()]
-            .into_iter()
-            .flatten()
-        {
+        self.key_purger.take();
+        self.full_purger.take();
+        let threads = self.writer_thread.take().into_iter();
+        for thread in threads.chain(self.purger_threads.drain(..)) {
             let _ = thread.join();
         }
     }
@@ -278,8 +318,20 @@ fn engine(error: rocksdb::Error) -> StoreError {
 }
 
 impl Inner {
+    /// The instance that holds `family`: only `subjects` is in the key
+    /// instance.
+    fn db_of(&self, family: &str) -> &DB {
+        if family == CF_SUBJECTS {
+            &self.keys
+        } else {
+            &self.db
+        }
+    }
+
+    /// A family's handle, in the instance [`Inner::db_of`] names: use it
+    /// with that instance only.
     fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
-        self.db
+        self.db_of(name)
             .cf_handle(name)
             .ok_or(StoreError::Engine(format!("column family {name} missing")))
     }
@@ -291,7 +343,7 @@ impl Inner {
         decode: impl Fn(&[u8]) -> Result<T, StoreError>,
     ) -> Result<Vec<Option<T>>, StoreError> {
         let cf = self.cf(family)?;
-        self.db
+        self.db_of(family)
             .batched_multi_get_cf(cf, keys.iter().map(|k| k.as_ref()), false)
             .into_iter()
             .map(|slot| match slot.map_err(engine)? {
@@ -335,7 +387,7 @@ impl Inner {
             None => rocksdb::IteratorMode::Start,
         };
         let mut page = Vec::with_capacity(limit.min(1024));
-        for entry in self.db.iterator_cf(cf, mode) {
+        for entry in self.keys.iterator_cf(cf, mode) {
             let (key, value) = entry.map_err(engine)?;
             let subject = SubjectHash(
                 key.as_ref()

@@ -155,12 +155,20 @@ impl Vault {
             at_return: AtReturn::EverythingGone,
             purged_by_unix: erased_at_unix,
         };
-        // A subject this vault never had (or forgot already) left nothing
-        // in any file: no purge, which costs every other forget waiting
-        // on the store's purger.
-        if !erased_something {
-            return Ok(everything_now);
-        }
+        // A forget that erased nothing (the subject was never here, or was
+        // forgotten before) promises what holds for the earlier forget: if
+        // a full purge still owes its data, the key purge is repeated (an
+        // earlier one may have failed) and the bound is the earlier one's.
+        // Otherwise nothing of the subject is in any file: no purge, which
+        // would cost every other forget waiting on the store's purger.
+        let erased_at_unix = if erased_something {
+            erased_at_unix
+        } else {
+            match self.store.purge_owed(subject).await? {
+                Some(earlier) => earlier,
+                None => return Ok(everything_now),
+            }
+        };
         if self.physical_purge.full_at_return {
             self.store.purge().await?;
             return Ok(everything_now);
@@ -681,19 +689,21 @@ mod tests {
     }
 
     /// A forget of a subject the vault never had leaves nothing in any
-    /// file, so it runs no purge (which flushes and compacts the store,
-    /// and which every other forget would wait on): the RocksDB WAL it
-    /// would switch is the same file before and after.
+    /// file, so it runs no purge (which every other forget would wait on):
+    /// the RocksDB WALs it would switch are the same files before and
+    /// after. A known subject's forget purges the key instance only: the
+    /// vault instance is not flushed, so the forget neither pays for its
+    /// memtables nor waits on its compactions (see `store::rocks::keys`).
     #[tokio::test]
-    async fn forgetting_an_unknown_subject_runs_no_purge() {
+    async fn a_forget_purges_only_the_key_instance_and_an_unknown_one_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let vault = vault(dir.path()).await;
         vault
             .tokenize("known", &[text("a value".into())])
             .await
             .expect("tokenize");
-        let wal_files = || {
-            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        let wal_files = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
                 .expect("list")
                 .map(|entry| {
                     entry
@@ -707,13 +717,27 @@ mod tests {
             names.sort();
             names
         };
-        let before = wal_files();
+        let key_dir = dir.path().join("keys");
+        let (vault_before, keys_before) = (wal_files(dir.path()), wal_files(&key_dir));
         let unknown = vault.forget("never seen").await.expect("forget");
         assert_eq!(unknown.tokens_erased, 0);
-        assert_eq!(wal_files(), before, "a purge ran for an unknown subject");
+        assert_eq!(
+            wal_files(&key_dir),
+            keys_before,
+            "a purge ran for an unknown subject"
+        );
         let known = vault.forget("known").await.expect("forget");
         assert_eq!(known.tokens_erased, 1);
-        assert_ne!(wal_files(), before, "the forget of a known subject purges");
+        assert_ne!(
+            wal_files(&key_dir),
+            keys_before,
+            "the forget purges the key instance"
+        );
+        assert_eq!(
+            wal_files(dir.path()),
+            vault_before,
+            "the forget's purge flushed the vault instance"
+        );
         let again = vault.forget("known").await.expect("forget again");
         assert_eq!(again.tokens_erased, 0);
     }

@@ -1,36 +1,42 @@
-//! The purger: makes erased and expired data physically gone from the
-//! RocksDB files. It runs on a thread of its own, so a purge never holds up
-//! the writer, and serves every request queued while it worked with one
+//! The purgers: make erased and expired data physically gone from the
+//! RocksDB files. Each runs on a thread of its own, so a purge never holds
+//! up the writer, and serves every request queued while it worked with one
 //! purge (each was queued after its erasure committed).
 //!
-//! Two scopes, and why (docs/erasure.md has the measurements):
+//! Two scopes, each with its own thread, and why (docs/erasure.md has the
+//! measurements):
 //! - [`PurgeScope::Keys`], at the end of every forget: no file holds the
-//!   forgotten subjects' wrapped DEKs. Every memtable is flushed (bounded by
-//!   the write buffers, not the store) so every WAL from before becomes
-//!   obsolete, then only the `subjects` key of each subject is compacted to
-//!   the last level: `compact_range` over one key rewrites the files that
-//!   overlap it, one small file per level (`SUBJECTS_FILE_BYTES`). Without
-//!   the wrapped DEK the subject's ciphertexts are noise and its index
-//!   entries unlinkable, so they may stay on disk a while.
-//! - [`PurgeScope::Everything`]: a full compaction of `subjects`, `tokens`
-//!   and `index`, which removes every erased and expired record. Its cost
-//!   is the store's size, so it runs on a schedule (the retention interval
-//!   and the erasure bound, see `api::server`), not per forget, and one run
-//!   serves every forget before it. The forgets it still owes are listed in
-//!   `meta` (`purge_pending/` ‖ erased_at ‖ subject hash, written in the
-//!   forget's batch); a full purge drops the entries it read before its
-//!   flush once it is done.
+//!   forgotten subjects' wrapped DEKs. They live in the key instance (see
+//!   `keys`), whose memtable is flushed (so every WAL from before is
+//!   obsolete), then only the `subjects` key of each subject is compacted
+//!   to the last level: `compact_range` over one key rewrites the files
+//!   that overlap it, one small file per level (`SUBJECTS_FILE_BYTES`).
+//!   Nothing of the vault instance is touched or waited for, so neither
+//!   its compactions nor a full purge running on the other thread delay a
+//!   forget. Without the wrapped DEK the subject's ciphertexts are noise
+//!   and its index entries unlinkable, so they may stay on disk a while.
+//! - [`PurgeScope::Everything`]: a full compaction of `tokens` and `index`
+//!   and of the key instance, which removes every erased and expired
+//!   record. Its cost is the store's size, so it runs on a schedule (the
+//!   retention interval and the erasure bound, see `api::server`), not per
+//!   forget, and one run serves every forget before it. The forgets it
+//!   still owes are listed in `meta` (`purge_pending/` ‖ erased_at ‖
+//!   subject hash, written in the forget's batch); a full purge drops the
+//!   entries it read before its flush once it is done.
 //!
 //! It must never report a purge done while a file it was meant to remove
 //! is still in the directory.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rocksdb::{BottommostLevelCompaction, CompactOptions, FlushOptions, WriteBatch};
+use rocksdb::{BottommostLevelCompaction, CompactOptions, FlushOptions, WriteBatch, DB};
 
-use super::schema::{CF_META, CF_SUBJECTS, COLUMN_FAMILIES, LAST_PURGE, PURGED_FAMILIES};
+use super::schema::{
+    CF_META, CF_SUBJECTS, COLUMN_FAMILIES, KEY_FAMILIES, LAST_PURGE, PURGED_FAMILIES,
+};
 use super::{engine, Inner, OBSOLETE_FILES_DEADLINE};
 use crate::crypto::SubjectHash;
 use crate::store::{PendingPurges, StoreError};
@@ -66,7 +72,35 @@ pub(super) fn pending_key(erased_at: i64, subject: &SubjectHash) -> Vec<u8> {
     key
 }
 
+/// One of the store's two RocksDB instances, as a purge sees it: its
+/// database, its directory and its families.
+pub(super) struct Instance<'a> {
+    pub db: &'a DB,
+    pub dir: &'a Path,
+    pub families: &'a [&'static str],
+    /// Where the purge marker goes (see [`Instance::flush_everything`]).
+    pub marker_family: &'static str,
+}
+
 impl Inner {
+    pub(super) fn vault_instance(&self) -> Instance<'_> {
+        Instance {
+            db: &self.db,
+            dir: &self.path,
+            families: &COLUMN_FAMILIES,
+            marker_family: CF_META,
+        }
+    }
+
+    pub(super) fn key_instance(&self) -> Instance<'_> {
+        Instance {
+            db: &self.keys,
+            dir: &self.keys_path,
+            families: &KEY_FAMILIES,
+            marker_family: rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+        }
+    }
+
     pub(super) fn run_purger(&self, queue: mpsc::Receiver<PurgeRequest>) {
         while let Ok(first) = queue.recv() {
             let mut waiting = vec![first];
@@ -99,43 +133,51 @@ impl Inner {
 
     /// No file holds the wrapped key of these subjects at return.
     fn purge_keys(&self, subjects: &[SubjectHash]) -> Result<(), StoreError> {
-        let (wals, _) = self.flush_everything()?;
-        // Only `subjects` files hold keys. Live ones only: a file in the
-        // directory that is not live is another family's compaction still
-        // writing (which can take longer than the deadline below).
-        let tables = self.live_tables_of(CF_SUBJECTS)?;
-        let subjects_family = self.cf(CF_SUBJECTS)?;
-        // Not exclusive: an exclusive manual compaction first waits for
-        // every running compaction of every family, so after a bulk load
-        // a forget would wait for `tokens` compactions it does not need.
-        let compact = forced_compaction(false);
+        let keys = self.key_instance();
+        let (wals, _) = keys.flush_everything()?;
+        // Only `subjects` files hold keys; a file in the directory that is
+        // not live is a compaction's output still being written.
+        let tables = keys.live_tables_of(CF_SUBJECTS)?;
+        let subjects_family = keys.cf(CF_SUBJECTS)?;
+        let compact = forced_compaction();
         if subjects.len() > WHOLE_FAMILY_ABOVE {
-            self.db
+            keys.db
                 .compact_range_cf_opt(subjects_family, None::<&[u8]>, None::<&[u8]>, &compact);
         } else {
             for subject in subjects {
                 let key = subject.as_bytes();
-                self.db
+                keys.db
                     .compact_range_cf_opt(subjects_family, Some(key), Some(key), &compact);
             }
         }
         // The files that held a key overlapped its range, so the compaction
         // replaced them: every `subjects` table from before that is no
         // longer live must be deleted; live ones never held a forgotten key.
-        self.wait_until_gone(&wals, &tables, &[])
+        keys.wait_until_gone(&wals, &tables, &[])
     }
 
     /// Nothing erased or expired before the call remains in any file.
     fn purge_everything(&self) -> Result<(), StoreError> {
         let owed = self.pending_keys()?;
-        let (wals, tables) = self.flush_everything()?;
-        let compact = forced_compaction(true);
+        let compact = forced_compaction();
+        let vault = self.vault_instance();
+        let (wals, tables) = vault.flush_everything()?;
         for name in PURGED_FAMILIES {
-            self.db
-                .compact_range_cf_opt(self.cf(name)?, None::<&[u8]>, None::<&[u8]>, &compact);
+            vault
+                .db
+                .compact_range_cf_opt(vault.cf(name)?, None::<&[u8]>, None::<&[u8]>, &compact);
         }
         // Every table of these families from before was rewritten.
-        self.wait_until_gone(&wals, &tables, &PURGED_FAMILIES)?;
+        vault.wait_until_gone(&wals, &tables, &PURGED_FAMILIES)?;
+        let keys = self.key_instance();
+        let (wals, tables) = keys.flush_everything()?;
+        keys.db.compact_range_cf_opt(
+            keys.cf(CF_SUBJECTS)?,
+            None::<&[u8]>,
+            None::<&[u8]>,
+            &compact,
+        );
+        keys.wait_until_gone(&wals, &tables, &[CF_SUBJECTS])?;
         let meta = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
         for key in owed {
@@ -146,21 +188,85 @@ impl Inner {
             .map_err(engine)
     }
 
+    /// The forgets a full purge still owes.
+    pub(super) fn pending_purges(&self) -> Result<PendingPurges, StoreError> {
+        let mut pending = PendingPurges::default();
+        for key in self.pending_keys()? {
+            let erased_at = pending_erased_at(&key)?;
+            pending.count += 1;
+            pending.oldest_erased_at = Some(
+                pending
+                    .oldest_erased_at
+                    .map_or(erased_at, |oldest| oldest.min(erased_at)),
+            );
+        }
+        Ok(pending)
+    }
+
+    /// The earliest erased_at of the forgets of `subject` still owed.
+    pub(super) fn purge_owed(&self, subject: &SubjectHash) -> Result<Option<i64>, StoreError> {
+        // Keys are ordered by time, so the first match is the earliest.
+        for key in self.pending_keys()? {
+            if key.ends_with(subject.as_bytes()) {
+                return Ok(Some(pending_erased_at(&key)?));
+            }
+        }
+        Ok(None)
+    }
+
+    fn pending_keys(&self) -> Result<Vec<Box<[u8]>>, StoreError> {
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(PENDING_END);
+        let mode = rocksdb::IteratorMode::From(PENDING, rocksdb::Direction::Forward);
+        self.db
+            .iterator_cf_opt(self.cf(CF_META)?, options, mode)
+            .map(|entry| entry.map(|(key, _)| key).map_err(engine))
+            .collect()
+    }
+}
+
+fn pending_erased_at(key: &[u8]) -> Result<i64, StoreError> {
+    key.get(PENDING.len()..PENDING.len() + 8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(i64::from_be_bytes)
+        .ok_or(StoreError::Corrupt("a pending-purge key is cut short"))
+}
+
+/// Exclusive: RocksDB first lets the running compactions of the instance
+/// finish and starts none beside it, so no file written from data before
+/// the purge escapes it. That wait is short in the key instance; in the
+/// vault instance only the scheduled full purge waits for it.
+fn forced_compaction() -> CompactOptions {
+    let mut compact = CompactOptions::default();
+    compact.set_exclusive_manual_compaction(true);
+    compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+    compact
+}
+
+impl Instance<'_> {
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or(StoreError::Engine(format!("column family {name} missing")))
+    }
+
     /// Flushes every memtable so that every WAL from before is obsolete;
     /// returns the WAL files from before and the table files after.
-    fn flush_everything(&self) -> Result<(HashSet<String>, HashSet<String>), StoreError> {
+    pub(super) fn flush_everything(
+        &self,
+    ) -> Result<(HashSet<String>, HashSet<String>), StoreError> {
         // A write to every purge, so that the flush below always switches to
         // a new WAL and every earlier WAL becomes obsolete.
         self.db
-            .put_cf_opt(
-                self.cf(CF_META)?,
+            .put_cf(
+                self.cf(self.marker_family)?,
                 LAST_PURGE,
                 crate::clock::unix_now().to_be_bytes(),
-                &self.write_options,
             )
             .map_err(engine)?;
         let before = self.database_files()?;
-        let families = COLUMN_FAMILIES
+        let families = self
+            .families
             .iter()
             .map(|name| self.cf(name))
             .collect::<Result<Vec<_>, _>>()?;
@@ -187,42 +293,13 @@ impl Inner {
             .collect())
     }
 
-    /// The forgets a full purge still owes.
-    pub(super) fn pending_purges(&self) -> Result<PendingPurges, StoreError> {
-        let mut pending = PendingPurges::default();
-        for key in self.pending_keys()? {
-            let erased_at = key
-                .get(PENDING.len()..PENDING.len() + 8)
-                .and_then(|bytes| bytes.try_into().ok())
-                .map(i64::from_be_bytes)
-                .ok_or(StoreError::Corrupt("a pending-purge key is cut short"))?;
-            pending.count += 1;
-            pending.oldest_erased_at = Some(
-                pending
-                    .oldest_erased_at
-                    .map_or(erased_at, |oldest| oldest.min(erased_at)),
-            );
-        }
-        Ok(pending)
-    }
-
-    fn pending_keys(&self) -> Result<Vec<Box<[u8]>>, StoreError> {
-        let mut options = rocksdb::ReadOptions::default();
-        options.set_iterate_upper_bound(PENDING_END);
-        let mode = rocksdb::IteratorMode::From(PENDING, rocksdb::Direction::Forward);
-        self.db
-            .iterator_cf_opt(self.cf(CF_META)?, options, mode)
-            .map(|entry| entry.map(|(key, _)| key).map_err(engine))
-            .collect()
-    }
-
     /// Waits until RocksDB has deleted the files that may hold purged data:
     /// the WAL files from before the flush, and the table files from before
     /// the compaction that are no longer live or belong to `rewritten`
     /// (families compacted whole, whose every earlier file must go). Files
     /// written since hold only later data. Deletion follows a compaction,
     /// but an open iterator can delay it a little.
-    fn wait_until_gone(
+    pub(super) fn wait_until_gone(
         &self,
         wals: &HashSet<String>,
         tables: &HashSet<String>,
@@ -251,8 +328,8 @@ impl Inner {
             if Instant::now() > deadline {
                 // File names hold no data. A table that is no longer live
                 // but still on disk is most often held by a compaction still
-                // running in another family: RocksDB keeps every file
-                // numbered above the outputs of a running job.
+                // running: RocksDB keeps every file numbered above the
+                // outputs of a running job of the same instance.
                 return Err(StoreError::Engine(format!(
                     "{} files that held purged data were not deleted within {}s ({}); a long compaction may still be running",
                     lingering.len(),
@@ -264,13 +341,14 @@ impl Inner {
         }
     }
 
-    /// Names of the table (.sst) and WAL (.log) files in the directory.
+    /// Names of the table (.sst) and WAL (.log) files in the directory
+    /// (not below it: the key instance is a directory of its own).
     fn database_files(&self) -> Result<HashSet<String>, StoreError> {
         let list_error = |e: std::io::Error| {
             StoreError::Engine(format!("cannot list the database directory: {e}"))
         };
         let mut names = HashSet::new();
-        for entry in std::fs::read_dir(&self.path).map_err(list_error)? {
+        for entry in std::fs::read_dir(self.dir).map_err(list_error)? {
             let name = entry
                 .map_err(list_error)?
                 .file_name()
@@ -282,11 +360,4 @@ impl Inner {
         }
         Ok(names)
     }
-}
-
-fn forced_compaction(exclusive: bool) -> CompactOptions {
-    let mut compact = CompactOptions::default();
-    compact.set_exclusive_manual_compaction(exclusive);
-    compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-    compact
 }

@@ -18,16 +18,16 @@ pub(super) const CF_TOMBSTONES: &str = "tombstones";
 /// Audit records by big-endian sequence number, so key order is
 /// sequence order (see `crate::audit`).
 pub(super) const CF_AUDIT: &str = "audit";
-pub(super) const COLUMN_FAMILIES: [&str; 6] = [
-    CF_META,
-    CF_SUBJECTS,
-    CF_TOKENS,
-    CF_INDEX,
-    CF_TOMBSTONES,
-    CF_AUDIT,
-];
-/// The families that hold data a purge must remove physically.
-pub(super) const PURGED_FAMILIES: [&str; 3] = [CF_SUBJECTS, CF_TOKENS, CF_INDEX];
+/// The families of the vault instance (the store's directory).
+pub(super) const COLUMN_FAMILIES: [&str; 5] =
+    [CF_META, CF_TOKENS, CF_INDEX, CF_TOMBSTONES, CF_AUDIT];
+/// The key instance (`KEYS_DIR` under the store's directory) holds only
+/// `subjects`, and purge markers in its default family (see `keys`).
+pub(super) const KEYS_DIR: &str = "keys";
+pub(super) const KEY_FAMILIES: [&str; 2] = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, CF_SUBJECTS];
+/// The vault instance's families that hold data a full purge must remove
+/// physically (and `subjects` in the key instance).
+pub(super) const PURGED_FAMILIES: [&str; 2] = [CF_TOKENS, CF_INDEX];
 /// A family of an earlier development layout (three entries per token).
 pub(super) const OLD_LAYOUT_FAMILY: &str = "subject_tokens";
 
@@ -56,7 +56,8 @@ pub(super) fn token_list_key(subject: &SubjectHash, token: &str) -> Vec<u8> {
 pub(super) const SYSTEM_KEY: &[u8] = b"system_key";
 /// The KEK version a rotation in progress moves keys to (u32 BE).
 pub(super) const KEK_ROTATION: &[u8] = b"kek_rotation";
-/// When the last purge started (i64 BE unix seconds).
+/// When the last purge started (i64 BE unix seconds), in `meta` and in
+/// the key instance's default family.
 pub(super) const LAST_PURGE: &[u8] = b"last_purge";
 /// Applied erasure-ledger entries: this, then the sequence number (u64
 /// BE), to the entry's MAC; up to (not including) the end key.

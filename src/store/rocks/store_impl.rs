@@ -12,7 +12,7 @@ use rocksdb::{ColumnFamily, FlushOptions, WriteBatch};
 use super::purge::PurgeScope;
 use super::schema::{
     deterministic_key, CF_AUDIT, CF_INDEX, CF_META, CF_SUBJECTS, CF_TOKENS, CF_TOMBSTONES,
-    COLUMN_FAMILIES, KEK_ROTATION, LEDGER_APPLIED, SYSTEM_KEY,
+    COLUMN_FAMILIES, KEK_ROTATION, KEY_FAMILIES, LEDGER_APPLIED, SYSTEM_KEY,
 };
 use super::writer::WriteRequest;
 use super::{engine, RocksStore};
@@ -42,12 +42,16 @@ impl RocksStore {
         STAT_PROPERTIES
             .iter()
             .map(|&(name, property)| {
-                let sum = COLUMN_FAMILIES
-                    .iter()
-                    .filter_map(|family| self.inner.db.cf_handle(family))
-                    .filter_map(|cf| self.inner.db.property_int_value_cf(&cf, property).ok())
-                    .flatten()
-                    .fold(0u64, u64::saturating_add);
+                let sum_over = |db: &rocksdb::DB, families: &[&str]| {
+                    families
+                        .iter()
+                        .filter_map(|family| db.cf_handle(family))
+                        .filter_map(|cf| db.property_int_value_cf(&cf, property).ok())
+                        .flatten()
+                        .fold(0u64, u64::saturating_add)
+                };
+                let sum = sum_over(&self.inner.db, &COLUMN_FAMILIES)
+                    .saturating_add(sum_over(&self.inner.keys, &KEY_FAMILIES));
                 (name, sum)
             })
             .collect()
@@ -307,6 +311,10 @@ impl Store for RocksStore {
         self.purge_scope(PurgeScope::Keys(vec![subject])).await
     }
 
+    async fn purge_owed(&self, subject: SubjectHash) -> Result<Option<i64>, StoreError> {
+        self.inner.purge_owed(&subject)
+    }
+
     async fn pending_purges(&self) -> Result<PendingPurges, StoreError> {
         self.inner.pending_purges()
     }
@@ -316,24 +324,30 @@ impl Store for RocksStore {
     }
 
     fn stop_background_work(&self) {
-        if let Err(error) = self.inner.db.flush_wal(true) {
-            tracing::error!(error = %error.into_string(), "WAL sync at shutdown failed");
-        }
-        // Memtables to table files: the next start replays no WAL. The
-        // synced WAL above already made every acknowledged write durable,
-        // so a failure here (a full disk) costs only a longer restart.
-        let mut flush = FlushOptions::default();
-        flush.set_wait(true);
-        let families: Vec<&ColumnFamily> = COLUMN_FAMILIES
-            .iter()
-            .filter_map(|name| self.inner.db.cf_handle(name))
-            .collect();
-        match self.inner.db.flush_cfs_opt(&families, &flush) {
-            Ok(()) => tracing::info!("store flushed at shutdown"),
-            Err(error) => {
-                tracing::warn!(error = %error.into_string(), "memtable flush at shutdown failed; the WAL is replayed at the next start")
+        let instances: [(&rocksdb::DB, &[&str]); 2] = [
+            (&self.inner.keys, &KEY_FAMILIES),
+            (&self.inner.db, &COLUMN_FAMILIES),
+        ];
+        for (db, names) in instances {
+            if let Err(error) = db.flush_wal(true) {
+                tracing::error!(error = %error.into_string(), "WAL sync at shutdown failed");
+            }
+            // Memtables to table files: the next start replays no WAL. The
+            // synced WAL above already made every acknowledged write
+            // durable, so a failure here (a full disk) costs only a longer
+            // restart.
+            let mut flush = FlushOptions::default();
+            flush.set_wait(true);
+            let families: Vec<&ColumnFamily> =
+                names.iter().filter_map(|name| db.cf_handle(name)).collect();
+            match db.flush_cfs_opt(&families, &flush) {
+                Ok(()) => tracing::info!("store flushed at shutdown"),
+                Err(error) => {
+                    tracing::warn!(error = %error.into_string(), "memtable flush at shutdown failed; the WAL is replayed at the next start")
+                }
             }
         }
+        self.inner.keys.cancel_all_background_work(true);
         self.inner.db.cancel_all_background_work(true);
     }
 
@@ -366,6 +380,8 @@ impl Store for RocksStore {
     }
 
     fn sync_wal(&self) -> Result<(), StoreError> {
+        // Keys first, as the writer orders them.
+        self.inner.keys.flush_wal(true).map_err(engine)?;
         self.inner.db.flush_wal(true).map_err(engine)
     }
 

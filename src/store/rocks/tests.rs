@@ -108,3 +108,76 @@ async fn data_survives_reopening() {
         .expect("read")[0]
         .is_some());
 }
+
+/// A store from before the key instance (its wrapped keys in the vault
+/// instance's `subjects` family) opens with every key readable, and the
+/// keys are then in the key instance only: no file of the vault
+/// instance holds one, so a later forget's key purge covers every copy.
+#[tokio::test]
+async fn a_store_with_keys_in_the_vault_instance_moves_them_to_the_key_instance() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let wrapped = |n: u8| WrappedKey {
+        kind: crate::kek::KekKind::Local,
+        kek_version: 1,
+        // Bytes without repeats, which no compression shortens, so a
+        // search of the files finds them verbatim.
+        ciphertext: (0..40u32)
+            .map(|i| ((u32::from(n) * 40 + i).wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect(),
+    };
+    let files_holding = |n: u8| -> Vec<std::ffi::OsString> {
+        let needle = wrapped(n).ciphertext;
+        std::fs::read_dir(root.path())
+            .expect("list")
+            .flatten()
+            .filter(|entry| !entry.path().is_dir())
+            .filter(|entry| {
+                std::fs::read(entry.path())
+                    .expect("read")
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_slice())
+            })
+            .map(|entry| entry.file_name())
+            .collect()
+    };
+    {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let legacy = COLUMN_FAMILIES.iter().copied().chain([CF_SUBJECTS]);
+        let db = DB::open_cf(&options, root.path(), legacy).expect("legacy layout");
+        let subjects = db.cf_handle(CF_SUBJECTS).expect("cf");
+        for n in 0..3u8 {
+            db.put_cf(subjects, [n; 32], wrapped(n).encode())
+                .expect("put");
+        }
+        // One key in a table file, the others only in the WAL.
+        db.flush_cf(subjects).expect("flush");
+        db.put_cf(subjects, [9u8; 32], wrapped(9).encode())
+            .expect("put");
+    }
+    for n in [0u8, 1, 2, 9] {
+        assert!(
+            !files_holding(n).is_empty(),
+            "the search would prove nothing"
+        );
+    }
+    let store = RocksStore::open(root.path(), &RocksOptions::for_tests()).expect("open");
+    let subjects: Vec<SubjectHash> = [0u8, 1, 2, 9].map(|n| SubjectHash([n; 32])).to_vec();
+    let keys = store.subject_keys(&subjects).await.expect("read");
+    let expected: Vec<Option<WrappedKey>> = [0u8, 1, 2, 9].map(|n| Some(wrapped(n))).to_vec();
+    assert_eq!(keys, expected);
+    let families = DB::list_cf(&Options::default(), root.path()).expect("families");
+    assert!(!families.iter().any(|f| f == CF_SUBJECTS), "{families:?}");
+    for n in [0u8, 1, 2, 9] {
+        let holders = files_holding(n);
+        assert!(
+            holders.is_empty(),
+            "the vault instance still holds a key in {holders:?}"
+        );
+    }
+    drop(store);
+    // Reopening finds the new layout and moves nothing.
+    let store = RocksStore::open(root.path(), &RocksOptions::for_tests()).expect("reopen");
+    assert_eq!(store.subject_keys(&subjects).await.expect("read"), expected);
+}

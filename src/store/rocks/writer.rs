@@ -250,6 +250,13 @@ impl Inner {
             &self.write_options
         };
         let written = self.token_puts_in_key_order(&mut state).and_then(|()| {
+            // Keys first, with the same sync: no token lands without the
+            // key it was sealed under (see `keys`).
+            if !state.keys_batch.is_empty() {
+                self.keys
+                    .write_opt(state.keys_batch, write_options)
+                    .map_err(engine)?;
+            }
             self.db
                 .write_opt(state.batch, write_options)
                 .map_err(engine)
@@ -259,16 +266,16 @@ impl Inner {
         }
     }
 
-    /// Deletes a subject's key, tokens and index entries in one batch and
-    /// leaves a tombstone per token. Runs on the writer thread, so no
-    /// insert interleaves with it.
+    /// Deletes a subject's key, then its tokens and index entries in one
+    /// batch, and leaves a tombstone per token. Runs on the writer thread,
+    /// so no insert interleaves with it.
     fn forget(
         &self,
         subject: &SubjectHash,
         hasher: &TombstoneHasher,
         now: i64,
     ) -> Result<u64, StoreError> {
-        let (index, tokens, subjects, tombstones) = (
+        let (index, tokens, subject_keys, tombstones) = (
             self.cf(CF_INDEX)?,
             self.cf(CF_TOKENS)?,
             self.cf(CF_SUBJECTS)?,
@@ -284,14 +291,19 @@ impl Inner {
             erased += 1;
         }
         let had_key = self
-            .db
-            .get_pinned_cf(subjects, subject.as_bytes())
+            .keys
+            .get_pinned_cf(subject_keys, subject.as_bytes())
             .map_err(engine)?
             .is_some();
         if erased == 0 && !had_key {
             return Ok(0);
         }
-        batch.delete_cf(subjects, subject.as_bytes());
+        // The key first (see `keys` for the order across the instances).
+        let mut key_batch = WriteBatch::default();
+        key_batch.delete_cf(subject_keys, subject.as_bytes());
+        self.keys
+            .write_opt(key_batch, &self.write_options)
+            .map_err(engine)?;
         batch.put_cf(self.cf(CF_META)?, purge::pending_key(now, subject), []);
         self.db
             .write_opt(batch, &self.write_options)
@@ -454,12 +466,15 @@ impl Inner {
             return Ok(KeyStaged::InThisGroup(in_group.clone()));
         }
         let cf = self.cf(family)?;
-        if let Some(existing) = self.db.get_pinned_cf(cf, &staged_key.1).map_err(engine)? {
+        let stored = self.db_of(family).get_pinned_cf(cf, &staged_key.1);
+        if let Some(existing) = stored.map_err(engine)? {
             let existing =
                 WrappedKey::decode(&existing).map_err(|_| StoreError::Corrupt("wrapped key"))?;
             return Ok(KeyStaged::Existing(existing));
         }
-        state.batch.put_cf(cf, &staged_key.1, wrapped.encode());
+        state
+            .batch_of(family)
+            .put_cf(cf, &staged_key.1, wrapped.encode());
         state.keys.insert(staged_key, wrapped.clone());
         Ok(KeyStaged::InThisGroup(wrapped))
     }
@@ -477,7 +492,7 @@ impl Inner {
             return Ok(Some(staged.clone()));
         }
         let cf = self.cf(family)?;
-        match self.db.get_pinned_cf(cf, key).map_err(engine)? {
+        match self.db_of(family).get_pinned_cf(cf, key).map_err(engine)? {
             Some(bytes) => WrappedKey::decode(&bytes)
                 .map(Some)
                 .map_err(|_| StoreError::Corrupt("wrapped key")),
@@ -498,7 +513,7 @@ impl Inner {
             return Ok(false);
         }
         let cf = self.cf(family)?;
-        state.batch.put_cf(cf, &key, new.encode());
+        state.batch_of(family).put_cf(cf, &key, new.encode());
         state.keys.insert((family, key), new);
         Ok(true)
     }
@@ -507,7 +522,10 @@ impl Inner {
 /// What one write group has staged so far.
 #[derive(Default)]
 struct GroupState {
+    /// For the vault instance.
     batch: WriteBatch,
+    /// For the key instance: written before `batch`.
+    keys_batch: WriteBatch,
     /// Token records and index entries, put into `batch` in key order at
     /// commit.
     token_puts: Vec<(Vec<u8>, Vec<u8>)>,
@@ -519,6 +537,17 @@ struct GroupState {
     carries_audit: bool,
     /// The batch holds writes nobody waits for (window counters).
     unanswered_writes: bool,
+}
+
+impl GroupState {
+    /// The batch for the instance that holds `family`.
+    fn batch_of(&mut self, family: &str) -> &mut WriteBatch {
+        if family == CF_SUBJECTS {
+            &mut self.keys_batch
+        } else {
+            &mut self.batch
+        }
+    }
 }
 
 enum KeyStaged {
