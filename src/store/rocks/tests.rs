@@ -181,3 +181,77 @@ async fn a_store_with_keys_in_the_vault_instance_moves_them_to_the_key_instance(
     let store = RocksStore::open(root.path(), &RocksOptions::for_tests()).expect("reopen");
     assert_eq!(store.subject_keys(&subjects).await.expect("read"), expected);
 }
+
+/// Forgets queued together (the writer writes them as one batch per
+/// instance) erase each subject's tokens once: a subject named twice is
+/// erased by one of the two, and the other subjects' counts are their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_forgets_each_erase_their_own_subject_once() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(RocksStore::open(root.path(), &RocksOptions::for_tests()).expect("open"));
+    let key = |n: u8| WrappedKey {
+        kind: crate::kek::KekKind::Local,
+        kek_version: 1,
+        ciphertext: vec![n; 40],
+    };
+    for n in 0..8u8 {
+        let subject = SubjectHash([n; 32]);
+        store
+            .insert_subject_key(subject, key(n))
+            .await
+            .expect("key");
+        let batch: Vec<NewToken> = (0..=n)
+            .map(|i| NewToken {
+                token: format!("token-{n}-{i}"),
+                record: TokenRecord {
+                    subject,
+                    format: "text".into(),
+                    created_at: 1,
+                    expires_at: None,
+                    sealed: crate::crypto::Sealed {
+                        nonce: [i; crate::crypto::NONCE_LEN],
+                        ciphertext: vec![i; 20],
+                    },
+                },
+                index_key: None,
+            })
+            .collect();
+        let outcome = store
+            .insert_tokens(batch, &[(subject, &key(n))], 1)
+            .await
+            .expect("insert");
+        assert_eq!(outcome, InsertOutcome::Committed);
+    }
+    let hasher: crate::store::TombstoneHasher = Arc::new(|token: &str| {
+        let mut out = [0u8; 32];
+        out[..token.len().min(32)].copy_from_slice(&token.as_bytes()[..token.len().min(32)]);
+        out
+    });
+    // Subject 3 twice.
+    let targets = [0u8, 1, 2, 3, 3, 4, 5, 6, 7];
+    let calls = targets.map(|n| {
+        let (store, hasher) = (Arc::clone(&store), Arc::clone(&hasher));
+        tokio::spawn(async move { store.forget_subject(SubjectHash([n; 32]), hasher, 2).await })
+    });
+    let mut erased = Vec::new();
+    for call in calls {
+        erased.push(call.await.expect("join").expect("forget"));
+    }
+    let expected_once = |n: u8| u64::from(n) + 1;
+    for (target, count) in targets.iter().zip(&erased) {
+        if *target != 3 {
+            assert_eq!(*count, expected_once(*target), "subject {target}");
+        }
+    }
+    let threes: Vec<u64> = erased[3..5].to_vec();
+    assert!(
+        threes == [4, 0] || threes == [0, 4],
+        "subject 3, forgotten twice, erased once: {threes:?}"
+    );
+    let keys = store
+        .subject_keys(&(0..8u8).map(|n| SubjectHash([n; 32])).collect::<Vec<_>>())
+        .await
+        .expect("keys");
+    assert!(keys.iter().all(Option::is_none), "every key is deleted");
+    assert_eq!(store.counts().expect("counts").tokens, 0);
+}

@@ -115,7 +115,22 @@ impl Inner {
         };
         let mut state = GroupState::default();
         let mut waiting = Vec::with_capacity(group.len());
+        // The group's forgets share one write per instance (and so one sync
+        // each) until a request that writes tokens or keys, which must land
+        // after them. The others (audit, ledger marks, counters, meta) touch
+        // nothing a forget does, and none refers to a forget not yet
+        // answered, so they may land before it.
+        let mut forgets: Vec<ForgetRequest> = Vec::new();
         for request in group {
+            let after_forgets = matches!(
+                request,
+                WriteRequest::Tokens { .. }
+                    | WriteRequest::KeyIfAbsent { .. }
+                    | WriteRequest::ReplaceKey { .. }
+            );
+            if after_forgets && !forgets.is_empty() {
+                self.forget_all(std::mem::take(&mut forgets));
+            }
             let request = match (&disk_full, request) {
                 (Some(full), WriteRequest::Tokens { reply, .. }) => {
                     let _ = reply.send(Err(full.clone()));
@@ -134,10 +149,17 @@ impl Inner {
                     now,
                     reply,
                 } => {
-                    // A barrier: what the group staged before lands first,
-                    // so the forget sees (and erases) it.
-                    self.commit(std::mem::take(&mut state), std::mem::take(&mut waiting));
-                    let _ = reply.send(self.forget(&subject, &hasher, now));
+                    // A barrier: tokens and keys the group staged before
+                    // land first, so the forget sees (and erases) them.
+                    if state.stages_subject_data() {
+                        self.commit(std::mem::take(&mut state), std::mem::take(&mut waiting));
+                    }
+                    forgets.push(ForgetRequest {
+                        subject,
+                        hasher,
+                        now,
+                        reply,
+                    });
                 }
                 WriteRequest::Tokens {
                     batch,
@@ -236,6 +258,9 @@ impl Inner {
                 },
             }
         }
+        if !forgets.is_empty() {
+            self.forget_all(forgets);
+        }
         self.commit(state, waiting);
     }
 
@@ -266,14 +291,54 @@ impl Inner {
         }
     }
 
-    /// Deletes a subject's key, then its tokens and index entries in one
-    /// batch, and leaves a tombstone per token. Runs on the writer thread,
-    /// so no insert interleaves with it.
-    fn forget(
+    /// Forgets subjects: deletes their keys in one batch of the key
+    /// instance, then their tokens and index entries in one batch of the
+    /// vault instance, and leaves a tombstone per token; answers each with
+    /// the tokens it erased (a subject named twice erases once). Runs on
+    /// the writer thread, so no insert interleaves with it.
+    fn forget_all(&self, forgets: Vec<ForgetRequest>) {
+        let mut erased = Vec::with_capacity(forgets.len());
+        let mut key_batch = WriteBatch::default();
+        let mut batch = WriteBatch::default();
+        let mut seen = HashSet::new();
+        let staged = forgets.iter().try_for_each(|forget| {
+            let count = if seen.insert(forget.subject) {
+                self.stage_forget(forget, &mut key_batch, &mut batch)?
+            } else {
+                0
+            };
+            erased.push(count);
+            Ok(())
+        });
+        // The keys first (see `keys` for the order across the instances).
+        let written = staged.and_then(|()| {
+            if !key_batch.is_empty() {
+                self.keys
+                    .write_opt(key_batch, &self.write_options)
+                    .map_err(engine)?;
+            }
+            if !batch.is_empty() {
+                self.db
+                    .write_opt(batch, &self.write_options)
+                    .map_err(engine)?;
+            }
+            Ok(())
+        });
+        for (forget, count) in forgets
+            .into_iter()
+            .zip(erased.into_iter().chain(std::iter::repeat(0)))
+        {
+            let _ = forget.reply.send(written.clone().map(|()| count));
+        }
+    }
+
+    /// Stages one forget into the two batches; returns the tokens it erases
+    /// (0, staging nothing, for a subject with neither key nor token).
+    fn stage_forget(
         &self,
-        subject: &SubjectHash,
-        hasher: &TombstoneHasher,
-        now: i64,
+        forget: &ForgetRequest,
+        key_batch: &mut WriteBatch,
+        batch: &mut WriteBatch,
     ) -> Result<u64, StoreError> {
         let (index, tokens, subject_keys, tombstones) = (
             self.cf(CF_INDEX)?,
@@ -281,13 +346,19 @@ impl Inner {
             self.cf(CF_SUBJECTS)?,
             self.cf(CF_TOMBSTONES)?,
         );
-        let mut batch = WriteBatch::default();
+        let subject = &forget.subject;
+        // A failure of any forget fails the group's before anything is
+        // written, so staging straight into the shared batch is safe.
         let mut erased = 0u64;
         for (key, value) in self.subject_entries(subject, None, usize::MAX)? {
             let entry = IndexEntry::decode(&value)?;
             batch.delete_cf(index, &key);
             batch.delete_cf(tokens, entry.token.as_bytes());
-            batch.put_cf(tombstones, hasher(&entry.token), now.to_be_bytes());
+            batch.put_cf(
+                tombstones,
+                (forget.hasher)(&entry.token),
+                forget.now.to_be_bytes(),
+            );
             erased += 1;
         }
         let had_key = self
@@ -298,16 +369,12 @@ impl Inner {
         if erased == 0 && !had_key {
             return Ok(0);
         }
-        // The key first (see `keys` for the order across the instances).
-        let mut key_batch = WriteBatch::default();
         key_batch.delete_cf(subject_keys, subject.as_bytes());
-        self.keys
-            .write_opt(key_batch, &self.write_options)
-            .map_err(engine)?;
-        batch.put_cf(self.cf(CF_META)?, purge::pending_key(now, subject), []);
-        self.db
-            .write_opt(batch, &self.write_options)
-            .map_err(engine)?;
+        batch.put_cf(
+            self.cf(CF_META)?,
+            purge::pending_key(forget.now, subject),
+            [],
+        );
         Ok(erased)
     }
 
@@ -519,6 +586,14 @@ impl Inner {
     }
 }
 
+/// A forget waiting for its turn in the group.
+struct ForgetRequest {
+    subject: SubjectHash,
+    hasher: TombstoneHasher,
+    now: i64,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
 /// What one write group has staged so far.
 #[derive(Default)]
 struct GroupState {
@@ -540,6 +615,12 @@ struct GroupState {
 }
 
 impl GroupState {
+    /// Whether tokens, index entries or keys are staged (what a forget
+    /// must see).
+    fn stages_subject_data(&self) -> bool {
+        !self.tokens.is_empty() || !self.keys.is_empty()
+    }
+
     /// The batch for the instance that holds `family`.
     fn batch_of(&mut self, family: &str) -> &mut WriteBatch {
         if family == CF_SUBJECTS {
