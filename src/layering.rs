@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["kek", "store", "erasure", "metrics"],
     &["audit", "policy"],
     &["vault"],
-    &["exposure"],
+    &["app", "exposure"],
     &["api"],
     &["cli"],
 ];

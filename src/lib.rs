@@ -11,11 +11,14 @@
 //!    (persistence), `erasure` (receipts and the ledger), `metrics`;
 //! 3. `audit` (the tamper-evident log) and `policy` (access control);
 //! 4. `vault`: the service logic;
-//! 5. `exposure`: what a configuration would expose;
+//! 5. `app`: the composition root (builds a vault from a configuration,
+//!    choosing its store and key provider); `exposure`: what a
+//!    configuration would expose;
 //! 6. `api`: gRPC, authentication, status codes;
 //! 7. `cli`: the command line, `serve` among it.
 
 pub mod api;
+pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod clock;

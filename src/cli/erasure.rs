@@ -14,6 +14,7 @@ use clap::{Args, Subcommand};
 use super::client::{call_error, connect};
 use super::keys::{connect_admin, VaultArgs};
 use super::ClientArgs;
+use crate::app::open_vault;
 use crate::erasure::SignedReceipt;
 use crate::pb;
 use crate::pb::admin::{
@@ -329,7 +330,7 @@ pub async fn erasure(command: ErasureCommand) -> anyhow::Result<()> {
 }
 
 async fn open_offline(config: &crate::config::Config) -> anyhow::Result<Vault> {
-    Vault::open(config, false)
+    open_vault(config, false)
         .await
         .context("no server is running and the vault could not be opened here")
 }

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::api::admin::{self, progress_message, status_message};
+use crate::app::open_vault;
 use crate::config::Config;
 use crate::pb::admin::admin_client::AdminClient;
 use crate::pb::admin::{KeyStatusRequest, KeyStatusResponse, RotateKekProgress, RotateKekRequest};
@@ -170,7 +171,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 async fn open_offline(config: &Config) -> anyhow::Result<Vault> {
-    Vault::open(config, false).await.with_context(|| {
+    open_vault(config, false).await.with_context(|| {
         format!(
             "no server answers on {} and the vault could not be opened here",
             admin::socket_path(&config.data_dir).display()

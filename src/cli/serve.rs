@@ -13,9 +13,9 @@ use clap::Args;
 
 use crate::api::auth::Access;
 use crate::api::{server, Authenticator, Principal, Rpc};
+use crate::app::open_vault;
 use crate::config::{Config, LogFormat};
 use crate::policy::ActorVerifier;
-use crate::vault::Vault;
 
 /// The dev admin key's file name inside the data directory.
 pub const DEV_ADMIN_KEY_FILE: &str = "dev-admin.key";
@@ -75,7 +75,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(ActorVerifier::from_config)
         .transpose()?;
     let vault = Arc::new(
-        Vault::open(&config, args.dev)
+        open_vault(&config, args.dev)
             .await
             .context("cannot open the vault")?,
     );

@@ -47,7 +47,7 @@ fn refused(error: LedgerError) -> VaultError {
 impl Vault {
     /// Opens the configured ledger, checks it against the store, replays
     /// what the store lacks and clears a restore's marker.
-    pub(super) async fn open_ledger(&mut self, config: &Config) -> Result<(), VaultError> {
+    pub async fn open_ledger(&mut self, config: &Config) -> Result<(), VaultError> {
         let location = config
             .ledger_location()
             .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
@@ -227,7 +227,7 @@ mod tests {
     }
 
     async fn open(dir: &Path) -> Result<Vault, VaultError> {
-        Vault::open(&config(dir), true).await
+        crate::app::open_vault(&config(dir), true).await
     }
 
     fn item(value: &str) -> TokenizeItem {

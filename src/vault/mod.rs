@@ -1,7 +1,8 @@
 //! The vault's service logic: tokenize and detokenize over the key
 //! hierarchy and the store. It knows nothing of gRPC (see `api`) nor of
-//! RocksDB (see `store`); it validates input, derives and caches keys,
-//! seals values and resolves token collisions.
+//! which store and key provider it runs on (`app` builds them); it
+//! validates input, derives and caches keys, seals values and resolves
+//! token collisions.
 //!
 //! It must never put a value, subject id or key into an error, a log line
 //! or a stored record other than sealed.
@@ -17,7 +18,6 @@ pub mod text;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -30,18 +30,15 @@ pub use rotation::{KeyStatus, RotationProgress};
 pub use text::{Redacted, RedactedFinding, Restored};
 
 use crate::clock::unix_now;
-use crate::config::{AuditDurability, Config, Limits};
+use crate::config::Limits;
 use crate::crypto::{
     token_aad, CryptoError, IndexKey, SecretKey, SubjectHash, SubjectKeys, SystemKeys,
 };
 use crate::erasure::ErasureLedger;
-use crate::kek::{self, KekProvider, WrappedKey};
+use crate::kek::{KekProvider, WrappedKey};
 use crate::policy::quota::{NewValueCaller, QuotaAlert};
 use crate::scan::Scanner;
-use crate::store::counters::{MemoryCounters, WindowCounters};
-use crate::store::disk::DiskGuard;
-use crate::store::postgres::PostgresStore;
-use crate::store::rocks::{RocksOptions, RocksStore};
+use crate::store::counters::MemoryCounters;
 use crate::store::{
     Conflict, InsertOutcome, NewToken, Store, StoreError, TokenRecord, TombstoneHasher,
 };
@@ -137,56 +134,12 @@ pub struct Vault {
 }
 
 impl Vault {
-    /// Opens the configured store and key provider and loads (or, on first
-    /// start, creates) the system key.
-    pub async fn open(config: &Config, dev: bool) -> Result<Self, VaultError> {
-        // Built first: a bad [[formats]] or [[detectors]] entry fails
-        // before any key work.
-        let templates = Arc::new(
-            config
-                .templates()
-                .map_err(|e| VaultError::InvalidArgument(e.to_string()))?,
-        );
-        let scanner = config
-            .scanner_with(&templates)
-            .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
-        crate::store::create_private_dir(&config.data_dir).map_err(|e| {
-            VaultError::Internal(format!(
-                "cannot create data dir {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
-        let kek = kek::open_provider(&config.kek, &config.data_dir, dev).await?;
-        if !kek.is_secure() {
-            tracing::warn!(
-                provider = kek.kind().name(),
-                "the KEK is held in this process (local key file): for development only; use kek.provider = \"vault\" in production"
-            );
-        }
-        let (store, counters) = open_store(&config.data_dir, config).await?;
-        let mut vault =
-            Self::with_parts(store, kek, config.cache.max_subjects, config.limits.clone()).await?;
-        vault.set_counters(counters);
-        let mut new_value_limits = config.new_value_limits.clone();
-        if dev {
-            // `serve --dev`'s admin key loads test data in bulk.
-            new_value_limits
-                .principals
-                .entry(DEV_ADMIN_PRINCIPAL.to_string())
-                .or_insert_with(crate::config::NewValueOverride::bulk);
-        }
-        vault.set_new_value_limits(new_value_limits);
-        vault.set_physical_purge(erasure::PhysicalPurge {
-            within_seconds: i64::try_from(config.erasure.purge_within_seconds).unwrap_or(i64::MAX),
-            full_at_return: config.erasure.full_purge_at_return,
-        });
-        vault.scanner = scanner;
-        // Masked reveal finds a template by the stored format name.
+    /// The text rules: token templates (masked reveal finds a template by
+    /// the stored format name) and the scanner RedactText runs.
+    pub fn set_text_rules(&mut self, templates: Arc<Templates>, scanner: Scanner) {
         template::install(&templates);
-        vault.templates = templates;
-        // Replayed before anything is served.
-        vault.open_ledger(config).await?;
-        Ok(vault)
+        self.templates = templates;
+        self.scanner = scanner;
     }
 
     /// Assembles a vault from parts (tests use this with other stores).
@@ -745,34 +698,6 @@ impl Vault {
     }
 }
 
-/// The configured store, and the window counters kept in it (shared by
-/// the replicas on PostgreSQL, persisted on RocksDB).
-async fn open_store(
-    data_dir: &Path,
-    config: &Config,
-) -> Result<(Arc<dyn Store>, Arc<dyn WindowCounters>), VaultError> {
-    let postgres = config
-        .storage
-        .postgres_options()
-        .map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
-    if let Some(postgres) = postgres {
-        let store = Arc::new(PostgresStore::open(&postgres).await?);
-        return Ok((Arc::clone(&store) as Arc<dyn Store>, store));
-    }
-    let options = RocksOptions {
-        sync_writes: config.storage.sync_writes,
-        block_cache_bytes: config.storage.block_cache_mb * 1024 * 1024,
-        sync_audit: config.audit.durability == AuditDurability::Sync,
-    };
-    let disk = match config.storage.disk_reserve_bytes {
-        0 => None,
-        reserve => Some(DiskGuard::start(data_dir, reserve)?),
-    };
-    let store = RocksStore::open_guarded(&data_dir.join("rocksdb"), &options, disk)?;
-    let counters = Arc::new(store.counters());
-    Ok((Arc::new(store), counters))
-}
-
 async fn load_or_create_system_key(
     store: &dyn Store,
     kek: &dyn KekProvider,
@@ -967,7 +892,9 @@ mod tests {
     use super::*;
     use crate::kek::local::LocalKek;
     use crate::store::postgres::tests::{fresh_database, options};
+    use crate::store::postgres::PostgresStore;
     use crate::store::rocks::{RocksOptions, RocksStore};
+    use std::path::Path;
 
     #[test]
     fn an_opened_value_becomes_text_or_an_internal_error() {
