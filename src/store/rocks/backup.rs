@@ -56,7 +56,7 @@ impl RocksStore {
     }
 }
 
-fn open_backup_engine(dir: &Path) -> Result<BackupEngine, StoreError> {
+pub(super) fn open_backup_engine(dir: &Path) -> Result<BackupEngine, StoreError> {
     let options = BackupEngineOptions::new(dir).map_err(engine)?;
     let env = Env::new().map_err(engine)?;
     BackupEngine::open(&options, &env).map_err(engine)

@@ -255,3 +255,40 @@ async fn concurrent_forgets_each_erase_their_own_subject_once() {
     assert!(keys.iter().all(Option::is_none), "every key is deleted");
     assert_eq!(store.counts().expect("counts").tokens, 0);
 }
+
+/// A backup whose key half is older than its vault half (the backup
+/// stopped between the two) is refused before anything is overwritten:
+/// restored, its newest tokens would lack their keys.
+#[tokio::test]
+async fn a_backup_whose_keys_are_older_than_its_vault_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (db_dir, backups) = (root.path().join("db"), root.path().join("backups"));
+    let store = RocksStore::open(&db_dir, &RocksOptions::for_tests()).expect("open");
+    let key = WrappedKey {
+        kind: crate::kek::KekKind::Local,
+        kek_version: 1,
+        ciphertext: vec![7; 40],
+    };
+    let subject = SubjectHash([7; 32]);
+    store
+        .insert_subject_key(subject, key.clone())
+        .await
+        .expect("key");
+    store.create_backup(&backups).await.expect("backup");
+    // A second backup that stops after the vault half, a second later
+    // (backup times are in seconds).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut vault_half = backup::open_backup_engine(&backups).expect("engine");
+    vault_half
+        .create_new_backup_flush(&store.inner.db, true)
+        .expect("vault half");
+    drop(store);
+    let error = RocksStore::restore_latest_backup(&backups, &db_dir).expect_err("refused");
+    assert!(error.to_string().contains("incomplete"), "{error}");
+    // Nothing was overwritten: the store opens with its key.
+    let store = RocksStore::open(&db_dir, &RocksOptions::for_tests()).expect("reopen");
+    assert_eq!(
+        store.subject_keys(&[subject]).await.expect("read"),
+        vec![Some(key)]
+    );
+}
