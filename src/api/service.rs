@@ -348,7 +348,8 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
                 let format = outcome.format.unwrap_or_default();
                 let (reveal, value) = match outcome.value {
                     Some(value) if outcome.status == TokenStatus::Found => {
-                        let (reveal, shown) = principal.reveal(&format, value);
+                        let (reveal, shown) =
+                            principal.reveal(self.vault.templates(), &format, value);
                         // Moved out of the zeroizing wrapper only here, into
                         // the response the caller is entitled to.
                         (pb_reveal(reveal), shown.to_string())
@@ -418,7 +419,7 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             .restore_text_with(
                 &request.text,
                 Some(request.subject_id.as_str()).filter(|id| !id.is_empty()),
-                |format, value| principal.reveal(format, value).1,
+                |format, value| principal.reveal(self.vault.templates(), format, value).1,
             )
             .await
             .map_err(to_status)?;
@@ -587,7 +588,9 @@ impl Export {
         let mut page = first;
         loop {
             for exported in page.tokens {
-                let (_, shown) = self.principal.reveal(&exported.format, exported.value);
+                let (_, shown) =
+                    self.principal
+                        .reveal(self.vault.templates(), &exported.format, exported.value);
                 let message = pb::ExportSubjectResponse {
                     token: exported.token,
                     format: exported.format,

@@ -24,7 +24,7 @@
 use zeroize::Zeroizing;
 
 use crate::token::format::Format;
-use crate::token::template;
+use crate::token::template::Templates;
 
 /// The character a masked position shows.
 pub const MASK: char = '•';
@@ -33,10 +33,10 @@ pub const MASK: char = '•';
 pub const FULLY_MASKED: &str = "••••••••";
 
 /// `value` masked as its format's policy says. `format` is the stored
-/// format name; an operator-defined one is masked by its template as the
-/// server runs it ([`template::installed`]); an unknown one, or a value its
+/// format name; an operator-defined one is masked by its template among
+/// `templates` (the ones the server runs); an unknown one, or a value its
 /// template no longer matches, keeps nothing.
-pub fn mask(format: &str, value: &str) -> String {
+pub fn mask(templates: &Templates, format: &str, value: &str) -> String {
     match Format::from_name(format) {
         Some(Format::Card) => card(value),
         Some(Format::Email) => email(value),
@@ -47,7 +47,8 @@ pub fn mask(format: &str, value: &str) -> String {
         Some(Format::RuBankAccount) => bank_account(value),
         Some(Format::Text) => text(value),
         Some(Format::Opaque) => FULLY_MASKED.to_string(),
-        None => template::installed(format)
+        None => templates
+            .get(format)
             .and_then(|t| t.mask(value))
             .unwrap_or_else(|| FULLY_MASKED.to_string()),
     }
@@ -179,13 +180,17 @@ mod tests {
             ("my_custom_format", "EMP-123456", "••••••••"),
         ];
         for (format, value, masked) in cases {
-            assert_eq!(mask(format, value), masked, "{format}");
+            assert_eq!(
+                mask(&Templates::default(), format, value),
+                masked,
+                "{format}"
+            );
         }
     }
 
     #[test]
     fn a_template_format_masks_all_but_fixed_parts_and_kept_groups() {
-        use crate::token::template::{TemplateSpec, Templates};
+        use crate::token::template::TemplateSpec;
         let spec = TemplateSpec {
             name: "mask_test_loyalty".into(),
             pattern: r"LC-(\d{4})-(\d{4})-([A-Z]{2})".into(),
@@ -193,13 +198,24 @@ mod tests {
             keep: vec![1],
         };
         let templates = Templates::new(&[spec], &Default::default()).expect("valid");
-        template::install(&templates);
         assert_eq!(
-            mask("mask_test_loyalty", "LC-1234-5678-AB"),
+            mask(&templates, "mask_test_loyalty", "LC-1234-5678-AB"),
             "LC-1234-••••-••"
         );
         // A stored value the template no longer matches shows nothing.
-        assert_eq!(mask("mask_test_loyalty", "LC-1234"), FULLY_MASKED);
+        assert_eq!(
+            mask(&templates, "mask_test_loyalty", "LC-1234"),
+            FULLY_MASKED
+        );
+        // Without the template (another server's format) it keeps nothing.
+        assert_eq!(
+            mask(
+                &Templates::default(),
+                "mask_test_loyalty",
+                "LC-1234-5678-AB"
+            ),
+            FULLY_MASKED
+        );
     }
 
     /// The characters of `masked` that are not `•`, spaces or punctuation:
@@ -211,7 +227,7 @@ mod tests {
     proptest! {
         #[test]
         fn card_mask_shows_at_most_the_last_four(digits in "[0-9]{12,19}") {
-            let masked = mask("card", &digits);
+            let masked = mask(&Templates::default(), "card", &digits);
             prop_assert!(shown(&masked) <= 4);
             prop_assert!(masked.ends_with(&digits[digits.len() - 4..]));
         }
@@ -219,7 +235,7 @@ mod tests {
         #[test]
         fn digit_masks_show_at_most_their_kept_digits(value in "[0-9 +()-]{0,40}") {
             for (format, keep) in [("phone", 2), ("ru_passport", 3), ("ru_snils", 3), ("ru_inn", 4), ("ru_ogrn", 4), ("us_ssn", 4)] {
-                let masked = mask(format, &value);
+                let masked = mask(&Templates::default(), format, &value);
                 prop_assert!(shown(&masked) <= keep, "{} {}", format, masked);
                 prop_assert_eq!(masked.chars().count(), value.chars().count());
             }
@@ -227,7 +243,7 @@ mod tests {
 
         #[test]
         fn email_mask_shows_one_local_character(local in "[a-z0-9.]{1,30}", domain in "[a-z]{1,10}\\.[a-z]{2,4}") {
-            let masked = mask("email", &format!("{local}@{domain}"));
+            let masked = mask(&Templates::default(), "email", &format!("{local}@{domain}"));
             let (masked_local, masked_domain) = masked.rsplit_once('@').expect("has @");
             prop_assert!(shown(masked_local) <= 1);
             prop_assert_eq!(masked_domain, domain);
@@ -235,14 +251,14 @@ mod tests {
 
         #[test]
         fn iban_mask_shows_at_most_country_and_last_four(value in "[A-Z]{2}[0-9]{2}[A-Z0-9 ]{10,30}") {
-            prop_assert!(shown(&mask("iban", &value)) <= 6);
+            prop_assert!(shown(&mask(&Templates::default(), "iban", &value)) <= 6);
         }
 
         #[test]
         fn text_and_opaque_masks_show_nothing(value in "\\PC{0,60}") {
-            prop_assert_eq!(shown(&mask("text", &value)), 0);
-            prop_assert_eq!(mask("opaque", &value), FULLY_MASKED);
-            prop_assert!(shown(&mask("ru_bank_account", &value)) <= 9);
+            prop_assert_eq!(shown(&mask(&Templates::default(), "text", &value)), 0);
+            prop_assert_eq!(mask(&Templates::default(), "opaque", &value), FULLY_MASKED);
+            prop_assert!(shown(&mask(&Templates::default(), "ru_bank_account", &value)) <= 9);
         }
     }
 }

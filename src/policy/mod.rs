@@ -24,6 +24,7 @@ pub use rate::{Alert, AlertKind, RateLimiter, Scope, ALERTS, ALERT_TARGET};
 
 use crate::config::{PrincipalConfig, RevealConfig, SecondFactorFallback};
 use crate::rpc::Rpc;
+use crate::token::template::Templates;
 
 /// Longest purpose accepted, in bytes.
 pub const MAX_PURPOSE_BYTES: usize = 256;
@@ -305,11 +306,20 @@ impl Principal {
         }
     }
 
-    /// `value` as this caller may see it, with the reveal applied.
-    pub fn reveal(&self, format: &str, value: Zeroizing<String>) -> (Reveal, Zeroizing<String>) {
+    /// `value` as this caller may see it, with the reveal applied; an
+    /// operator-defined format is masked by its template in `templates`.
+    pub fn reveal(
+        &self,
+        templates: &Templates,
+        format: &str,
+        value: Zeroizing<String>,
+    ) -> (Reveal, Zeroizing<String>) {
         match self.reveal_for(format) {
             Reveal::Full => (Reveal::Full, value),
-            Reveal::Masked => (Reveal::Masked, Zeroizing::new(mask(format, &value))),
+            Reveal::Masked => (
+                Reveal::Masked,
+                Zeroizing::new(mask(templates, format, &value)),
+            ),
         }
     }
 
@@ -382,7 +392,11 @@ mod tests {
         assert_eq!(billing.reveal_for("card"), Reveal::Masked);
         assert_eq!(billing.reveal_for("email"), Reveal::Full);
         assert_eq!(billing.reveal_for("phone"), Reveal::Masked, "default");
-        let (reveal, shown) = billing.reveal("card", Zeroizing::new("4242424242424242".into()));
+        let (reveal, shown) = billing.reveal(
+            &Templates::default(),
+            "card",
+            Zeroizing::new("4242424242424242".into()),
+        );
         assert_eq!(
             (reveal, shown.as_str()),
             (Reveal::Masked, "•••• •••• •••• 4242")

@@ -30,12 +30,13 @@
 //! Masked reveal of a template value ([`Template::mask`]) shows the fixed
 //! parts and the kept groups, and `•` for every other group character. The
 //! policy module finds the template by the stored format name among the
-//! templates the server installed at start-up ([`install`]).
+//! templates the vault runs with, which the caller passes in
+//! ([`Templates::get`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rand::Rng;
 use regex::{Regex, RegexBuilder};
@@ -500,28 +501,6 @@ impl TokenFormat {
             TokenFormat::Template(template) => template.generate_token(value, rng),
         }
     }
-}
-
-/// The templates the server runs with, by name, for masking stored values
-/// by their format name (the policy module sees only names). Filled at
-/// start-up by the vault. Installing adds (a name installed again is
-/// replaced) and never removes: tests open several vaults in one process.
-static INSTALLED: RwLock<Option<HashMap<String, Arc<Template>>>> = RwLock::new(None);
-
-/// Makes `templates` findable by [`installed`].
-pub fn install(templates: &Templates) {
-    if let Ok(mut slot) = INSTALLED.write() {
-        let map = slot.get_or_insert_with(HashMap::new);
-        for template in &templates.list {
-            map.insert(template.name.clone(), Arc::clone(template));
-        }
-    }
-}
-
-/// The installed template named `name`.
-pub fn installed(name: &str) -> Option<Arc<Template>> {
-    let slot = INSTALLED.read().ok()?;
-    slot.as_ref()?.get(name).cloned()
 }
 
 fn check_name(name: &str) -> Result<(), &'static str> {

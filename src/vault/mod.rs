@@ -42,7 +42,7 @@ use crate::store::counters::MemoryCounters;
 use crate::store::{
     Conflict, InsertOutcome, NewToken, Store, StoreError, TokenRecord, TombstoneHasher,
 };
-use crate::token::template::{self, Templates, TokenFormat};
+use crate::token::template::{Templates, TokenFormat};
 use erasure::SubjectLocks;
 pub use quota::DEV_ADMIN_PRINCIPAL;
 
@@ -134,12 +134,16 @@ pub struct Vault {
 }
 
 impl Vault {
-    /// The text rules: token templates (masked reveal finds a template by
-    /// the stored format name) and the scanner RedactText runs.
+    /// The text rules: token templates and the scanner RedactText runs.
     pub fn set_text_rules(&mut self, templates: Arc<Templates>, scanner: Scanner) {
-        template::install(&templates);
         self.templates = templates;
         self.scanner = scanner;
+    }
+
+    /// The operator-defined formats this vault runs (a masked reveal finds
+    /// a template by the stored format name).
+    pub fn templates(&self) -> &Templates {
+        &self.templates
     }
 
     /// Assembles a vault from parts (tests use this with other stores).
