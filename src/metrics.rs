@@ -182,6 +182,7 @@ impl Metrics {
 /// Counters other modules keep, and store gauges, as metric families.
 fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
     use crate::policy::ALERTS;
+    use crate::vault::destroyed::{DESTROYED_KEY_BACK_ALERT, DESTROYED_KEY_BACK_ALERTS};
     use crate::vault::purge_schedule::{DEADLINE_MISSED_ALERT, PURGE_GAUGES};
     let cache = vault.cache().stats();
     let kek = vault.kek_stats();
@@ -218,7 +219,7 @@ fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
         ),
         family(
             "tokenvault_alerts_total",
-            "Alerts raised, by kind (rate limits, new-value limits, refused-credential floods, missed purge deadlines)",
+            "Alerts raised, by kind (rate limits, new-value limits, refused-credential floods, missed purge deadlines, destroyed keys back in the store)",
             MetricType::COUNTER,
             vec![
                 labelled_counter("kind", "rate_warning", ALERTS.rate_warning.load(Relaxed)),
@@ -242,6 +243,11 @@ fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
                     "kind",
                     DEADLINE_MISSED_ALERT,
                     PURGE_GAUGES.deadline_missed_alerts.load(Relaxed),
+                ),
+                labelled_counter(
+                    "kind",
+                    DESTROYED_KEY_BACK_ALERT,
+                    DESTROYED_KEY_BACK_ALERTS.load(Relaxed),
                 ),
             ],
         ),

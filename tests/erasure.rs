@@ -950,6 +950,110 @@ async fn pg_dump_restore_keeps_the_subject_erased(
     }
 }
 
+/// Must-show 4 (PostgreSQL), the running vault: the subject's rows copied
+/// out before a forget (key row, tokens, index) and written back after it,
+/// under two running replicas (one did the forget, the other had the key
+/// cached): neither opens them, the copy is erased again, an alert names
+/// no subject, and the subject can be tokenized anew; local KEK and Vault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_back_after_a_forget_are_refused_by_every_running_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek.key");
+    std::fs::write(&kek, [9u8; 32]).expect("kek file");
+    let kek = common::postgres::local_kek_toml(&kek);
+    written_back_rows_are_refused(dir.path(), &kek, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_back_after_a_forget_are_refused_by_every_running_replica_vault_kek() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bao = Bao::dev(&dir.path().join("bao"));
+    let kek = format!(
+        "[kek]\nprovider = \"vault\"\naddress = \"{}\"\nkey_name = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n",
+        bao.addr(),
+        common::bao::KEY_NAME,
+    );
+    let env = [(TOKEN_ENV, bao.root_token.as_str())];
+    written_back_rows_are_refused(dir.path(), &kek, &env).await;
+}
+
+async fn sql(url: &str, statements: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client.batch_execute(statements).await.expect("sql");
+}
+
+async fn written_back_rows_are_refused(dir: &Path, kek_toml: &str, env: &[(&str, &str)]) {
+    let url = common::postgres::fresh_database().await;
+    let forgetting = Server::start_with_config_env(
+        &dir.join("r0"),
+        &common::postgres::replica_config_with_kek(&url, kek_toml, "r0"),
+        env,
+    );
+    let other = Server::start_with_config_env(
+        &dir.join("r1"),
+        &common::postgres::replica_config_with_kek(&url, kek_toml, "r1"),
+        env,
+    );
+    let mut r0 = forgetting.client().await;
+    let mut r1 = other.client().await;
+    let subjects = tokenize_all(&mut r0).await;
+    let (forgotten, values, tokens) = &subjects[0];
+    sql(
+        &url,
+        "CREATE TABLE copy_subjects AS SELECT * FROM tv_subjects;
+         CREATE TABLE copy_tokens AS SELECT * FROM tv_tokens;
+         CREATE TABLE copy_index AS SELECT * FROM tv_index;",
+    )
+    .await;
+    forget(&mut r0, forgotten).await;
+
+    // Written back once for each replica: the one that did the forget, then
+    // the one that learns of it from the shared ledger.
+    for (client, server) in [(&mut r0, &forgetting), (&mut r1, &other)] {
+        sql(
+            &url,
+            "INSERT INTO tv_subjects SELECT * FROM copy_subjects ON CONFLICT DO NOTHING;
+             INSERT INTO tv_tokens SELECT * FROM copy_tokens ON CONFLICT DO NOTHING;
+             INSERT INTO tv_index SELECT * FROM copy_index ON CONFLICT DO NOTHING;",
+        )
+        .await;
+        let results = detokenize(client, tokens).await;
+        assert_eq!(
+            statuses(&results),
+            vec![pb::TokenStatus::Erased; PER_SUBJECT],
+            "a key row written back after the forget opened the subject's values"
+        );
+        assert!(results.iter().all(|r| r.value.is_empty()));
+        for (_, values, tokens) in &subjects[1..] {
+            let got: Vec<String> = detokenize(client, tokens)
+                .await
+                .into_iter()
+                .map(|r| r.value)
+                .collect();
+            assert_eq!(&got, values, "the other subjects are untouched");
+        }
+        server.wait_for_log("alert=\"destroyed_key_back\"", 1).await;
+        let log = std::fs::read_to_string(server.log_path()).expect("log");
+        assert!(
+            !log.contains(forgotten.as_str()),
+            "the log names the subject"
+        );
+        for value in values {
+            assert!(!log.contains(value.as_str()), "the log holds a value");
+        }
+    }
+
+    // The copy was erased again, and the subject seen anew gets a new key:
+    // its new token opens on both replicas.
+    let again = tokenize(&mut r1, forgotten, vec![item("seen again", "text")]).await;
+    for client in [&mut r0, &mut r1] {
+        assert_eq!(detokenize(client, &again).await[0].value, "seen again");
+    }
+}
+
 /// Outside --dev, a ledger in the data directory (or none named, so the
 /// dev default there) is refused at start-up, naming the key and why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,6 +210,7 @@ pub struct SystemKeys {
     receipt_mac: SecretKey,
     tombstone: SecretKey,
     ledger_mac: SecretKey,
+    destroyed_key: SecretKey,
 }
 
 impl SystemKeys {
@@ -220,6 +221,7 @@ impl SystemKeys {
             receipt_mac: system.derive(b"tokenvault/v1/system/receipt-mac"),
             tombstone: system.derive(b"tokenvault/v1/system/tombstone"),
             ledger_mac: system.derive(b"tokenvault/v1/system/erasure-ledger"),
+            destroyed_key: system.derive(b"tokenvault/v1/system/destroyed-key"),
         }
     }
 
@@ -243,6 +245,13 @@ impl SystemKeys {
     /// Keys the erasure ledger's MAC chain.
     pub fn ledger_mac_key(&self) -> &SecretKey {
         &self.ledger_mac
+    }
+
+    /// The fingerprint a forget records of the DEK it destroys: keyed, so
+    /// it tells nothing of the key, and of the plaintext DEK, so a copy of
+    /// the key row wrapped under any KEK version is known by it.
+    pub fn key_fingerprint(&self, dek: &SecretKey) -> [u8; 32] {
+        self.destroyed_key.mac(&[dek.expose()])
     }
 }
 

@@ -116,10 +116,14 @@ pub fn postgres_name(url: &str) -> String {
 /// What an entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    /// A subject was forgotten.
+    /// A subject was forgotten. `destroyed_key` is the keyed fingerprint
+    /// of the DEK the forget destroyed (None in entries of earlier
+    /// versions, and for a subject that had no key): a copy of that key
+    /// row written back later is known by it and refused.
     Forget {
         subject: SubjectHash,
         erased_at_unix: i64,
+        destroyed_key: Option<[u8; 32]>,
     },
     /// Seals the unchained lines of an earlier version before it: their
     /// count and the SHA-256 of their bytes.
@@ -163,6 +167,8 @@ struct Line {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     erased_at_unix: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    destroyed_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     lines: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     digest: Option<String>,
@@ -179,6 +185,9 @@ struct LegacyLine {
 }
 
 const KIND_FORGET: &str = "forget";
+/// Domain separation of a forget's destroyed-key fingerprint in its MAC
+/// (an entry without one is MACed as before, so old entries verify).
+const DESTROYED_KEY_LABEL: &[u8] = b"destroyed-key";
 const KIND_LEGACY: &str = "legacy_prefix";
 
 fn entry_mac(key: &SecretKey, seq: u64, record: &Record, prev: &[u8; 32]) -> [u8; 32] {
@@ -187,12 +196,27 @@ fn entry_mac(key: &SecretKey, seq: u64, record: &Record, prev: &[u8; 32]) -> [u8
         Record::Forget {
             subject,
             erased_at_unix,
+            destroyed_key: None,
         } => key.mac(&[
             MAC_LABEL,
             &seq,
             KIND_FORGET.as_bytes(),
             subject.as_bytes(),
             &erased_at_unix.to_be_bytes(),
+            prev,
+        ]),
+        Record::Forget {
+            subject,
+            erased_at_unix,
+            destroyed_key: Some(fingerprint),
+        } => key.mac(&[
+            MAC_LABEL,
+            &seq,
+            KIND_FORGET.as_bytes(),
+            subject.as_bytes(),
+            &erased_at_unix.to_be_bytes(),
+            DESTROYED_KEY_LABEL,
+            fingerprint,
             prev,
         ]),
         Record::LegacyPrefix { lines, digest } => key.mac(&[
@@ -212,6 +236,7 @@ fn to_line(entry: &Entry) -> String {
         kind: String::new(),
         subject_hash: None,
         erased_at_unix: None,
+        destroyed_key: None,
         lines: None,
         digest: None,
         mac: hex::encode(entry.mac),
@@ -220,10 +245,12 @@ fn to_line(entry: &Entry) -> String {
         Record::Forget {
             subject,
             erased_at_unix,
+            destroyed_key,
         } => {
             line.kind = KIND_FORGET.into();
             line.subject_hash = Some(hex::encode(subject.as_bytes()));
             line.erased_at_unix = Some(*erased_at_unix);
+            line.destroyed_key = destroyed_key.map(hex::encode);
         }
         Record::LegacyPrefix { lines, digest } => {
             line.kind = KIND_LEGACY.into();
@@ -243,6 +270,11 @@ fn hex32(text: &str) -> Option<[u8; 32]> {
 fn parse_line(text: &str) -> Result<Entry, &'static str> {
     let line: Line = serde_json::from_str(text).map_err(|_| "not a ledger entry")?;
     let mac = hex32(&line.mac).ok_or("not a ledger entry")?;
+    let destroyed_key = match (line.kind.as_str(), &line.destroyed_key) {
+        (_, None) => None,
+        (KIND_FORGET, Some(hex)) => Some(hex32(hex).ok_or("not a ledger entry")?),
+        _ => return Err("not a ledger entry"),
+    };
     let record = match (
         line.kind.as_str(),
         line.subject_hash,
@@ -253,6 +285,7 @@ fn parse_line(text: &str) -> Result<Entry, &'static str> {
         (KIND_FORGET, Some(subject), Some(erased_at_unix), None, None) => Record::Forget {
             subject: SubjectHash(hex32(&subject).ok_or("not a ledger entry")?),
             erased_at_unix,
+            destroyed_key,
         },
         (KIND_LEGACY, None, None, Some(lines), Some(digest)) => Record::LegacyPrefix {
             lines,
@@ -386,6 +419,55 @@ impl ErasureLedger {
                 .await
                 .map_err(|e| pg_error(&self.name, e)),
         }
+    }
+
+    /// The entries after entry `seq` (whose MAC is `mac`), checked on the
+    /// chain from it: what other writers appended since. A file ledger has
+    /// one writer, this process, so nothing is new to it.
+    pub async fn entries_after(&self, seq: u64, mac: [u8; 32]) -> Result<Vec<Entry>, LedgerError> {
+        let Backend::Postgres(pool) = &self.backend else {
+            return Ok(Vec::new());
+        };
+        let after = i64::try_from(seq).map_err(|_| LedgerError::Corrupt {
+            name: self.name.clone(),
+            line: 0,
+            why: "out of sequence",
+        })?;
+        let client = pool.get().await.map_err(|e| pg_error(&self.name, e))?;
+        let rows = client
+            .query(
+                "SELECT seq, line FROM tv_erasure_ledger WHERE seq > $1 ORDER BY seq",
+                &[&after],
+            )
+            .await
+            .map_err(|e| pg_error(&self.name, e))?;
+        drop(client);
+        let mut check = ChainCheck {
+            key: &self.key,
+            name: &self.name,
+            legacy: 0,
+            legacy_digest: Sha256::digest(b"").into(),
+            prev: mac,
+            next_seq: seq + 1,
+        };
+        rows.iter()
+            .map(|row| {
+                let line_seq: i64 = row.get(0);
+                let line: String = row.get(1);
+                let line_no = usize::try_from(line_seq).unwrap_or(0);
+                let corrupt = |why| LedgerError::Corrupt {
+                    name: self.name.clone(),
+                    line: line_no,
+                    why,
+                };
+                let entry = parse_line(&line).map_err(corrupt)?;
+                if u64::try_from(line_seq).ok() != Some(entry.seq) {
+                    return Err(corrupt("its row's seq is not the entry's"));
+                }
+                check.push(line_no, &entry)?;
+                Ok(entry)
+            })
+            .collect()
     }
 
     fn next_entry(&self, last_seq: u64, last_mac: &[u8; 32], record: Record) -> Entry {
@@ -724,6 +806,7 @@ mod tests {
         Record::Forget {
             subject: SubjectHash([n; 32]),
             erased_at_unix: 1_764_000_000 + i64::from(n),
+            destroyed_key: n.is_multiple_of(2).then_some([n ^ 0x5a; 32]),
         }
     }
 

@@ -32,6 +32,9 @@ use crate::kek::WrappedKey;
 pub struct CachedKeys {
     pub keys: SubjectKeys,
     pub wrapped: WrappedKey,
+    /// The DEK's keyed fingerprint (what a forget of the subject records,
+    /// see `destroyed`).
+    pub fingerprint: [u8; 32],
 }
 
 /// Stripes of the per-subject epochs (see the module doc).
@@ -128,11 +131,10 @@ impl DekCache {
     pub fn insert(
         &self,
         subject: SubjectHash,
-        keys: SubjectKeys,
-        wrapped: WrappedKey,
+        keys: CachedKeys,
         ticket: Ticket,
     ) -> Arc<CachedKeys> {
-        let keys = Arc::new(CachedKeys { keys, wrapped });
+        let keys = Arc::new(keys);
         if self.suspended.load(Ordering::SeqCst) {
             return keys;
         }
@@ -182,15 +184,15 @@ mod tests {
     use super::*;
     use crate::crypto::SecretKey;
 
-    fn keys() -> SubjectKeys {
-        SubjectKeys::from_dek(&SecretKey::generate().expect("random"))
-    }
-
-    fn wrapped() -> WrappedKey {
-        WrappedKey {
-            kind: crate::kek::KekKind::Local,
-            kek_version: 1,
-            ciphertext: vec![7; 60],
+    fn keys() -> CachedKeys {
+        CachedKeys {
+            keys: SubjectKeys::from_dek(&SecretKey::generate().expect("random")),
+            wrapped: WrappedKey {
+                kind: crate::kek::KekKind::Local,
+                kek_version: 1,
+                ciphertext: vec![7; 60],
+            },
+            fingerprint: [0; 32],
         }
     }
 
@@ -202,10 +204,10 @@ mod tests {
             SubjectHash([2; 32]),
             SubjectHash([3; 32]),
         );
-        cache.insert(a, keys(), wrapped(), cache.ticket(&a));
-        cache.insert(b, keys(), wrapped(), cache.ticket(&b));
+        cache.insert(a, keys(), cache.ticket(&a));
+        cache.insert(b, keys(), cache.ticket(&b));
         assert!(cache.get(&a).is_some());
-        cache.insert(c, keys(), wrapped(), cache.ticket(&c));
+        cache.insert(c, keys(), cache.ticket(&c));
         assert!(cache.get(&b).is_none(), "b was least recently used");
         assert!(cache.get(&a).is_some() && cache.get(&c).is_some());
         assert_eq!(cache.stats().evictions.load(Ordering::Relaxed), 1);
@@ -219,16 +221,16 @@ mod tests {
         use crate::store::Invalidation;
         let cache = DekCache::new(NonZeroUsize::new(4).expect("non-zero"));
         let (a, b) = (SubjectHash([1; 32]), SubjectHash([2; 32]));
-        cache.insert(a, keys(), wrapped(), cache.ticket(&a));
-        cache.insert(b, keys(), wrapped(), cache.ticket(&b));
+        cache.insert(a, keys(), cache.ticket(&a));
+        cache.insert(b, keys(), cache.ticket(&b));
         cache.invalidate(Invalidation::Subject(a));
         assert!(cache.get(&a).is_none() && cache.get(&b).is_some());
         cache.invalidate(Invalidation::Suspend);
         assert!(cache.is_empty());
-        cache.insert(a, keys(), wrapped(), cache.ticket(&a));
+        cache.insert(a, keys(), cache.ticket(&a));
         assert!(cache.get(&a).is_none(), "nothing is cached while suspended");
         cache.invalidate(Invalidation::Resume);
-        cache.insert(a, keys(), wrapped(), cache.ticket(&a));
+        cache.insert(a, keys(), cache.ticket(&a));
         assert!(cache.get(&a).is_some());
     }
 
@@ -236,10 +238,10 @@ mod tests {
     fn evicted_keys_are_dropped_when_unused() {
         let cache = DekCache::new(NonZeroUsize::new(1).expect("non-zero"));
         let (a, b) = (SubjectHash([1; 32]), SubjectHash([2; 32]));
-        let held = cache.insert(a, keys(), wrapped(), cache.ticket(&a));
+        let held = cache.insert(a, keys(), cache.ticket(&a));
         let weak = Arc::downgrade(&held);
         drop(held);
-        cache.insert(b, keys(), wrapped(), cache.ticket(&b));
+        cache.insert(b, keys(), cache.ticket(&b));
         // No strong reference is left, so SubjectKeys ran its zeroizing drop.
         assert!(weak.upgrade().is_none());
     }
@@ -254,17 +256,17 @@ mod tests {
         let before_forget = cache.ticket(&a);
         let other_subject = cache.ticket(&b);
         cache.remove(&a);
-        let handed = cache.insert(a, keys(), wrapped(), before_forget);
+        let handed = cache.insert(a, keys(), before_forget);
         assert!(cache.get(&a).is_none(), "a key read before the forget");
         drop(handed);
-        cache.insert(b, keys(), wrapped(), other_subject);
+        cache.insert(b, keys(), other_subject);
         assert!(cache.get(&b).is_some(), "another stripe is not affected");
-        cache.insert(a, keys(), wrapped(), cache.ticket(&a));
+        cache.insert(a, keys(), cache.ticket(&a));
         assert!(cache.get(&a).is_some(), "a key read after the forget");
 
         let before_clear = cache.ticket(&b);
         cache.clear();
-        cache.insert(b, keys(), wrapped(), before_clear);
+        cache.insert(b, keys(), before_clear);
         assert!(cache.is_empty(), "a key read before the cache was cleared");
     }
 }

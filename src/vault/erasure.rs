@@ -130,8 +130,17 @@ impl Vault {
         self.check_subject(subject_id)?;
         let subject = self.system.subject_hash(subject_id);
         let erased_at_unix = unix_now();
-        let entry = self.ledger_forget(subject, erased_at_unix).await?;
-        let erased = self.erase(subject, erased_at_unix).await?;
+        // Held from the key's fingerprint to its deletion, so the entry
+        // names the key the forget destroys (no Tokenize creates one in
+        // between).
+        let exclusive = self.subject_locks.write(&subject).await;
+        let destroyed_key = self.fingerprint_of_stored_key(subject).await?;
+        let entry = self
+            .ledger_forget(subject, erased_at_unix, destroyed_key)
+            .await?;
+        let erased = self.erase_locked(subject, erased_at_unix).await;
+        drop(exclusive);
+        let erased = erased?;
         self.ledger_applied(entry).await?;
         let guarantees = self
             .purge_forgotten(subject, erased.is_some(), erased_at_unix)
@@ -226,8 +235,21 @@ impl Vault {
     /// once the first removal is done, and whatever it cached before is
     /// gone with the second (see `cache`). Tokenize holds the subject's
     /// read lock, so none runs in between.
-    async fn erase(&self, subject: SubjectHash, now: i64) -> Result<Option<u64>, VaultError> {
+    pub(super) async fn erase(
+        &self,
+        subject: SubjectHash,
+        now: i64,
+    ) -> Result<Option<u64>, VaultError> {
         let _exclusive = self.subject_locks.write(&subject).await;
+        self.erase_locked(subject, now).await
+    }
+
+    /// [`Vault::erase`] with the subject's write lock held by the caller.
+    async fn erase_locked(
+        &self,
+        subject: SubjectHash,
+        now: i64,
+    ) -> Result<Option<u64>, VaultError> {
         self.cache.remove(&subject);
         let had_key = self.store.subject_keys(&[subject]).await?[0].is_some();
         let erased = self
@@ -237,6 +259,25 @@ impl Vault {
         self.cache.remove(&subject);
         let erased = erased?;
         Ok((had_key || erased > 0).then_some(erased))
+    }
+
+    /// The fingerprint of the subject's stored DEK (None: it has no key),
+    /// from the cache or unwrapped: a forget cannot name the key it
+    /// destroys while the key provider is down, and refuses (UNAVAILABLE).
+    async fn fingerprint_of_stored_key(
+        &self,
+        subject: SubjectHash,
+    ) -> Result<Option<[u8; 32]>, VaultError> {
+        let Some(wrapped) = self.store.subject_keys(&[subject]).await?.pop().flatten() else {
+            return Ok(None);
+        };
+        if let Some(cached) = self.cache.get(&subject) {
+            if cached.wrapped == wrapped {
+                return Ok(Some(cached.fingerprint));
+            }
+        }
+        let dek = self.unwrap_keys(&[&wrapped]).await?.remove(0);
+        Ok(Some(self.system.key_fingerprint(&dek)))
     }
 
     /// Signs a receipt for a forget, naming the audit record of it.

@@ -85,6 +85,7 @@ impl Vault {
                     )),
                     other => refused(other),
                 })?;
+        self.destroyed_keys.read_on(&contents.entries);
         let mut applied: HashMap<u64, [u8; 32]> = applied.into_iter().collect();
         let by_seq: HashMap<u64, &Entry> = contents.entries.iter().map(|e| (e.seq, e)).collect();
         let last = contents.entries.last().map_or(0, |e| e.seq);
@@ -166,24 +167,34 @@ impl Vault {
         Ok(())
     }
 
-    /// Writes a forget's ledger entry (before the store erases anything).
-    /// None for vaults assembled without a ledger (tests).
+    /// Writes a forget's ledger entry (before the store erases anything),
+    /// with the fingerprint of the DEK it destroys (None: the subject has
+    /// no key). None for vaults assembled without a ledger (tests).
     pub(super) async fn ledger_forget(
         &self,
         subject: crate::crypto::SubjectHash,
         erased_at_unix: i64,
+        destroyed_key: Option<[u8; 32]>,
     ) -> Result<Option<Entry>, VaultError> {
-        let Some(ledger) = &self.ledger else {
-            return Ok(None);
+        let entry = match &self.ledger {
+            None => None,
+            Some(ledger) => Some(
+                ledger
+                    .append(Record::Forget {
+                        subject,
+                        erased_at_unix,
+                        destroyed_key,
+                    })
+                    .await
+                    .map_err(unavailable)?,
+            ),
         };
-        ledger
-            .append(Record::Forget {
-                subject,
-                erased_at_unix,
-            })
-            .await
-            .map(Some)
-            .map_err(unavailable)
+        // Only once the entry is written: a forget refused here destroys
+        // nothing, and its key stays usable.
+        if let Some(fingerprint) = destroyed_key {
+            self.destroyed_keys.record(fingerprint);
+        }
+        Ok(entry)
     }
 
     /// Marks a forget's entry applied, once the store erased the subject.
@@ -303,7 +314,7 @@ mod tests {
         // A forget cut short after its entry was written.
         let subject = vault.system.subject_hash("lost");
         vault
-            .ledger_forget(subject, unix_now())
+            .ledger_forget(subject, unix_now(), None)
             .await
             .expect("entry");
         vault.shutdown();

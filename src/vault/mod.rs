@@ -8,6 +8,7 @@
 //! or a stored record other than sealed.
 
 pub mod cache;
+pub mod destroyed;
 pub mod erasure;
 pub mod error;
 pub mod ledger;
@@ -21,6 +22,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::RwLockReadGuard;
 use zeroize::Zeroizing;
 
 pub use cache::{CachedKeys, DekCache};
@@ -131,6 +133,8 @@ pub struct Vault {
     quotas: quota::Quotas,
     /// When forgotten data leaves the store's files.
     physical_purge: erasure::PhysicalPurge,
+    /// The DEKs forgets destroyed, by fingerprint (see `destroyed`).
+    destroyed_keys: destroyed::DestroyedKeys,
 }
 
 impl Vault {
@@ -180,6 +184,7 @@ impl Vault {
             ledger: None,
             quotas: quota::Quotas::new(Arc::new(MemoryCounters::new()), &system_key),
             physical_purge: erasure::PhysicalPurge::default(),
+            destroyed_keys: destroyed::DestroyedKeys::default(),
         })
     }
 
@@ -267,10 +272,7 @@ impl Vault {
             .collect::<Result<Vec<_>, _>>()?;
 
         let subject = self.system.subject_hash(subject_id);
-        // Held until the tokens are stored: a forget of the subject waits,
-        // so no token is sealed with a key the forget has destroyed.
-        let _shared = self.subject_locks.read(&subject).await;
-        let keys = self.keys_for_write(subject).await?;
+        let (_shared, keys) = self.lock_and_keys_for_write(subject).await?;
         match self
             .tokenize_under(&keys, subject, items, &formats, caller, warnings)
             .await
@@ -280,7 +282,10 @@ impl Vault {
             // not arrived, or a KEK rotation's rewrap). Nothing was stored
             // and the entry is dropped: seal again under the stored key.
             Err(VaultError::StorageUnavailable(StoreError::SubjectErased)) => {
-                let keys = self.keys_for_write(subject).await?;
+                let keys = self
+                    .keys_for_write(subject)
+                    .await?
+                    .ok_or_else(destroyed_key_again)?;
                 // Charged already: the retry stores the same new values.
                 self.tokenize_under(&keys, subject, items, &formats, None, warnings)
                     .await
@@ -596,29 +601,71 @@ impl Vault {
         }
     }
 
-    /// The subject's keys, creating its DEK on first use.
-    async fn keys_for_write(&self, subject: SubjectHash) -> Result<Arc<CachedKeys>, VaultError> {
+    /// Takes the subject's read lock (held until the tokens are stored: a
+    /// forget of the subject waits, so no token is sealed with a key the
+    /// forget has destroyed) and its keys. A destroyed key found back in
+    /// the store is erased again first (see `destroyed`).
+    async fn lock_and_keys_for_write(
+        &self,
+        subject: SubjectHash,
+    ) -> Result<(RwLockReadGuard<'_, ()>, Arc<CachedKeys>), VaultError> {
+        let shared = self.subject_locks.read(&subject).await;
+        if let Some(keys) = self.keys_for_write(subject).await? {
+            return Ok((shared, keys));
+        }
+        drop(shared);
+        self.erase_destroyed_copy(subject).await?;
+        let shared = self.subject_locks.read(&subject).await;
+        match self.keys_for_write(subject).await? {
+            Some(keys) => Ok((shared, keys)),
+            None => Err(destroyed_key_again()),
+        }
+    }
+
+    /// The subject's keys, creating its DEK on first use; None if the
+    /// stored key is one a forget destroyed.
+    async fn keys_for_write(
+        &self,
+        subject: SubjectHash,
+    ) -> Result<Option<Arc<CachedKeys>>, VaultError> {
         if let Some(keys) = self.cache.get(&subject) {
-            return Ok(keys);
+            return Ok(Some(keys));
         }
         // Before the store read: see `cache` on why.
         let ticket = self.cache.ticket(&subject);
         let stored = self.store.subject_keys(&[subject]).await?.pop().flatten();
-        let (dek, wrapped) = match stored {
-            Some(wrapped) => (self.unwrap_keys(&[&wrapped]).await?.remove(0), wrapped),
+        let (dek, wrapped, from_store) = match stored {
+            Some(wrapped) => (
+                self.unwrap_keys(&[&wrapped]).await?.remove(0),
+                wrapped,
+                true,
+            ),
             None => self.create_subject_key(subject).await?,
         };
-        Ok(self
-            .cache
-            .insert(subject, SubjectKeys::from_dek(&dek), wrapped, ticket))
+        if from_store && self.destroyed(std::slice::from_ref(&dek)).await?[0] {
+            return Ok(None);
+        }
+        Ok(Some(self.cache.insert(
+            subject,
+            self.cached_keys(&dek, wrapped),
+            ticket,
+        )))
     }
 
-    /// A new DEK for the subject, or the one another call created first;
-    /// with the wrapped key in force.
+    fn cached_keys(&self, dek: &SecretKey, wrapped: WrappedKey) -> CachedKeys {
+        CachedKeys {
+            keys: SubjectKeys::from_dek(dek),
+            wrapped,
+            fingerprint: self.system.key_fingerprint(dek),
+        }
+    }
+
+    /// A new DEK for the subject, or the one another call stored first;
+    /// with the wrapped key in force, and whether it came from the store.
     async fn create_subject_key(
         &self,
         subject: SubjectHash,
-    ) -> Result<(SecretKey, WrappedKey), VaultError> {
+    ) -> Result<(SecretKey, WrappedKey, bool), VaultError> {
         let dek = SecretKey::generate()?;
         self.kek_stats.wrap_calls.fetch_add(1, Ordering::Relaxed);
         self.kek_stats.keys_wrapped.fetch_add(1, Ordering::Relaxed);
@@ -628,10 +675,11 @@ impl Vault {
             .insert_subject_key(subject, wrapped.clone())
             .await?;
         if in_force == wrapped {
-            Ok((dek, in_force))
+            Ok((dek, in_force, false))
         } else {
             // Another call created the subject's key first: use that one.
-            Ok((self.unwrap_keys(&[&in_force]).await?.remove(0), in_force))
+            let stored = self.unwrap_keys(&[&in_force]).await?.remove(0);
+            Ok((stored, in_force, true))
         }
     }
 
@@ -674,12 +722,24 @@ impl Vault {
         let deks = self
             .unwrap_keys(&wrapped.iter().collect::<Vec<_>>())
             .await?;
-        for (((subject, ticket), dek), wrapped) in present.into_iter().zip(deks).zip(wrapped) {
+        let destroyed = self.destroyed(&deks).await?;
+        let mut copies = Vec::new();
+        for ((((subject, ticket), dek), wrapped), destroyed) in
+            present.into_iter().zip(deks).zip(wrapped).zip(destroyed)
+        {
+            if destroyed {
+                copies.push(subject);
+                continue;
+            }
             found.insert(
                 subject,
                 self.cache
-                    .insert(subject, SubjectKeys::from_dek(&dek), wrapped, ticket),
+                    .insert(subject, self.cached_keys(&dek, wrapped), ticket),
             );
+        }
+        // Their tokens answer ERASED (no key), now and once erased again.
+        for subject in copies {
+            self.erase_destroyed_copy(subject).await?;
         }
         Ok(found)
     }
@@ -700,6 +760,13 @@ impl Vault {
         }
         Ok(keys)
     }
+}
+
+/// A destroyed key back in the store again right after it was erased
+/// (rows being written back while the vault erases them): refused, and
+/// the caller may retry.
+fn destroyed_key_again() -> VaultError {
+    VaultError::StorageUnavailable(StoreError::SubjectErased)
 }
 
 async fn load_or_create_system_key(
