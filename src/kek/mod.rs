@@ -11,7 +11,7 @@
 
 pub mod local;
 mod metered;
-pub mod vault;
+pub mod transit;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -207,8 +207,8 @@ async fn open_configured(
             approle,
         } => {
             let auth = match (token_env, approle) {
-                (Some(variable), None) => vault::VaultAuth::TokenEnv(variable.clone()),
-                (None, Some(approle)) => vault::VaultAuth::AppRole {
+                (Some(variable), None) => transit::VaultAuth::TokenEnv(variable.clone()),
+                (None, Some(approle)) => transit::VaultAuth::AppRole {
                     mount: approle.mount.clone(),
                     role_id: approle.role_id.clone(),
                     secret_id_file: approle.secret_id_file.clone(),
@@ -219,7 +219,7 @@ async fn open_configured(
                     ))
                 }
             };
-            let settings = vault::VaultSettings {
+            let settings = transit::VaultSettings {
                 address: address.clone(),
                 mount: mount.clone(),
                 key_name: key_name.clone(),
@@ -227,7 +227,7 @@ async fn open_configured(
                 timeout: Duration::from_millis(*timeout_ms),
                 auth,
             };
-            Ok(vault::VaultKek::open(settings).await?)
+            Ok(transit::VaultKek::open(settings).await?)
         }
     }
 }
