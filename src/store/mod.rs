@@ -9,6 +9,9 @@
 
 pub mod counters;
 pub mod disk;
+/// The in-memory store: for tests, never for production.
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 pub mod postgres;
 pub mod records;
 pub mod rocks;
