@@ -31,7 +31,7 @@ fi
 # The pip wrapper fetches nothing at run time; make sure it really works.
 bao version >/dev/null
 
-# PostgreSQL for the shared-store tests and benches (src/store/postgres.rs):
+# PostgreSQL for the shared-store tests and benches (src/store/postgres/):
 # Debian's server package, one cluster in a cache directory on a fixed
 # loopback port, run as the unprivileged `postgres` user (initdb and the
 # server refuse root). Tests connect with TOKENVAULT_TEST_PG_URL, whose
