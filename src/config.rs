@@ -79,6 +79,10 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `[metrics]`: the Prometheus endpoint; off when absent.
     pub metrics: Option<MetricsConfig>,
+    /// `[http]`: the HTTP/JSON API; off when absent (on in `serve --dev`).
+    pub http: Option<HttpConfig>,
+    /// `[grpc_web]`: gRPC-Web on the gRPC port; off when absent.
+    pub grpc_web: Option<GrpcWebConfig>,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -92,6 +96,30 @@ pub struct Config {
 pub struct MetricsConfig {
     /// e.g. `"127.0.0.1:9464"`; port 0 picks a free port.
     pub listen: SocketAddr,
+}
+
+/// `[http]`: where the HTTP/JSON API (the same service as gRPC, by the
+/// proto's `google.api.http` rules) is served, on a port of its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// e.g. `"127.0.0.1:8080"`; port 0 picks a free port. Plain HTTP: off
+    /// loopback it is refused like a plaintext gRPC port (see
+    /// `crate::exposure`).
+    pub listen: SocketAddr,
+}
+
+/// `[grpc_web]`: gRPC-Web (tonic-web) on the gRPC port, which then also
+/// takes HTTP/1.1, so a browser-side console can call `TokenVault` through
+/// the same port, gate and policies.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcWebConfig {
+    /// Origins (`https://console.example.com`) whose pages may call it
+    /// across origins (CORS). Empty: no CORS headers, so a browser lets
+    /// only pages of the server's own origin call.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// `[log]`: how the server log on stderr is written.
@@ -676,6 +704,21 @@ fn default_max_value_bytes() -> usize {
 fn default_max_subject_bytes() -> usize {
     256
 }
+/// `scheme://host[:port]` (http or https), as a browser sends it in
+/// `Origin`.
+fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
 fn default_max_message_bytes() -> usize {
     4 * 1024 * 1024
 }
@@ -749,6 +792,23 @@ impl Config {
         self.storage.postgres_options()?;
         if self.limits.max_batch_items == 0 || self.limits.max_value_bytes == 0 {
             return Err(ConfigError::Invalid("limits must be above 0".into()));
+        }
+        if let Some(web) = &self.grpc_web {
+            for origin in &web.cors_allowed_origins {
+                if !is_origin(origin) {
+                    return Err(ConfigError::Invalid(format!(
+                        "grpc_web.cors_allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path)"
+                    )));
+                }
+            }
+        }
+        if let Some(http) = &self.http {
+            if http.listen == self.listen && http.listen.port() != 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "http.listen {}: the HTTP/JSON API needs a port of its own, not the gRPC listen",
+                    http.listen
+                )));
+            }
         }
         if let KekConfig::Vault {
             token_env,
@@ -1369,6 +1429,24 @@ mod tests {
         assert_eq!(config.principals[0].allow, ["tokenize", "redact_text"]);
         assert_eq!(config.principals[0].alert_at_percent, 80);
         assert!(config.principals[0].reveal.is_empty());
+    }
+
+    #[test]
+    fn grpc_web_origins_must_be_origins() {
+        let parse = |origins: &str| {
+            Config::parse(&format!("[grpc_web]\ncors_allowed_origins = [{origins}]"))
+                .expect("parses")
+                .check()
+        };
+        assert!(parse(r#""https://console.example.com", "http://127.0.0.1:3000""#).is_ok());
+        for bad in [
+            r#""console.example.com""#,
+            r#""https://x.example/app""#,
+            r#""*""#,
+        ] {
+            let error = parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("grpc_web.cors_allowed_origins"), "{error}");
+        }
     }
 
     #[test]

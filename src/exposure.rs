@@ -1,4 +1,5 @@
-//! What a config would expose beyond this machine: a plaintext gRPC port,
+//! What a config would expose beyond this machine: a plaintext gRPC or
+//! HTTP/JSON port,
 //! a plaintext connection to Vault / OpenBao (whose transit answers carry
 //! data keys) or to PostgreSQL (which carries sealed values, keyed hashes
 //! and the audit log), and a key file picked by default beside the data.
@@ -53,6 +54,21 @@ pub fn check(config: &Config, dev: bool) -> Exposure {
             found.plaintext(
                 config,
                 format!("listen {listen}: not a loopback address and no [tls]: the gRPC port would carry API keys and values without TLS; set [tls] cert and key"),
+            );
+        }
+    }
+    if let Some(http) = &config.http {
+        let listen = http.listen;
+        if config.tls.is_some() {
+            // No override: the HTTP port would skip the TLS (and mTLS)
+            // that the gRPC port requires.
+            found.refused.push(format!(
+                "http.listen {listen}: the HTTP/JSON API is served without TLS, and [tls] is set: it would bypass the TLS (and client certificates) the gRPC port requires; remove [http] or [tls]"
+            ));
+        } else if !listen.ip().is_loopback() {
+            found.plaintext(
+                config,
+                format!("http.listen {listen}: not a loopback address: the HTTP/JSON port would carry API keys and values without TLS"),
             );
         }
     }
@@ -203,6 +219,37 @@ mod tests {
         );
         assert!(allowed.refused.is_empty());
         assert_eq!(allowed.warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_plaintext_http_port_is_refused_off_loopback_and_beside_tls() {
+        let loopback = config("[http]\nlisten = \"127.0.0.1:8080\"");
+        assert_eq!(check(&loopback, false), Exposure::default());
+        let open = check(&config("[http]\nlisten = \"0.0.0.0:8080\""), false);
+        assert_eq!(open.refused.len(), 1, "{open:?}");
+        assert!(
+            open.refused[0].starts_with("http.listen 0.0.0.0:8080"),
+            "{open:?}"
+        );
+        let allowed = check(
+            &config("allow_plaintext_on_non_loopback = true\n[http]\nlisten = \"0.0.0.0:8080\""),
+            false,
+        );
+        assert!(
+            allowed.refused.is_empty() && allowed.warnings.len() == 1,
+            "{allowed:?}"
+        );
+        // Even on loopback, and whatever the allowance: the HTTP port
+        // would skip the gRPC port's TLS and client certificates.
+        let beside_tls = check(
+            &config("allow_plaintext_on_non_loopback = true\n[tls]\ncert = \"c\"\nkey = \"k\"\n[http]\nlisten = \"127.0.0.1:8080\""),
+            false,
+        );
+        assert_eq!(beside_tls.refused.len(), 1, "{beside_tls:?}");
+        assert!(
+            beside_tls.refused[0].contains("[tls] is set"),
+            "{beside_tls:?}"
+        );
     }
 
     #[test]

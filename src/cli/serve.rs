@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// Override the data directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Serve the HTTP/JSON API on this address (`[http] listen`; port 0
+    /// picks a free port). In --dev it is on by default, on the gRPC
+    /// address's port + 1 (127.0.0.1:50052).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -51,6 +56,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(data_dir) = args.data_dir {
         config.data_dir = data_dir;
+    }
+    if let Some(listen) = args.http_listen {
+        config.http = Some(crate::config::HttpConfig { listen });
+    } else if args.dev && config.http.is_none() {
+        config.http = Some(crate::config::HttpConfig {
+            listen: dev_http_listen(config.listen),
+        });
     }
     // Before anything is opened: plaintext off loopback and a key file
     // picked by default are refused (see `crate::exposure`).
@@ -100,6 +112,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The HTTP/JSON address of `serve --dev`: the gRPC address with the
+/// next port (127.0.0.1:50052 by default), or port 0 (a free one) when
+/// the gRPC port is 0 or the last.
+pub fn dev_http_listen(grpc: SocketAddr) -> SocketAddr {
+    let port = match grpc.port() {
+        0 | u16::MAX => 0,
+        port => port + 1,
+    };
+    SocketAddr::new(grpc.ip(), port)
+}
+
 /// Logging to stderr in the `[log] format`, filtered by `TOKENVAULT_LOG`.
 fn init_logging(format: LogFormat) {
     // vaultrs and rustify log every failed Vault call at ERROR with their
@@ -142,4 +165,18 @@ fn load_or_create_dev_key(path: &Path) -> anyhow::Result<String> {
     file.write_all(key.as_bytes())?;
     file.sync_all()?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_http_is_on_the_next_port_or_a_free_one() {
+        let at = |addr: &str| dev_http_listen(addr.parse().expect("addr")).to_string();
+        assert_eq!(at("127.0.0.1:50051"), "127.0.0.1:50052");
+        assert_eq!(at("[::1]:9000"), "[::1]:9001");
+        assert_eq!(at("127.0.0.1:0"), "127.0.0.1:0");
+        assert_eq!(at("127.0.0.1:65535"), "127.0.0.1:0");
+    }
 }

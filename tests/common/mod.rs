@@ -257,6 +257,15 @@ impl Server {
         }
     }
 
+    /// The HTTP/JSON API's base URL (`http://ADDR`), from the line the
+    /// server prints before its gRPC one; None when it serves none.
+    pub fn http_url(&self) -> Option<String> {
+        let out = fs::read_to_string(self.stdout_path()).unwrap_or_default();
+        out.lines()
+            .find_map(|line| line.strip_prefix("tokenvault http listening on "))
+            .map(|addr| format!("http://{}", addr.trim()))
+    }
+
     pub fn api_key(&self) -> String {
         if let Some(key) = &self.api_key {
             return key.clone();

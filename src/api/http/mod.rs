@@ -1,0 +1,77 @@
+//! The HTTP/JSON API on `[http] listen`: the `google.api.http` rules of
+//! `proto/tokenvault/v1/tokenvault.proto`, in proto3 canonical JSON
+//! (`json`), with `GET /healthz` and `GET /readyz` (`api::ready`).
+//!
+//! One code path with gRPC: a handler reads the body, passes the caller's
+//! headers (`authorization`, `x-tokenvault-actor`) through the same gate
+//! as the gRPC interceptor (`api::gate`), and calls the `TokenVault`
+//! trait method of the very service object the gRPC server serves, so
+//! policies, audit records, rate limits (one limiter for both protocols)
+//! and actor tokens are the same. Its errors are `google.rpc.Status` JSON
+//! with the HTTP status of `api::status::http_status`.
+//!
+//! It translates only: it must never check a policy, touch the vault or
+//! write an audit record itself, and never logs a body.
+
+pub mod json;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use super::gate::Gate;
+use super::ready::Readiness;
+use super::service::TokenVaultService;
+
+/// What the handlers share: the gRPC server's service object and gate.
+pub struct HttpApi {
+    service: Arc<TokenVaultService>,
+    gate: Gate,
+    ready: Readiness,
+    /// `limits.max_message_bytes`, the gRPC decoder's limit, for bodies.
+    max_body_bytes: usize,
+}
+
+impl HttpApi {
+    pub fn new(
+        service: Arc<TokenVaultService>,
+        gate: Gate,
+        ready: Readiness,
+        max_body_bytes: usize,
+    ) -> Self {
+        HttpApi {
+            service,
+            gate,
+            ready,
+            max_body_bytes,
+        }
+    }
+}
+
+/// Serves the API on `listener` until `stopping` turns true, then lets
+/// the calls in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<HttpApi>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    // Without TCP_NODELAY a response in several segments waits on the
+    // client's delayed ACK, as on the gRPC port.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "http: TCP_NODELAY not set");
+        }
+    });
+    let app = routes::router(api).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        })
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "http api stopped");
+    }
+}
