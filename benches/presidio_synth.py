@@ -79,6 +79,7 @@ def compile_stubs(out_dir):
     import grpc_tools
 
     include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    os.makedirs(out_dir, exist_ok=True)
     status = protoc.main(["protoc", f"-I{PROTO_DIR}", f"-I{include}",
                           f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", PROTO])
     if status != 0:

@@ -87,6 +87,7 @@ const KEYWORDS: &[Keyword] = &[
     // card
     kw("карт", CARD),
     kw("card", CARD),
+    whole("cc", CARD),
     kw("visa", CARD),
     kw("mastercard", CARD),
     whole("мир", CARD),
@@ -96,6 +97,7 @@ const KEYWORDS: &[Keyword] = &[
     kw("телефон", PHONE),
     whole("тел", PHONE),
     kw("phone", PHONE),
+    kw("telephone", PHONE),
     kw("звон", PHONE),
     kw("позвон", PHONE),
     kw("перезвон", PHONE),
@@ -105,6 +107,19 @@ const KEYWORDS: &[Keyword] = &[
     kw("связ", PHONE),
     kw("whatsapp", PHONE),
     kw("reach", PHONE),
+    whole("fax", PHONE),
+    kw("факс", PHONE),
+    whole("cell", PHONE),
+    whole("desk", PHONE),
+    whole("tel", PHONE),
+    kw("dial", PHONE),
+    whole("sms", PHONE),
+    whole("смс", PHONE),
+    kw("messag", PHONE),
+    kw("answering", PHONE),
+    kw("viber", PHONE),
+    kw("telegram", PHONE),
+    kw("телеграм", PHONE),
     // passport
     kw("паспорт", PASSPORT),
     kw("passport", PASSPORT),
@@ -256,6 +271,11 @@ const MAX_ABBREVIATION_CHARS: usize = 4;
 /// `;`, or a dot before a space unless it ends an abbreviation.
 fn sentence_ends_in(window: &str, from: usize) -> bool {
     let rest = &window[from..];
+    // A label or a question that the value answers, even on the next line
+    // (`Phone:\n(08) 8747 6301`, `What's your credit card? 3522…`): its
+    // final `:` or `?` does not end what the keyword is about.
+    let answered = rest.trim_end_matches(|c: char| c.is_whitespace() || c == '(');
+    let rest = answered.strip_suffix([':', '?']).unwrap_or(rest);
     rest.contains(['\n', '!', '?', ';'])
         || rest.match_indices('.').any(|(at, _)| {
             let after = &rest[at + 1..];
@@ -328,6 +348,28 @@ mod tests {
         assert_eq!(cue("Не могу оплатить заказ. "), None);
         assert_eq!(cue("<дмитрий.п@мир.рф. "), None);
         assert_eq!(cue("Иннокентий "), None);
+    }
+
+    #[test]
+    fn label_introduces_the_value_on_the_next_line() {
+        assert_eq!(cue("Personal Info:\nPhone:\n"), Some(PHONE));
+        assert_eq!(cue("Phone:\n("), Some(PHONE));
+        assert_eq!(cue("my phone broke.\nOrder "), Some(NOT));
+        assert_eq!(cue("phone\n"), None);
+        assert_eq!(cue("call me\nlater: "), None);
+        assert_eq!(cue("What's your credit card? "), Some(CARD));
+        assert_eq!(cue("your card number?\n"), Some(CARD));
+        assert_eq!(cue("Is this your card? I lost it, "), None);
+    }
+
+    #[test]
+    fn phone_and_card_words_of_other_writers() {
+        assert_eq!(cue("They're not answering at "), Some(PHONE));
+        assert_eq!(cue("stop receiving messages to "), Some(PHONE));
+        assert_eq!(cue("Fax: "), Some(PHONE));
+        assert_eq!(cue("last billed amount for cc "), Some(CARD));
+        assert_eq!(cue("accurate "), None);
+        assert_eq!(cue("faxed "), None);
     }
 
     #[test]

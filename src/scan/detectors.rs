@@ -16,7 +16,7 @@
 use regex::Regex;
 
 use super::context::Cue;
-use super::Scanner;
+use super::{phones, Scanner};
 use crate::token::format::{validate, Format};
 use crate::token::template::TokenFormat;
 
@@ -37,12 +37,12 @@ const PRIORITY_CARD: u8 = 80;
 /// A checksum-valid value in its distinctive layout, no context word.
 const PRIORITY_LAYOUT: u8 = 70;
 /// A phone number.
-const PRIORITY_PHONE: u8 = 60;
+pub(super) const PRIORITY_PHONE: u8 = 60;
 
 /// Longest digit run any kind takes: a BIK and its account.
 const MAX_DIGITS: usize = 29;
-/// Shortest: a phone with its `+` (E.164 numbers have at least 8 digits).
-const MIN_DIGITS: usize = 8;
+/// Shortest: a national phone number (`451 5986`).
+const MIN_DIGITS: usize = 7;
 /// How far (bytes) from an account a BIK is looked for.
 const BIK_DISTANCE: usize = 160;
 
@@ -136,11 +136,11 @@ pub(super) fn builtin_candidates(scanner: &Scanner, text: &str, out: &mut Vec<Ca
     }
 }
 
-fn char_before(text: &str, at: usize) -> Option<char> {
+pub(super) fn char_before(text: &str, at: usize) -> Option<char> {
     text.get(..at).and_then(|s| s.chars().next_back())
 }
 
-fn char_after(text: &str, at: usize) -> Option<char> {
+pub(super) fn char_after(text: &str, at: usize) -> Option<char> {
     text.get(at..).and_then(|s| s.chars().next())
 }
 
@@ -290,8 +290,14 @@ fn numbers(scanner: &Scanner, text: &str, chunk: &Chunk, biks: &[Group], out: &m
             }
             lens.push(groups[j].len());
             let end = groups[j].end;
-            if digits < MIN_DIGITS
-                || char_after(text, end).is_some_and(|c| c.is_alphanumeric() || c == '_')
+            if digits < MIN_DIGITS {
+                continue;
+            }
+            // A letter or digit right after the run makes it part of a
+            // word, except a phone's extension (`…4508x769`).
+            let extension = phones::extension_end(text, end);
+            if extension.is_none()
+                && char_after(text, end).is_some_and(|c| c.is_alphanumeric() || c == '_')
             {
                 continue;
             }
@@ -311,11 +317,20 @@ fn numbers(scanner: &Scanner, text: &str, chunk: &Chunk, biks: &[Group], out: &m
             if run.is_amount() || cue == Some(Cue::NotPii) {
                 continue;
             }
-            if phone_only {
-                if scanner.enabled(Format::Phone) && !introduces_other_kind(cue) {
-                    phone(&run, chunk.start, out);
+            let phone_ok = scanner.enabled(Format::Phone) && !introduces_other_kind(cue);
+            if phone_only || extension.is_some() {
+                // Only a phone has an extension; a `+` is only a phone's.
+                let phone_end = extension.unwrap_or(end);
+                if phone_ok && phone_only {
+                    phones::phone(&run, chunk.start, phone_end, out);
+                } else if phone_ok {
+                    phones::phone(&run, run.start, phone_end, out);
+                    phones::national(&run, cue, phone_end, out);
                 }
                 continue;
+            }
+            if phone_ok {
+                phones::national(&run, cue, end, out);
             }
             run_candidates(scanner, &run, cue, biks, out);
         }
@@ -323,20 +338,20 @@ fn numbers(scanner: &Scanner, text: &str, chunk: &Chunk, biks: &[Group], out: &m
 }
 
 /// A run of digit groups: `text[start..end]`, group lengths and digit count.
-struct Run<'a> {
-    text: &'a str,
-    start: usize,
-    end: usize,
-    lens: &'a [usize],
-    digits: usize,
+pub(super) struct Run<'a> {
+    pub(super) text: &'a str,
+    pub(super) start: usize,
+    pub(super) end: usize,
+    pub(super) lens: &'a [usize],
+    pub(super) digits: usize,
 }
 
 impl Run<'_> {
-    fn value(&self) -> &str {
+    pub(super) fn value(&self) -> &str {
         &self.text[self.start..self.end]
     }
 
-    fn digit_values(&self) -> Vec<u8> {
+    pub(super) fn digit_values(&self) -> Vec<u8> {
         self.value()
             .bytes()
             .filter(u8::is_ascii_digit)
@@ -345,7 +360,7 @@ impl Run<'_> {
     }
 
     /// The separators between the groups, in order.
-    fn separators(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn separators(&self) -> impl Iterator<Item = &str> {
         self.value()
             .split(|c: char| c.is_ascii_digit())
             .filter(|s| !s.is_empty())
@@ -423,7 +438,7 @@ fn run_candidates(
     }
     if n == 11 {
         if on(Format::Phone) && generic_ok {
-            phone(run, run.start, out);
+            phones::phone(run, run.start, run.end, out);
         }
         if on(Format::RuSnils) {
             snils(run, cue, out);
@@ -437,7 +452,7 @@ fn run_candidates(
         };
         out.push(run.candidate(Format::RuOgrn, priority));
     }
-    if (13..=19).contains(&n) && on(Format::Card) && generic_ok {
+    if (12..=19).contains(&n) && on(Format::Card) && generic_ok {
         card(run, cue, out);
     }
     if (n == 20 || n == 29) && on(Format::RuBankAccount) {
@@ -468,11 +483,24 @@ fn card_brand_ok(d: &[u8]) -> bool {
     }
 }
 
+/// A card: a Luhn-valid number in a card layout. After a card word
+/// (`card`, `cc`, `карта`…) any network and length of the format (12 to
+/// 19 digits) will do: JCB `3598 8993 2305 3410`, UnionPay, Diners
+/// `30288610434735`, a 12-digit Maestro. Without one, the issuer prefix
+/// and its lengths must match too (PII-RULES.md), so that a stray
+/// Luhn-valid number (one in ten are) is not taken for a card.
 fn card(run: &Run<'_>, cue: Option<Cue>, out: &mut Vec<Candidate>) {
+    let with_word = cue == Some(Cue::Kind(Format::Card));
     let layout_ok = match run.lens {
-        [n] => (13..=19).contains(n),
+        [n] => (13..=19).contains(n) || with_word && *n == 12,
         [4, 4, 4, 4] | [4, 6, 5] | [4, 6, 4] => true,
         [4, 4, 4, 4, 3] => true,
+        // Shorter cards in groups: only as a whole number, never the head
+        // of a longer one (`4111 1165 4184 1111`, a token that fails Luhn,
+        // may have a head of 12 that passes).
+        [4, 4, 4] | [4, 4, 4, 1] | [4, 4, 4, 3] | [4, 4, 5] => {
+            with_word && !continues_with_digits(run.text, run.end)
+        }
         _ => false,
     };
     if !layout_ok {
@@ -485,7 +513,7 @@ fn card(run: &Run<'_>, cue: Option<Cue>, out: &mut Vec<Candidate>) {
         }
     }
     let digits = run.digit_values();
-    if !card_brand_ok(&digits) {
+    if !with_word && !card_brand_ok(&digits) {
         return;
     }
     // 19 digits in groups of four are MIR or Maestro; a Visa followed by
@@ -494,7 +522,7 @@ fn card(run: &Run<'_>, cue: Option<Cue>, out: &mut Vec<Candidate>) {
         return;
     }
     if run.valid(Format::Card) {
-        let priority = if cue == Some(Cue::Kind(Format::Card)) {
+        let priority = if with_word {
             PRIORITY_CARD_CONTEXT
         } else {
             PRIORITY_CARD
@@ -503,115 +531,13 @@ fn card(run: &Run<'_>, cue: Option<Cue>, out: &mut Vec<Candidate>) {
     }
 }
 
-// ---------------------------------------------------------------------------
-// phone
-
-/// National significant number lengths of calling codes often met in RU/EN
-/// chats. Codes not listed get only E.164's 8 to 15 digits in all.
-const NATIONAL_LENGTHS: &[(&str, u8, u8)] = &[
-    ("1", 10, 10),
-    ("7", 10, 10),
-    ("20", 9, 10),
-    ("27", 9, 9),
-    ("30", 10, 10),
-    ("31", 9, 9),
-    ("32", 8, 9),
-    ("33", 9, 9),
-    ("34", 9, 9),
-    ("36", 8, 9),
-    ("39", 6, 11),
-    ("40", 9, 9),
-    ("41", 9, 9),
-    ("43", 4, 13),
-    ("44", 9, 10),
-    ("45", 8, 8),
-    ("46", 7, 9),
-    ("47", 8, 8),
-    ("48", 9, 9),
-    ("49", 6, 11),
-    ("55", 10, 11),
-    ("61", 9, 9),
-    ("81", 9, 10),
-    ("82", 8, 10),
-    ("86", 8, 11),
-    ("90", 10, 10),
-    ("91", 10, 10),
-    ("351", 9, 9),
-    ("353", 7, 9),
-    ("358", 5, 12),
-    ("370", 8, 8),
-    ("371", 8, 8),
-    ("372", 7, 8),
-    ("374", 8, 8),
-    ("375", 9, 9),
-    ("380", 9, 9),
-    ("420", 9, 9),
-    ("971", 8, 9),
-    ("972", 8, 9),
-    ("992", 9, 9),
-    ("993", 8, 8),
-    ("994", 9, 9),
-    ("995", 9, 9),
-    ("996", 9, 9),
-    ("998", 9, 9),
-];
-
-/// Layouts (group lengths) of Russian numbers, `8`/`+7` included.
-fn russian_layout_ok(lens: &[usize]) -> bool {
-    matches!(
-        lens,
-        [11] | [1, 10]
-            | [1, 3, 7]
-            | [1, 3, 3, 4]
-            | [1, 3, 3, 2, 2]
-            | [4, 3, 2, 2]
-            | [4, 7]
-            | [4, 3, 4]
-            | [1, 4, 2, 2, 2]
-            | [1, 4, 6]
-            | [1, 5, 1, 2, 2]
-            | [1, 3, 2, 2, 3]
-    )
-}
-
-/// `start` is where the value starts: the `+` of an international number.
-fn phone(run: &Run<'_>, start: usize, out: &mut Vec<Candidate>) {
-    let international = start < run.start;
-    let digits = run.digit_values();
-    if international {
-        if !(8..=15).contains(&digits.len()) {
-            return;
-        }
-        let code = NATIONAL_LENGTHS
-            .iter()
-            .find(|(code, _, _)| code.bytes().zip(&digits).all(|(c, &d)| c - b'0' == d));
-        if let Some((code, min, max)) = code {
-            let national = digits.len() - code.len();
-            if !(usize::from(*min)..=usize::from(*max)).contains(&national) {
-                return;
-            }
-            let first = digits[code.len()];
-            if (*code == "7" && first < 3) || (*code == "1" && first < 2) {
-                return;
-            }
-            if *code == "7" && !russian_layout_ok(run.lens) {
-                return;
-            }
-        }
-    } else if digits.len() != 11 || digits[0] != 8 || digits[1] < 3 || !russian_layout_ok(run.lens)
-    {
-        return;
-    }
-    let value = &run.text[start..run.end];
-    if validate(Format::Phone, value).is_err() {
-        return;
-    }
-    out.push(Candidate {
-        kind: Format::Phone.into(),
-        start,
-        end: run.end,
-        priority: PRIORITY_PHONE,
-    });
+/// Whether another digit group follows byte `end` (a separator, then a
+/// digit): the run is the head of a longer number.
+fn continues_with_digits(text: &str, end: usize) -> bool {
+    let rest = text.get(end..).unwrap_or("");
+    let mut chars = rest.chars();
+    matches!(chars.next(), Some(' ' | '-' | '\u{a0}'))
+        && chars.next().is_some_and(|c| c.is_ascii_digit())
 }
 
 // ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@
 
 mod context;
 mod detectors;
+mod phones;
 pub mod spans;
 #[cfg(test)]
 mod tests;

@@ -17,9 +17,11 @@ pub const MAX_GROUPS: usize = 12;
 /// Most bytes of one number-shaped token candidate (a bank account with its
 /// BIK is 30 digits and separators).
 pub const MAX_NUMBER_TOKEN_BYTES: usize = 64;
-/// Digits of the shortest (an international phone) and longest (a bank
-/// account with its BIK) number-shaped token.
-pub const NUMBER_TOKEN_DIGITS: std::ops::RangeInclusive<usize> = 8..=29;
+/// Digits of the shortest (a national phone, `451 5986`) and longest (a
+/// bank account with its BIK) number-shaped token.
+pub const NUMBER_TOKEN_DIGITS: std::ops::RangeInclusive<usize> = 7..=29;
+/// Longest phone extension glued to a number-shaped token (`…4508x769`).
+const MAX_EXTENSION_DIGITS: usize = 6;
 /// Characters of a compact IBAN.
 pub const IBAN_CHARS: std::ops::RangeInclusive<usize> = 15..=34;
 /// Longest email local part (RFC 5321).
@@ -98,6 +100,10 @@ fn number_candidates(text: &str, out: &mut Vec<(usize, usize)>) {
             if first == 0 && plus {
                 starts.push(m.start());
             }
+            // A national phone's bracketed area code: `(415) 555-0648`.
+            if first == 0 && !plus && m.start() > 0 && text.as_bytes()[m.start() - 1] == b'(' {
+                starts.push(m.start() - 1);
+            }
             let mut digits = 0;
             for last in first..groups.len().min(first + MAX_GROUPS) {
                 digits += groups[last].1 - groups[last].0;
@@ -109,10 +115,27 @@ fn number_candidates(text: &str, out: &mut Vec<(usize, usize)>) {
                 }
                 if NUMBER_TOKEN_DIGITS.contains(&digits) {
                     out.extend(starts.iter().map(|&start| (start, end)));
+                    if let Some(extended) = extension_end(text.as_bytes(), end) {
+                        out.extend(starts.iter().map(|&start| (start, extended)));
+                    }
                 }
             }
         }
     }
+}
+
+/// The end of a phone extension, `x` and 1 to 6 digits, at byte `end`.
+fn extension_end(bytes: &[u8], end: usize) -> Option<usize> {
+    if bytes.get(end) != Some(&b'x') {
+        return None;
+    }
+    let digits = bytes[end + 1..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    (1..=MAX_EXTENSION_DIGITS)
+        .contains(&digits)
+        .then_some(end + 1 + digits)
 }
 
 fn iban_candidates(text: &str, out: &mut Vec<(usize, usize)>) {
@@ -223,6 +246,20 @@ mod tests {
         assert!(found.contains(&"916) 123-45-67"));
         // Too few digits to be a token.
         assert!(!found.contains(&"12.05"));
+    }
+
+    #[test]
+    fn number_candidates_cover_national_phone_tokens() {
+        let text = "call (415) 555-0648, 451 5986, +1-903-140-4508x769 or (898)666-3621x0135";
+        let found = strings(text, &token_candidates(text));
+        for token in [
+            "(415) 555-0648",
+            "451 5986",
+            "+1-903-140-4508x769",
+            "(898)666-3621x0135",
+        ] {
+            assert!(found.contains(&token), "{token} not among {found:?}");
+        }
     }
 
     #[test]

@@ -57,6 +57,138 @@ fn skips_look_alikes() {
 }
 
 #[test]
+fn cards_of_any_network_after_a_card_word() {
+    for (text, card) in [
+        (
+            "card number 3598 8993 2305 3410 is lost",
+            "3598 8993 2305 3410",
+        ),
+        (
+            "Can I withdraw cash using my card 213176828496175 at aTM center",
+            "213176828496175",
+        ),
+        (
+            "I have lost my card 180016070420458. Could you help",
+            "180016070420458",
+        ),
+        (
+            "Please charge my credit card. Number is 30288610434735",
+            "30288610434735",
+        ),
+        (
+            "send me the last billed amount for cc 4047737215142 on my e-mail",
+            "4047737215142",
+        ),
+        ("card number 630427373398 is lost", "630427373398"),
+        ("What is the limit for card 501864667909?", "501864667909"),
+        (
+            "points won on credit card 060426070011 transactions",
+            "060426070011",
+        ),
+        (
+            "Моя карта 3598 8993 2305 3410, заблокируйте",
+            "3598 8993 2305 3410",
+        ),
+        ("номер карты 630427373398", "630427373398"),
+        ("карта 6304 2737 3398", "6304 2737 3398"),
+    ] {
+        assert_eq!(found(text), [(Format::Card, card)], "{text}");
+    }
+}
+
+#[test]
+fn card_numbers_need_their_word_outside_the_known_networks() {
+    for text in [
+        // the same numbers with no card word, or a word that is not one
+        "3598 8993 2305 3410",
+        "my id 213176828496175",
+        "order 630427373398 for my card",
+        "501864667909",
+        "card 4111 1111 1111 1112",
+        // the head of a card token (which fails Luhn) passes Luhn alone
+        "card 4107 0434 1925 4122",
+        "карта 6304 2737 3398 1",
+        "gift card balance 630427373398 руб",
+    ] {
+        assert_eq!(found(text), [], "{text}");
+    }
+}
+
+#[test]
+fn national_phones_after_a_phone_word() {
+    for (text, phones) in [
+        (
+            "didn't get any message on my registered 905-674-3793. Could you",
+            &["905-674-3793"][..],
+        ),
+        (
+            "Can someone call me on (415) 555-0648? I have",
+            &["(415) 555-0648"],
+        ),
+        ("please call me at 07700 063 966", &["07700 063 966"]),
+        (
+            "Name: Toshimi Arata\nPhone: 0490 75 40 81",
+            &["0490 75 40 81"],
+        ),
+        ("stop receiving messages to 699 956 915", &["699 956 915"]),
+        (
+            "Personal Info:\nPhone:\n(08) 8747 6301\n\nE-mail:",
+            &["(08) 8747 6301"],
+        ),
+        ("They're not answering at 374 780 163", &["374 780 163"]),
+        ("Phone: 451 5986", &["451 5986"]),
+        (
+            "Mobile: 03.93.92.16.85\nDesk: 5403926876",
+            &["03.93.92.16.85", "5403926876"],
+        ),
+        (
+            "Desk: +1-903-140-4508x769\nFax: 259.735.7502x459",
+            &["+1-903-140-4508x769", "259.735.7502x459"],
+        ),
+        (
+            "Box 9168\n416 60 039 office\n+46 (0)179 459 33 fax\n",
+            &["416 60 039", "+46 (0)179 459 33"],
+        ),
+        (
+            "(37) 788-063-Office\\,07700 063 966-Fax",
+            &["(37) 788-063", "07700 063 966"],
+        ),
+        ("Fax: 001-253-366-9781", &["001-253-366-9781"]),
+        ("тел. 495 123-45-67, спасибо", &["495 123-45-67"]),
+        ("позвоните мне (812) 123-45-67", &["(812) 123-45-67"]),
+    ] {
+        let expected: Vec<(Format, &str)> = phones.iter().map(|p| (Format::Phone, *p)).collect();
+        assert_eq!(found(text), expected, "{text}");
+    }
+}
+
+#[test]
+fn numbers_near_phone_words_that_are_not_phones() {
+    for text in [
+        // no phone word
+        "Delivery slot 905-674-3793 confirmed",
+        "see 0490 75 40 81 in the list",
+        // a nearer word says what the number is
+        "call me about order 90567437",
+        "call me, tracking 905-674-3793",
+        "phone me about invoice 0490 75 40 81",
+        "позвоните по заказу 495 123-45-67",
+        // dates, amounts, times, too short
+        "call me on 12.03.2024 please",
+        "my phone was ordered on 2024-03-12",
+        "позвоните мне 03.04.1987",
+        "call me, the total is 1 250 000 руб",
+        "call me at 14:30 or 15:45",
+        "phone 12345",
+        "Phone: 2 x 1200 units",
+        // glued to letters
+        "phone AB905674379",
+    ] {
+        assert_eq!(found(text), [], "{text}");
+    }
+}
+
+#[test]
 fn custom_detectors() {
     let custom = CustomDetector {
         name: "employee".into(),

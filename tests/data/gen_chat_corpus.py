@@ -17,9 +17,18 @@ and URLs whose host looks like a piece of an email (`john.do`).
 Labelling conventions (what a span covers):
 - the value only, never its context word (`ИНН 7707083893` -> the digits);
 - `серия 4506 номер 123456` -> `4506 номер 123456` (series through number);
-- a phone with an extension (`доб. 123`, `ext. 12`) -> the phone without it;
+- a phone with an extension (`доб. 123`, `ext. 12`) -> the phone without it,
+  but an extension glued to it (`+1-903-140-4508x769`) is part of it;
 - a BIK written right before its account (`044525225/40702810...`) -> both,
   since that is one `ru_bank_account` value; a BIK elsewhere is not labelled.
+After the N_MESSAGES messages come N_HARD ones from a second seed (so the
+first ones stay as they were): cards of every network and length after a
+card word (JCB, Diners 14, Visa 13, Maestro 12, UnionPay 19), phones in
+national layouts without a country code after a phone word, and their
+look-alikes after the same words: order and invoice numbers, dates,
+amounts, tracking codes, Luhn-valid numbers of no known network with no
+card word.
+
 Run: python3 tests/data/gen_chat_corpus.py  (from the repository root)
 """
 import json
@@ -28,6 +37,8 @@ import random
 
 SEED = 20251002
 N_MESSAGES = 2400
+HARD_SEED = 20261207
+N_HARD = 400
 NBSP = "\u00a0"
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_corpus.jsonl")
 
@@ -687,10 +698,168 @@ def message():
     return m.out()
 
 
+# --- hard cases: cards of any network, national phones ------------------------
+
+def card_any():
+    """A card of a network or length outside the usual IIN table."""
+    kind = rnd.randrange(7)
+    if kind == 0:  # JCB 16
+        num = luhn_complete(str(rnd.randrange(3528, 3600)) + digits(11))
+    elif kind == 1:  # JCB 15
+        num = luhn_complete(pick(["2131", "1800"]) + digits(10))
+    elif kind == 2:  # Diners 14
+        num = luhn_complete(pick(["300", "301", "302", "303", "304", "305", "38", "39"]).ljust(3, "0") + digits(10))
+    elif kind == 3:  # Visa 13
+        num = luhn_complete("4" + digits(11))
+    elif kind == 4:  # Maestro 12
+        num = luhn_complete(pick(["50", "58", "60", "63", "67"]) + digits(9))
+    elif kind == 5:  # UnionPay 19
+        num = luhn_complete("62" + digits(16))
+    else:  # Discover
+        num = luhn_complete("6011" + digits(11))
+    r = rnd.random()
+    if len(num) == 16 and r < 0.4:
+        return group(num, [4, 4, 4, 4], pick([" ", "-"]))
+    if len(num) == 14 and r < 0.3:
+        return group(num, [4, 6, 4], " ")
+    if len(num) == 12 and r < 0.3:
+        return group(num, [4, 4, 4], " ")
+    return num
+
+
+def phone_national():
+    """A phone as written in its country, without the country code."""
+    form = rnd.randrange(14)
+    a3 = f"{rnd.randrange(201, 990)}"
+    x3 = f"{rnd.randrange(200, 999)}"
+    if form == 0:
+        return f"({a3}) {x3}-{digits(4)}"
+    if form == 1:
+        return f"{a3}-{x3}-{digits(4)}"
+    if form == 2:
+        return f"{a3}.{x3}.{digits(4)}"
+    if form == 3:
+        return f"07{digits(3)} {digits(3)} {digits(3)}"
+    if form == 4:
+        return f"020 {digits(4)} {digits(4)}"
+    if form == 5:
+        sep = pick([" ", "."])
+        return sep.join([f"0{rnd.randrange(1, 8)}"] + [digits(2) for _ in range(4)])
+    if form == 6:
+        return f"04{rnd.randrange(60, 100)} {digits(2)} {digits(2)} {digits(2)}"
+    if form == 7:
+        return f"{pick('679')}{digits(2)} {digits(3)} {digits(3)}"
+    if form == 8:
+        return f"0{rnd.randrange(30, 90)} {digits(8)}"
+    if form == 9:
+        return f"(0{rnd.randrange(2, 9)}) {digits(4)} {digits(4)}"
+    if form == 10:
+        return f"04{digits(2)} {digits(3)} {digits(3)}"
+    if form == 11:
+        return f"{x3} {digits(4)}"
+    if form == 12:
+        return f"{a3}-{x3}-{digits(4)}x{rnd.randrange(10, 9999)}"
+    return f"001-{a3}-{x3}-{digits(4)}"
+
+
+def phone_ru_local():
+    area = pick(RU_AREAS)
+    sub = digits(7)
+    return pick([f"({area}) {sub[:3]}-{sub[3:5]}-{sub[5:]}", f"{area} {sub[:3]}-{sub[3:5]}-{sub[5:]}",
+                 f"({area}) {sub[:3]} {sub[3:5]} {sub[5:]}"])
+
+
+def s_card_any(m):
+    if m.lang == "ru":
+        m.t(pick(["Номер карты ", "карта ", "Заблокируйте карту ", "по карте ", "карта JCB "]))
+    else:
+        m.t(pick(["card number ", "My card ", "cc ", "I want to increase limit on my card # ",
+                  "Please block card no ", "What is the limit for card ", "credit card: "]))
+    m.p("card", card_any())
+    m.t(pick(["", ".", "?", " is lost", ", срок 11/27" if m.lang == "ru" else " expires soon"]))
+
+
+def s_phone_national(m):
+    if m.lang == "ru":
+        m.t(pick(["тел. ", "Позвоните мне: ", "телефон ", "Номер для связи ", "перезвоните на "]))
+        m.p("phone", phone_ru_local())
+        m.t(pick(["", ".", ", спасибо"]))
+        return
+    form = rnd.randrange(3)
+    if form == 0:
+        m.t(pick(["Phone: ", "call me at ", "Can someone call me on ", "I'd like to stop receiving messages to ",
+                  "Mobile: ", "Fax: ", "They're not answering at ", "Personal Info:\nPhone:\n", "Desk: "]))
+        m.p("phone", phone_national())
+        m.t(pick(["", ".", "?", " after 6pm"]))
+    elif form == 1:
+        m.t(pick(["Contacts:\n", "Reach us:\n"]))
+        m.p("phone", phone_national())
+        m.t(pick([" office", "-Fax", " mobile", " (home)"]))
+    else:
+        m.t("Name: " + pick(LAT_FIRST).capitalize() + " " + pick(LAT_LAST).capitalize() + "\nPhone: ")
+        m.p("phone", phone_national())
+
+
+def look_national():
+    """Numbers after the same words that are not cards or phones."""
+    k = rnd.randrange(16)
+    dd, mm = rnd.randrange(1, 29), rnd.randrange(1, 13)
+    if k == 0:
+        return f"Call me about order {digits(9)}, please."
+    if k == 1:
+        return f"call me on {dd:02d}.{mm:02d}.2025 after {rnd.randrange(9, 18)}:00"
+    if k == 2:
+        return f"Phone: delivered on 2025-{mm:02d}-{dd:02d}"
+    if k == 3:
+        return f"My phone cost {rnd.randrange(10, 99)} {digits(3)} руб"
+    if k == 4:
+        return f"Can someone call me about invoice {digits(3)}-{digits(3)}-{digits(4)}?"
+    if k == 5:
+        return f"call me, tracking number {digits(4)} {digits(4)} {digits(4)}"
+    if k == 6:
+        return f"Order {luhn_complete(pick(['50', '63']) + digits(9))} was paid by card."
+    if k == 7:
+        return f"The card was declined, reference {luhn_complete('2131' + digits(10))}"
+    if k == 8:
+        return f"Certificate {luhn_complete('2131' + digits(10))} activated"
+    if k == 9:
+        return f"Gift voucher {group(luhn_complete(str(rnd.randrange(3590, 3600)) + digits(11)), [4, 4, 4, 4], ' ')} redeemed"
+    if k == 10:
+        return f"позвоните мне {dd:02d}.{mm:02d}.2025"
+    if k == 11:
+        return f"перезвоните по заявке {digits(9)}"
+    if k == 12:
+        return f"Fax: none. Order {digits(10)} shipped"
+    if k == 13:
+        return f"card {group(luhn_invalid16(), [4, 4, 4, 4], ' ')} was declined"
+    if k == 14:
+        return f"Ticket {digits(3)} {digits(3)} {digits(3)}, call me back"
+    return f"Delivery slot {rnd.randrange(201, 990)}-{rnd.randrange(200, 999)}-{digits(4)} confirmed"
+
+
+def hard_message():
+    lang = "ru" if rnd.random() < 0.3 else "en"
+    m = Msg(lang, pick(["customer", "customer", "operator"]))
+    pieces = [pick(["card", "phone", "phone", "look", "look"]) for _ in range(pick([1, 2, 2, 3]))]
+    for i, piece in enumerate(pieces):
+        if i:
+            m.t(pick([" ", "\n", ". "]) if not m.parts[-1].endswith((".", "!", "?", ":", "\n")) else " ")
+        if piece == "card":
+            s_card_any(m)
+        elif piece == "phone":
+            s_phone_national(m)
+        else:
+            m.t(look_national())
+    return m.out()
+
+
 def main():
     with open(OUT, "w", encoding="utf-8") as f:
         for _ in range(N_MESSAGES):
             f.write(json.dumps(message(), ensure_ascii=False) + "\n")
+        rnd.seed(HARD_SEED)
+        for _ in range(N_HARD):
+            f.write(json.dumps(hard_message(), ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

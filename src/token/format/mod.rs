@@ -65,7 +65,7 @@ use text::{opaque_token, parse_text};
 pub enum Format {
     /// Payment card number (PAN).
     Card,
-    /// Phone number, E.164 or Russian national `8 ...`.
+    /// Phone number: E.164, or national without a country code.
     Phone,
     /// Email address.
     Email,

@@ -1,4 +1,10 @@
-//! The `phone` format: E.164 and Russian national `8 ...` numbers.
+//! The `phone` format: E.164 numbers, and national numbers as people
+//! write them without a country code (Russian `8 ...`, `(415) 555-0648`,
+//! `07700 063 966`, `0490 75 40 81`), with an optional extension `x123`.
+//!
+//! A national number carries no country, so no numbering plan can be
+//! checked here: it is 7 to 15 digits in a phone layout. Which numbers in
+//! chat text are phones is the scanner's call (it wants a phone word).
 
 use rand::Rng;
 
@@ -11,6 +17,12 @@ const MAX_PHONE_SEPARATOR_RUN: usize = 3;
 /// E.164 allows at most 15 digits including the country code; fewer than 8
 /// is shorter than the shortest national plan in use with its country code.
 const PHONE_DIGITS: std::ops::RangeInclusive<usize> = 8..=15;
+/// A national number: the shortest plans in use have 7 digits with their
+/// area code (`451 5986`); with the `00` international prefix it may be as
+/// long as an E.164 number plus the two zeros.
+const NATIONAL_DIGITS: std::ops::RangeInclusive<usize> = 7..=17;
+/// The longest extension after `x` (`+1-903-140-4508x769`).
+const MAX_EXTENSION_DIGITS: usize = 6;
 
 /// A phone number's digits and how many leading ones the token keeps.
 pub(super) struct Phone {
@@ -24,8 +36,13 @@ pub(super) fn parse_phone(value: &str) -> Result<Phone, FormatError> {
         Some(rest) => (true, rest),
         None => (false, value),
     };
-    let digits = phone_digits(body)?;
-    let digit_at_both_ends = body.starts_with(|c: char| c.is_ascii_digit())
+    let (body, extension) = split_extension(body);
+    let mut digits = phone_digits(body)?;
+    // A national number may open with its bracketed area code.
+    let digit_at_both_ends = body
+        .strip_prefix('(')
+        .unwrap_or(body)
+        .starts_with(|c: char| c.is_ascii_digit())
         && body.ends_with(|c: char| c.is_ascii_digit());
     if !digit_at_both_ends {
         return Err(FormatError::InvalidLayout { what: WHAT });
@@ -43,19 +60,45 @@ pub(super) fn parse_phone(value: &str) -> Result<Phone, FormatError> {
         }
         country_code_len(&digits)
     } else {
-        if digits.first() != Some(&8) {
-            return Err(FormatError::InvalidPart {
-                expected: "a + with the country code, or a national number starting with 8",
-            });
-        }
-        if digits.len() != 11 {
+        if !NATIONAL_DIGITS.contains(&digits.len()) {
             return Err(FormatError::InvalidLength {
-                expected: "11 digits in a national number starting with 8",
+                expected: "7 to 17 digits in a national number",
             });
         }
-        1
+        national_kept_len(&digits)
     };
+    // Extension digits are drawn like the number's own: they follow the
+    // kept prefix, so the token keeps the `x` and redraws them.
+    digits.extend(extension.bytes().map(|b| b - b'0'));
     Ok(Phone { digits, kept })
+}
+
+/// `body` without a trailing extension (`x` and 1 to 6 digits right after
+/// the last digit of the number), and the extension's digits ("" if none).
+fn split_extension(body: &str) -> (&str, &str) {
+    match body.rsplit_once('x') {
+        Some((number, extension))
+            if (1..=MAX_EXTENSION_DIGITS).contains(&extension.len())
+                && extension.bytes().all(|b| b.is_ascii_digit())
+                && number.ends_with(|c: char| c.is_ascii_digit()) =>
+        {
+            (number, extension)
+        }
+        _ => (body, ""),
+    }
+}
+
+/// Leading digits of a national number that its token keeps: the trunk
+/// `8` of a Russian number, the trunk `0` of most of Europe's and
+/// Australia's, or the `00` international prefix. They say how the number
+/// is dialled, not whose it is.
+pub(super) fn national_kept_len(digits: &[u8]) -> usize {
+    match digits {
+        [8, ..] if digits.len() == 11 => 1,
+        [0, 0, ..] => 2,
+        [0, ..] => 1,
+        _ => 0,
+    }
 }
 
 /// The digits of a phone number after its optional `+`, checking that the
@@ -131,15 +174,15 @@ pub(super) fn phone_token<R: Rng + ?Sized>(value: &str, phone: &Phone, rng: &mut
         if let Some(rest) = t.get_mut(kept..) {
             fill_random_digits(rest, rng);
             // A national number never starts with 0 after the country code
-            // or trunk 8; keep the token looking like a dialable number.
+            // or trunk prefix; keep the token looking like a dialable number.
             if let Some(first) = rest.first_mut() {
                 *first = rng.random_range(1..10);
             }
         }
     };
     if !draw_until(&mut token, draw, |t| t != &phone.digits) {
-        // At least 5 digits follow the country code, so the last one is
-        // never the nonzero first digit.
+        // At least 5 digits follow the country code or trunk prefix, so
+        // the last one is never the nonzero first digit.
         if let Some(last) = token.get_mut(len.saturating_sub(1)) {
             next_digit(last);
         }

@@ -85,6 +85,26 @@ fn phone_accepts_common_layouts() {
         "+354 555 1234",
         "+677 12345",
         "+86 10 1234 5678 123",
+        "+41 (0)38 549 02 90",
+        "+1-903-140-4508x769",
+    ] {
+        assert_accepted(Format::Phone, value);
+    }
+}
+
+#[test]
+fn phone_accepts_national_numbers_without_a_country_code() {
+    for value in [
+        "905-674-3793",
+        "(415) 555-0648",
+        "07700 063 966",
+        "0490 75 40 81",
+        "699 956 915",
+        "451 5986",
+        "01.84.17.61.18",
+        "001-253-366-9781",
+        "(898)666-3621x0135",
+        "5403926876",
     ] {
         assert_accepted(Format::Phone, value);
     }
@@ -98,10 +118,19 @@ fn phone_token_keeps_country_code_and_trunk_prefix() {
         ("+380 44 123 4567", "+380 "),
         ("8 (916) 123-45-67", "8 ("),
         ("89161234567", "8"),
+        ("07700 063 966", "0"),
+        ("001-253-366-9781", "00"),
+        ("(898)666-3621x0135", "("),
     ] {
         let token = token_for(Format::Phone, value);
         assert!(token.starts_with(prefix), "{value} -> {token}");
     }
+    let token = token_for(Format::Phone, "(898)666-3621x0135");
+    assert_eq!(
+        token.find('x'),
+        Some(13),
+        "the extension's x is kept: {token}"
+    );
 }
 
 #[test]

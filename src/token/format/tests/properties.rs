@@ -45,13 +45,31 @@ fn phone_value() -> impl Strategy<Value = String> {
         });
     let national = (
         any_digit_run(10),
-        vec(weighted(0.3, separator), 12),
+        vec(weighted(0.3, separator.clone()), 12),
         any::<bool>(),
     )
         .prop_map(|(national, seps, brackets)| {
             format!("8 {}", national_layout(&national, &seps, brackets))
         });
-    prop_oneof![international, national]
+    // Without a country code, as written in most countries: a trunk `0`,
+    // `00` or none, 7 to 15 digits, and an optional extension.
+    let trunk = select(vec!["", "0", "00"]);
+    let no_country = (
+        trunk,
+        any_digit_run(7..=13),
+        vec(weighted(0.3, separator), 12),
+        any::<bool>(),
+        prop::option::of(any_digit_run(1..=6)),
+    )
+        .prop_map(|(trunk, national, seps, brackets, extension)| {
+            let mut value = format!("{trunk}{}", national_layout(&national, &seps, brackets));
+            if let Some(extension) = extension {
+                value.push('x');
+                value.push_str(&digit_string(&extension));
+            }
+            value
+        });
+    prop_oneof![international, national, no_country]
 }
 
 /// `(916) 123-45-67` style when `brackets`, else digits with `seps`.
