@@ -80,8 +80,12 @@ def compile_stubs(out_dir):
 
     include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     os.makedirs(out_dir, exist_ok=True)
+    # The service's proto imports the HTTP annotations kept beside it.
+    annotations = [os.path.join(PROTO_DIR, "google", "api", name)
+                   for name in ("annotations.proto", "http.proto")]
     status = protoc.main(["protoc", f"-I{PROTO_DIR}", f"-I{include}",
-                          f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", PROTO])
+                          f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", PROTO,
+                          *annotations])
     if status != 0:
         die(f"protoc failed on {PROTO}")
     sys.path.insert(0, out_dir)
