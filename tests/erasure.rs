@@ -885,6 +885,23 @@ async fn a_ledger_with_its_last_line_cut_stops_the_server() {
     );
 }
 
+/// The `[kek]` section of a local key file written into `dir`.
+fn local_kek_in(dir: &Path) -> String {
+    let kek = dir.join("kek.key");
+    std::fs::write(&kek, [9u8; 32]).expect("kek file");
+    common::postgres::local_kek_toml(&kek)
+}
+
+/// The `[kek]` section of `bao`'s transit key, its token read from
+/// [`TOKEN_ENV`].
+fn vault_kek_toml(bao: &Bao) -> String {
+    format!(
+        "[kek]\nprovider = \"vault\"\naddress = \"{}\"\nkey_name = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n",
+        bao.addr(),
+        common::bao::KEY_NAME,
+    )
+}
+
 /// Must-show 2 (PostgreSQL): a `pg_dump` taken before a forget, restored
 /// after it (the database dropped and made again under its name): the
 /// vault started on it answers ERASED for the forgotten subject; with the
@@ -892,9 +909,7 @@ async fn a_ledger_with_its_last_line_cut_stops_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pg_dump_from_before_a_forget_restored_after_it_keeps_the_subject_erased() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek.key");
-    std::fs::write(&kek, [9u8; 32]).expect("kek file");
-    let kek = common::postgres::local_kek_toml(&kek);
+    let kek = local_kek_in(dir.path());
     pg_dump_restore_keeps_the_subject_erased(dir.path(), &kek, &[]).await;
 }
 
@@ -902,11 +917,7 @@ async fn a_pg_dump_from_before_a_forget_restored_after_it_keeps_the_subject_eras
 async fn a_pg_dump_from_before_a_forget_restored_after_it_keeps_the_subject_erased_vault_kek() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bao = Bao::dev(&dir.path().join("bao"));
-    let kek = format!(
-        "[kek]\nprovider = \"vault\"\naddress = \"{}\"\nkey_name = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n",
-        bao.addr(),
-        common::bao::KEY_NAME,
-    );
+    let kek = vault_kek_toml(&bao);
     let env = [(TOKEN_ENV, bao.root_token.as_str())];
     pg_dump_restore_keeps_the_subject_erased(dir.path(), &kek, &env).await;
 }
@@ -958,9 +969,7 @@ async fn pg_dump_restore_keeps_the_subject_erased(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_written_back_after_a_forget_are_refused_by_every_running_replica() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek.key");
-    std::fs::write(&kek, [9u8; 32]).expect("kek file");
-    let kek = common::postgres::local_kek_toml(&kek);
+    let kek = local_kek_in(dir.path());
     written_back_rows_are_refused(dir.path(), &kek, &[]).await;
 }
 
@@ -968,11 +977,7 @@ async fn rows_written_back_after_a_forget_are_refused_by_every_running_replica()
 async fn rows_written_back_after_a_forget_are_refused_by_every_running_replica_vault_kek() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bao = Bao::dev(&dir.path().join("bao"));
-    let kek = format!(
-        "[kek]\nprovider = \"vault\"\naddress = \"{}\"\nkey_name = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n",
-        bao.addr(),
-        common::bao::KEY_NAME,
-    );
+    let kek = vault_kek_toml(&bao);
     let env = [(TOKEN_ENV, bao.root_token.as_str())];
     written_back_rows_are_refused(dir.path(), &kek, &env).await;
 }

@@ -146,24 +146,8 @@ impl Vault {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::vault::{TokenMode, TokenStatus, TokenizeItem};
-
-    fn item(value: &str) -> TokenizeItem {
-        TokenizeItem {
-            value: value.into(),
-            format: "text".into(),
-            mode: TokenMode::Random,
-            ttl_seconds: 0,
-        }
-    }
-
-    async fn status(vault: &Vault, token: &str) -> TokenStatus {
-        vault
-            .detokenize(&[token.to_string()])
-            .await
-            .expect("detokenize")[0]
-            .status
-    }
+    use crate::vault::test_support::{status, text_item as item};
+    use crate::vault::TokenStatus;
 
     /// Gives the store back a subject's key row and token records.
     async fn write_back(

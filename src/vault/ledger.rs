@@ -229,7 +229,8 @@ pub fn write_restore_marker(data_dir: &Path, danger: bool) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vault::{TokenMode, TokenStatus, TokenizeItem};
+    use crate::vault::test_support::{status, text_item as item};
+    use crate::vault::TokenStatus;
 
     fn config(dir: &Path) -> Config {
         let mut config = Config::dev();
@@ -239,23 +240,6 @@ mod tests {
 
     async fn open(dir: &Path) -> Result<Vault, VaultError> {
         crate::app::open_vault(&config(dir), true).await
-    }
-
-    fn item(value: &str) -> TokenizeItem {
-        TokenizeItem {
-            value: value.into(),
-            format: "text".into(),
-            mode: TokenMode::Random,
-            ttl_seconds: 0,
-        }
-    }
-
-    async fn status(vault: &Vault, token: &str) -> TokenStatus {
-        vault
-            .detokenize(&[token.to_string()])
-            .await
-            .expect("detokenize")[0]
-            .status
     }
 
     #[tokio::test]

@@ -958,6 +958,29 @@ fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
+/// What the service's unit tests share: a text item, a token's status.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{TokenMode, TokenStatus, TokenizeItem, Vault};
+
+    pub(crate) fn text_item(value: &str) -> TokenizeItem {
+        TokenizeItem {
+            value: value.into(),
+            format: "text".into(),
+            mode: TokenMode::Random,
+            ttl_seconds: 0,
+        }
+    }
+
+    pub(crate) async fn status(vault: &Vault, token: &str) -> TokenStatus {
+        vault
+            .detokenize(&[token.to_string()])
+            .await
+            .expect("detokenize")[0]
+            .status
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
