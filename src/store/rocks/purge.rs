@@ -325,6 +325,13 @@ impl Instance<'_> {
             if lingering.is_empty() {
                 return Ok(());
             }
+            // A file a reader's iterator pinned when its compaction ended is
+            // queued for deletion, but deleted only at the instance's next
+            // flush or compaction, which may not come: re-enabling file
+            // deletions makes RocksDB scan for obsolete files and delete
+            // them now (the pair is balanced, so a backup's hold stays).
+            self.db.disable_file_deletions().map_err(engine)?;
+            self.db.enable_file_deletions().map_err(engine)?;
             if Instant::now() > deadline {
                 // File names hold no data. A table that is no longer live
                 // but still on disk is most often held by a compaction still
