@@ -448,6 +448,15 @@ pub async fn subject_tokens_come_in_pages(store: &dyn Store) {
     seen.sort();
     assert_eq!(seen, ["p-det", "p0", "p1", "p2", "p3", "p4"]);
     assert_eq!(pages, 3);
+
+    // A page limit of 0 is taken as 1: an export still makes progress
+    // instead of ending at an empty first page.
+    let page = store
+        .subject_tokens(subject, None, 0)
+        .await
+        .expect("page");
+    assert_eq!(page.tokens.len(), 1);
+    assert!(page.next.is_some());
 }
 
 pub async fn run_all<F, Fut>(make: F)

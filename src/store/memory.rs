@@ -250,6 +250,7 @@ impl Store for MemoryStore {
         cursor: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<TokenPage, StoreError> {
+        let limit = limit.max(1);
         let after = match cursor {
             Some(bytes) => {
                 Some(String::from_utf8(bytes).map_err(|_| StoreError::Corrupt("export cursor"))?)
