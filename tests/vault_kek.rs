@@ -530,3 +530,121 @@ async fn approle_with_the_least_privilege_policy_serves_renews_and_cannot_rotate
         "the secret id must not be logged"
     );
 }
+
+/// The key rows of a PostgreSQL vault, as a dump or the raw row bytes hold
+/// them: each wrapped key's transit ciphertext (`vault:vN:...`).
+async fn stored_ciphertexts(url: &str) -> Vec<String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    let rows = client
+        .query("SELECT wrapped FROM tv_subjects", &[])
+        .await
+        .expect("key rows");
+    rows.iter()
+        .map(|row| {
+            let wrapped =
+                tokenvault::kek::WrappedKey::decode(row.get::<_, &[u8]>(0)).expect("a wrapped key");
+            String::from_utf8(wrapped.ciphertext).expect("a transit ciphertext")
+        })
+        .collect()
+}
+
+/// Whether anyone holding the transit key (here the root token) can
+/// still open a copied ciphertext.
+fn opens(bao: &Bao, ciphertext: &str) -> bool {
+    bao.cli(&[
+        "write",
+        &format!("transit/decrypt/{KEY_NAME}"),
+        &format!("ciphertext={ciphertext}"),
+    ])
+    .status
+    .success()
+}
+
+fn retire(server: &Server, args: &[&str]) -> std::process::Output {
+    let config = server.config_path();
+    let mut all = vec!["keys", "retire", "--config", config.to_str().expect("utf8")];
+    all.extend_from_slice(args);
+    server.run_cli(&all)
+}
+
+/// Issue 20, must-show 4 by the key hierarchy: a copy of a forgotten
+/// subject's key row taken before the forget (what a dump, a base backup
+/// or a dead tuple holds) opens with the KEK until its version is retired;
+/// `keys retire` refuses while any stored key is still under that version,
+/// and after a rotation and a trim nobody can open the copy, while every
+/// surviving subject still detokenizes after a cold restart.
+#[tokio::test]
+async fn retiring_old_kek_versions_kills_every_copy_of_a_forgotten_subjects_key_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bao = Bao::dev(&dir.path().join("bao"));
+    let url = common::postgres::fresh_database().await;
+    let kek = format!(
+        "[kek]\nprovider = \"vault\"\naddress = \"{}\"\nkey_name = \"{KEY_NAME}\"\ntoken_env = \"{TOKEN_ENV}\"\n",
+        bao.addr()
+    );
+    let mut server = Server::start_with_config_env(
+        &dir.path().join("tv"),
+        &common::postgres::replica_config_with_kek(&url, &kek, "r0"),
+        &[(TOKEN_ENV, bao.root_token.as_str())],
+    );
+    let subjects = tokenize_subjects(&server, 5).await;
+    let copies = stored_ciphertexts(&url).await;
+    assert_eq!(copies.len(), 5);
+    let mut client = server.client().await;
+    client
+        .forget_subject(pb::ForgetSubjectRequest {
+            subject_id: subjects[0].0.clone(),
+            reason: "GDPR art. 17".into(),
+        })
+        .await
+        .expect("forget");
+
+    // Nothing to retire on a key with one version; after a rotation in
+    // Vault alone, the store's keys are all still under v1: refused.
+    let refused = retire(&server, &["--below", "2"]);
+    assert!(!refused.status.success());
+    bao.cli_ok(&["write", "-f", &format!("transit/keys/{KEY_NAME}/rotate")]);
+    let refused = retire(&server, &["--below", "2", "--trim-irreversibly"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("subject keys under older versions (v1=4)")
+            && said.contains("the system key is under v1"),
+        "{said}"
+    );
+    // The copy of the forgotten subject's row still opens for anyone with
+    // the KEK: the vault refuses it, but the key hierarchy does not yet.
+    assert!(copies.iter().all(|copy| opens(&bao, copy)));
+
+    let rotate = keys(&server, "rotate");
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let retired = retire(&server, &["--below", "3", "--trim-irreversibly"]);
+    assert!(
+        retired.status.success(),
+        "keys retire: {}",
+        String::from_utf8_lossy(&retired.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&retired.stdout).contains("below v3 trimmed"),
+        "{}",
+        String::from_utf8_lossy(&retired.stdout)
+    );
+    assert!(copies.iter().all(|copy| !opens(&bao, copy)));
+    let key = bao.cli_ok(&["read", "-format=json", &format!("transit/keys/{KEY_NAME}")]);
+    let key: serde_json::Value = serde_json::from_slice(&key.stdout).expect("json");
+    assert_eq!(key["data"]["min_available_version"], 3, "trimmed: {key}");
+
+    drop(client);
+    server.stop().await;
+    server.restart();
+    assert_all_detokenize(&server, &subjects[1..]).await;
+    let status = keys_status(&server);
+    assert_eq!(status_line(&status, "min_decryption"), "v3");
+}

@@ -1,4 +1,4 @@
-//! `tokenvault keys rotate|status`: the operator's key commands. They talk
+//! `tokenvault keys rotate|status|retire`: the operator's key commands. They talk
 //! to a running server through its admin socket (`<data_dir>/admin.sock`)
 //! so that rotation happens while it serves; with no server running they
 //! open the vault themselves and do the same work in this process.
@@ -18,6 +18,8 @@ use crate::pb::admin::admin_client::AdminClient;
 use crate::pb::admin::{KeyStatusRequest, KeyStatusResponse, RotateKekProgress, RotateKekRequest};
 use crate::vault::Vault;
 
+use super::keys_retire;
+
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Rotate the KEK in Vault and rewrap every stored DEK to the new
@@ -26,6 +28,11 @@ pub enum KeysCommand {
     Rotate(VaultArgs),
     /// Show the KEK versions and how many DEKs sit on each.
     Status(VaultArgs),
+    /// Retire the KEK versions below one: raise Vault's decryption floor
+    /// to it (reversible), and with --trim-irreversibly delete the older
+    /// versions from Vault. Refused while any stored key is still under an
+    /// older version. Needs a token with the tokenvault-key-retire policy.
+    Retire(keys_retire::RetireArgs),
 }
 
 /// Which vault: its config file, and/or its data directory (a dev vault
@@ -62,6 +69,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Rotate(args) => rotate(&args.load()?).await,
         KeysCommand::Status(args) => status(&args.load()?).await,
+        KeysCommand::Retire(args) => keys_retire::retire(&args).await,
     }
 }
 
@@ -107,7 +115,13 @@ async fn rotate(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn status(config: &Config) -> anyhow::Result<()> {
-    let status = match connect_admin(&config.data_dir).await? {
+    print!("{}", format_status(&fetch_status(config).await?));
+    Ok(())
+}
+
+/// The key status, from the running server or, with none, read here.
+pub async fn fetch_status(config: &Config) -> anyhow::Result<KeyStatusResponse> {
+    Ok(match connect_admin(&config.data_dir).await? {
         Some(mut client) => client
             .key_status(KeyStatusRequest {})
             .await
@@ -119,9 +133,7 @@ async fn status(config: &Config) -> anyhow::Result<()> {
             vault.shutdown();
             status_message(&status)
         }
-    };
-    print!("{}", format_status(&status));
-    Ok(())
+    })
 }
 
 /// The status as `name value` lines, for people and scripts.

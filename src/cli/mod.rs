@@ -12,6 +12,7 @@ pub mod client;
 pub mod config_check;
 pub mod erasure;
 pub mod keys;
+mod keys_retire;
 pub mod serve;
 
 use std::path::PathBuf;

@@ -197,39 +197,48 @@ async fn open_configured(
             let path = path.clone().unwrap_or_else(|| data_dir.join("kek.key"));
             Ok(Arc::new(local::LocalKek::open(&path, dev)?))
         }
-        KekConfig::Vault {
-            address,
-            mount,
-            key_name,
-            ca_cert,
-            timeout_ms,
-            token_env,
-            approle,
-        } => {
-            let auth = match (token_env, approle) {
-                (Some(variable), None) => transit::VaultAuth::TokenEnv(variable.clone()),
-                (None, Some(approle)) => transit::VaultAuth::AppRole {
-                    mount: approle.mount.clone(),
-                    role_id: approle.role_id.clone(),
-                    secret_id_file: approle.secret_id_file.clone(),
-                },
-                _ => {
-                    return Err(KekError::Setup(
-                        "kek: give exactly one of token_env or [kek.approle]".into(),
-                    ))
-                }
-            };
-            let settings = transit::VaultSettings {
-                address: address.clone(),
-                mount: mount.clone(),
-                key_name: key_name.clone(),
-                ca_cert: ca_cert.clone(),
-                timeout: Duration::from_millis(*timeout_ms),
-                auth,
-            };
-            Ok(transit::VaultKek::open(settings).await?)
-        }
+        KekConfig::Vault { .. } => Ok(transit::VaultKek::open(vault_settings(config)?).await?),
     }
+}
+
+/// The Vault provider's settings from `[kek]`; a setup error for the local
+/// provider or a login that is not exactly one of token and AppRole.
+pub fn vault_settings(config: &KekConfig) -> Result<transit::VaultSettings, KekError> {
+    let KekConfig::Vault {
+        address,
+        mount,
+        key_name,
+        ca_cert,
+        timeout_ms,
+        token_env,
+        approle,
+    } = config
+    else {
+        return Err(KekError::Setup(
+            "kek.provider is \"local\": the local KEK has no versions to rotate or retire".into(),
+        ));
+    };
+    let auth = match (token_env, approle) {
+        (Some(variable), None) => transit::VaultAuth::TokenEnv(variable.clone()),
+        (None, Some(approle)) => transit::VaultAuth::AppRole {
+            mount: approle.mount.clone(),
+            role_id: approle.role_id.clone(),
+            secret_id_file: approle.secret_id_file.clone(),
+        },
+        _ => {
+            return Err(KekError::Setup(
+                "kek: give exactly one of token_env or [kek.approle]".into(),
+            ))
+        }
+    };
+    Ok(transit::VaultSettings {
+        address: address.clone(),
+        mount: mount.clone(),
+        key_name: key_name.clone(),
+        ca_cert: ca_cert.clone(),
+        timeout: Duration::from_millis(*timeout_ms),
+        auth,
+    })
 }
 
 /// Rejects a wrapped key of another provider with a clear error.

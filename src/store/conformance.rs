@@ -451,10 +451,7 @@ pub async fn subject_tokens_come_in_pages(store: &dyn Store) {
 
     // A page limit of 0 is taken as 1: an export still makes progress
     // instead of ending at an empty first page.
-    let page = store
-        .subject_tokens(subject, None, 0)
-        .await
-        .expect("page");
+    let page = store.subject_tokens(subject, None, 0).await.expect("page");
     assert_eq!(page.tokens.len(), 1);
     assert!(page.next.is_some());
 }

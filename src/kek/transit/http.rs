@@ -62,6 +62,8 @@ pub(super) struct KeyInfoResponse {
     pub(super) latest_version: u32,
     #[serde(default)]
     pub(super) min_decryption_version: u32,
+    #[serde(default)]
+    pub(super) min_available_version: u32,
 }
 
 #[derive(Deserialize)]

@@ -45,6 +45,7 @@ use crate::kek::{KekError, KekKind, KekProvider, KekStatus, WrappedKey};
 mod auth;
 mod batch;
 mod http;
+mod retire;
 mod retry;
 
 use auth::{build_client, initial_token, renew_forever};
@@ -103,6 +104,9 @@ impl std::fmt::Debug for VaultSettings {
 pub struct TransitKeyInfo {
     pub latest_version: u32,
     pub min_decryption_version: u32,
+    /// Versions below this one were trimmed (deleted from Vault); 0 when
+    /// none were.
+    pub min_available_version: u32,
 }
 
 pub struct VaultKek {
@@ -171,6 +175,7 @@ impl VaultKek {
         Ok(TransitKeyInfo {
             latest_version: info.latest_version,
             min_decryption_version: info.min_decryption_version,
+            min_available_version: info.min_available_version,
         })
     }
 
@@ -328,26 +333,17 @@ impl KekProvider for VaultKek {
     }
 
     async fn rotate(&self) -> Result<u32, KekError> {
-        // An operator's action, not the request path: one attempt.
         let client = self.client();
-        tokio::time::timeout(
-            self.settings.timeout,
+        self.operator_call(
+            Operation::Rotate,
+            "rotating needs the tokenvault-rotate policy",
             vaultrs::transit::key::rotate(
                 client.as_ref(),
                 &self.settings.mount,
                 &self.settings.key_name,
             ),
         )
-        .await
-        .map_err(|_| unavailable_after_deadline(Operation::Rotate, &self.settings))?
-        .map_err(|e| match classify(Operation::Rotate, &e) {
-            Failure::Final(error) => error,
-            Failure::Denied => KekError::Setup(
-                "vault denied the key rotation (403): rotating needs the tokenvault-rotate policy"
-                    .into(),
-            ),
-            Failure::Retry(reason) => KekError::Unavailable(reason),
-        })?;
+        .await?;
         Ok(self.key_info().await?.latest_version)
     }
 

@@ -15,6 +15,10 @@ pub(super) enum Operation {
     Rewrap,
     ReadKey,
     Rotate,
+    /// Raising or lowering the decryption floor (`keys retire`).
+    Configure,
+    /// Deleting the versions below the floor (`keys retire`).
+    Trim,
 }
 
 impl Operation {
@@ -25,6 +29,8 @@ impl Operation {
             Operation::Rewrap => "rewrap",
             Operation::ReadKey => "read key",
             Operation::Rotate => "rotate key",
+            Operation::Configure => "configure key",
+            Operation::Trim => "trim key",
         }
     }
 
@@ -33,7 +39,9 @@ impl Operation {
             Operation::Wrap => "encrypt",
             Operation::Unwrap => "decrypt",
             Operation::Rewrap => "rewrap",
-            Operation::ReadKey | Operation::Rotate => "keys",
+            Operation::ReadKey | Operation::Rotate | Operation::Configure | Operation::Trim => {
+                "keys"
+            }
         }
     }
 

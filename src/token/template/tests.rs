@@ -95,16 +95,16 @@ fn bad_templates_are_refused_with_the_format_named() {
         "{message}"
     );
     let shadow = BTreeMap::from([("numeric".to_string(), "ab".to_string())]);
-    assert!(error(&spec("f", r"([ab]{4})", &["numeric"], &[]), &shadow)
-        .contains("built-in alphabet"));
+    assert!(
+        error(&spec("f", r"([ab]{4})", &["numeric"], &[]), &shadow).contains("built-in alphabet")
+    );
 }
 
 #[test]
 fn classes_and_escaped_parens_are_not_groups() {
     let none = BTreeMap::new();
     // `(` inside a class and `\(` are literals; the one group is fine.
-    Template::new(&spec("f", r"[(]\((\d{3})\)[)\]]", &["numeric"], &[]), &none)
-        .expect("one group");
+    Template::new(&spec("f", r"[(]\((\d{3})\)[)\]]", &["numeric"], &[]), &none).expect("one group");
     Template::new(&spec("f", r"(?i:x)-(?P<n>\d{3})", &["numeric"], &[]), &none)
         .expect("a flag group and a named group");
     // Optional groups capture at most once.
@@ -140,8 +140,8 @@ fn values_are_checked_against_pattern_and_alphabets() {
         assert!(message.contains(expected), "{message}");
     }
     // The pattern allows it but the group's alphabet does not.
-    let t = Template::new(&spec("f", r"(\w{4})", &["numeric"], &[]), &BTreeMap::new())
-        .expect("valid");
+    let t =
+        Template::new(&spec("f", r"(\w{4})", &["numeric"], &[]), &BTreeMap::new()).expect("valid");
     let message = t.validate("12a4").expect_err("letter").to_string();
     assert!(
         message.contains("outside the alphabet of group 1"),
