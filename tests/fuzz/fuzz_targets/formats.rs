@@ -20,7 +20,7 @@ mod checks;
 #[path = "../../../src/token/format/mod.rs"]
 mod format;
 #[allow(dead_code)]
-#[path = "../../../src/token/template.rs"]
+#[path = "../../../src/token/template/mod.rs"]
 mod template;
 
 use std::collections::BTreeMap;
