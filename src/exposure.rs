@@ -59,13 +59,8 @@ pub fn check(config: &Config, dev: bool) -> Exposure {
     }
     if let Some(http) = &config.http {
         let listen = http.listen;
-        if config.tls.is_some() {
-            // No override: the HTTP port would skip the TLS (and mTLS)
-            // that the gRPC port requires.
-            found.refused.push(format!(
-                "http.listen {listen}: the HTTP/JSON API is served without TLS, and [tls] is set: it would bypass the TLS (and client certificates) the gRPC port requires; remove [http] or [tls]"
-            ));
-        } else if !listen.ip().is_loopback() {
+        // With [tls] the HTTP port takes the same TLS and client CA.
+        if config.tls.is_none() && !listen.ip().is_loopback() {
             found.plaintext(
                 config,
                 format!("http.listen {listen}: not a loopback address: the HTTP/JSON port would carry API keys and values without TLS"),
@@ -222,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plaintext_http_port_is_refused_off_loopback_and_beside_tls() {
+    fn a_plaintext_http_port_is_refused_off_loopback_and_one_under_tls_is_not() {
         let loopback = config("[http]\nlisten = \"127.0.0.1:8080\"");
         assert_eq!(check(&loopback, false), Exposure::default());
         let open = check(&config("[http]\nlisten = \"0.0.0.0:8080\""), false);
@@ -239,16 +234,15 @@ mod tests {
             allowed.refused.is_empty() && allowed.warnings.len() == 1,
             "{allowed:?}"
         );
-        // Even on loopback, and whatever the allowance: the HTTP port
-        // would skip the gRPC port's TLS and client certificates.
-        let beside_tls = check(
-            &config("allow_plaintext_on_non_loopback = true\n[tls]\ncert = \"c\"\nkey = \"k\"\n[http]\nlisten = \"127.0.0.1:8080\""),
+        // With [tls] the HTTP port is served under it: nothing to refuse
+        // off loopback either.
+        let under_tls = check(
+            &config("[tls]\ncert = \"c\"\nkey = \"k\"\n[http]\nlisten = \"0.0.0.0:8080\""),
             false,
         );
-        assert_eq!(beside_tls.refused.len(), 1, "{beside_tls:?}");
         assert!(
-            beside_tls.refused[0].contains("[tls] is set"),
-            "{beside_tls:?}"
+            !under_tls.refused.iter().any(|r| r.starts_with("http.listen")),
+            "{under_tls:?}"
         );
     }
 

@@ -1,7 +1,8 @@
 //! mTLS against the real binary: a client certificate from `[tls]
 //! client_ca` is accepted and mapped to its principal by `mtls_subject`;
 //! one from another CA, an expired one, or none at all is refused. Uses
-//! the certificates of `keys/dev-certs.sh`.
+//! the certificates of `keys/dev-certs.sh`. The HTTP/JSON port under
+//! `[tls]` takes the same certificates and maps them the same way.
 
 mod common;
 
@@ -16,6 +17,11 @@ use tonic::Code;
 const SUBJECT: &str = "subject-mtls-51d2aa";
 
 fn start(root: &Path, certs: &Path) -> Server {
+    start_with(root, certs, "")
+}
+
+/// [`start`] with more config (e.g. an `[http]` section).
+fn start_with(root: &Path, certs: &Path, extra: &str) -> Server {
     std::fs::create_dir_all(root).expect("root");
     let kek = root.join("kek.key");
     std::fs::write(&kek, [5u8; 32]).expect("kek");
@@ -46,6 +52,7 @@ allow = ["tokenize"]
 name = "by-common-name"
 mtls_subject = "CN=stranger"
 allow = ["tokenize"]
+{extra}
 {admin}"#,
         kek = kek.display(),
         certs = certs.display(),
@@ -308,4 +315,90 @@ async fn the_cli_tokenizes_and_detokenizes_over_tls_and_mtls() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One HTTPS call with curl to the HTTP/JSON port, with `client` (a
+/// `client-NAME` file stem) as the client certificate or none: its status
+/// and body, or None when no HTTP answer came (a refused handshake).
+fn https(
+    server: &Server,
+    certs: &Path,
+    client: Option<&str>,
+    path: &str,
+    body: &str,
+) -> Option<(u16, serde_json::Value)> {
+    let url = server.http_url().expect("the HTTP port's address");
+    let port = url.rsplit(':').next().expect("port");
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-sS", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg("--cacert")
+        .arg(certs.join("ca.pem"))
+        .args(["-H", "content-type: application/json", "--data-binary", body]);
+    if let Some(client) = client {
+        curl.arg("--cert")
+            .arg(certs.join(format!("{client}.pem")))
+            .arg("--key")
+            .arg(certs.join(format!("{client}.key")));
+    }
+    let output = curl
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .expect("run curl");
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    Some((
+        status.parse().expect("status"),
+        serde_json::from_str(body).expect("json body"),
+    ))
+}
+
+#[tokio::test]
+async fn the_http_port_under_tls_maps_client_certificates_to_principals_as_grpc_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    dev_certs(&certs, &["billing", "chat-backend"]);
+    let server = start_with(
+        &dir.path().join("server"),
+        &certs,
+        "[http]\nlisten = \"127.0.0.1:0\"",
+    );
+    let value = common::card(7);
+    let body = serde_json::json!({"subjectId": SUBJECT, "items": [{"value": value, "format": "card"}]})
+        .to_string();
+    let (status, tokenized) =
+        https(&server, &certs, Some("client-billing"), "/v1/tokenize", &body).expect("an answer");
+    assert_eq!(status, 200, "{tokenized}");
+    let token = tokenized["tokens"][0].as_str().expect("a token").to_string();
+    let body = serde_json::json!({"tokens": [token], "purpose": "support"}).to_string();
+    let (status, revealed) =
+        https(&server, &certs, Some("client-billing"), "/v1/detokenize", &body).expect("an answer");
+    assert_eq!(status, 200, "{revealed}");
+    assert_eq!(revealed["results"][0]["value"], value.as_str());
+
+    // Another certificate is another principal, with its own policy.
+    let (status, refused) = https(
+        &server,
+        &certs,
+        Some("client-chat-backend"),
+        "/v1/detokenize",
+        &body,
+    )
+    .expect("an answer");
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["code"], Code::PermissionDenied as i32);
+
+    // No certificate, or one from another CA: no HTTP answer at all.
+    assert!(https(&server, &certs, None, "/v1/detokenize", &body).is_none());
+    assert!(https(&server, &certs, Some("client-untrusted"), "/v1/detokenize", &body).is_none());
+    // Plaintext to the TLS port gets no answer either.
+    let plain = std::process::Command::new("curl")
+        .args(["-sS", "-X", "POST", "--data-binary", &body])
+        .arg(format!("{}/v1/detokenize", server.http_url().expect("url")))
+        .output()
+        .expect("run curl");
+    assert!(!plain.status.success(), "{plain:?}");
 }

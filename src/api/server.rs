@@ -40,6 +40,7 @@ use super::admin::{self, AdminService};
 use super::auth::{Access, Authenticator};
 use super::denials::{self, DeniedCredentials};
 use super::gate::{CalledRpc, Gate};
+use super::http::listener::HttpListener;
 use super::http::HttpApi;
 use super::ready::Readiness;
 use super::service::TokenVaultService;
@@ -324,7 +325,7 @@ fn cors_layer(config: &GrpcWebConfig) -> Option<tower_http::cors::CorsLayer> {
 
 /// Binds `[http] listen` when it is set, and prints the address on stdout
 /// (the real port when the config asked for port 0).
-async fn bind_http(config: &Config) -> Result<Option<TcpListener>, ServeError> {
+async fn bind_http(config: &Config) -> Result<Option<HttpListener>, ServeError> {
     let Some(http) = &config.http else {
         return Ok(None);
     };
@@ -332,11 +333,18 @@ async fn bind_http(config: &Config) -> Result<Option<TcpListener>, ServeError> {
         addr: http.listen,
         source,
     };
+    // The HTTP port takes the gRPC port's TLS and client CA, or none.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(super::http::listener::server_config)
+        .transpose()
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
     let listener = TcpListener::bind(http.listen).await.map_err(bind_failed)?;
     let local = listener.local_addr().map_err(bind_failed)?;
     println!("tokenvault http listening on {local}");
-    tracing::info!(addr = %local, "HTTP/JSON API");
-    Ok(Some(listener))
+    tracing::info!(addr = %local, tls = tls.is_some(), "HTTP/JSON API");
+    Ok(Some(HttpListener::start(listener, tls)))
 }
 
 /// Starts the `/metrics` endpoint when `[metrics] listen` is set, and

@@ -14,13 +14,10 @@
 //! write an audit record itself, and never logs a body.
 
 pub mod json;
+pub mod listener;
 mod routes;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
 
 use super::gate::Gate;
 use super::ready::Readiness;
@@ -54,18 +51,11 @@ impl HttpApi {
 /// Serves the API on `listener` until `stopping` turns true, then lets
 /// the calls in flight finish.
 pub async fn serve(
-    listener: TcpListener,
+    listener: listener::HttpListener,
     api: Arc<HttpApi>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    // Without TCP_NODELAY a response in several segments waits on the
-    // client's delayed ACK, as on the gRPC port.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "http: TCP_NODELAY not set");
-        }
-    });
-    let app = routes::router(api).into_make_service_with_connect_info::<SocketAddr>();
+    let app = routes::router(api).into_make_service_with_connect_info::<listener::HttpPeer>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;

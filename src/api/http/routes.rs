@@ -10,7 +10,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +29,7 @@ use tonic::{Code, Request, Status};
 
 use super::json;
 use super::HttpApi;
+use super::listener::HttpPeer;
 use crate::api::gate::CalledRpc;
 use crate::api::service::TokenVaultService;
 use crate::api::status::http_status;
@@ -39,7 +39,7 @@ use crate::pb::token_vault_server::TokenVault;
 use crate::rpc::Rpc;
 
 type Api = State<Arc<HttpApi>>;
-type Peer = ConnectInfo<SocketAddr>;
+type Peer = ConnectInfo<HttpPeer>;
 
 /// Every route; anything else is NOT_FOUND (404), a known path with
 /// another method UNIMPLEMENTED (405), both as `google.rpc.Status`.
@@ -212,14 +212,14 @@ async fn readyz(State(api): Api) -> Response {
 /// record.
 struct Call {
     rpc: Rpc,
-    peer: SocketAddr,
+    peer: HttpPeer,
     headers: HeaderMap,
     started: Instant,
     record: CallRecord,
 }
 
 impl Call {
-    fn new(rpc: Rpc, peer: SocketAddr, headers: HeaderMap) -> Self {
+    fn new(rpc: Rpc, peer: HttpPeer, headers: HeaderMap) -> Self {
         Call {
             rpc,
             peer,
@@ -241,8 +241,13 @@ impl Call {
         let extensions = request.extensions_mut();
         extensions.insert(TcpConnectInfo {
             local_addr: None,
-            remote_addr: Some(self.peer),
+            remote_addr: Some(self.peer.addr),
         });
+        // Under mTLS, the client's certificates, where the gate looks for
+        // them on gRPC too.
+        if let Some(tls) = &self.peer.tls {
+            extensions.insert(tls.clone());
+        }
         extensions.insert(CalledRpc(self.rpc.name()));
         extensions.insert(self.record.clone());
         api.gate.admit(&mut request)?;
