@@ -241,7 +241,10 @@ mod tests {
             false,
         );
         assert!(
-            !under_tls.refused.iter().any(|r| r.starts_with("http.listen")),
+            !under_tls
+                .refused
+                .iter()
+                .any(|r| r.starts_with("http.listen")),
             "{under_tls:?}"
         );
     }

@@ -330,11 +330,26 @@ fn https(
     let url = server.http_url().expect("the HTTP port's address");
     let port = url.rsplit(':').next().expect("port");
     let mut curl = std::process::Command::new("curl");
-    curl.args(["-sS", "-w", "\n%{http_code}", "-X", "POST"])
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-        .arg("--cacert")
-        .arg(certs.join("ca.pem"))
-        .args(["-H", "content-type: application/json", "--data-binary", body]);
+    // A bound below the handshake deadline (10 s): a call held up behind
+    // a silent client fails instead of passing late.
+    curl.args([
+        "-sS",
+        "--max-time",
+        "5",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "POST",
+    ])
+    .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+    .arg("--cacert")
+    .arg(certs.join("ca.pem"))
+    .args([
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        body,
+    ]);
     if let Some(client) = client {
         curl.arg("--cert")
             .arg(certs.join(format!("{client}.pem")))
@@ -366,16 +381,36 @@ async fn the_http_port_under_tls_maps_client_certificates_to_principals_as_grpc_
         &certs,
         "[http]\nlisten = \"127.0.0.1:0\"",
     );
+    // A client that connects and never starts its handshake holds up no
+    // one: the calls below are answered while it hangs on.
+    let http_addr = server.http_url().expect("url").replace("http://", "");
+    let _silent = std::net::TcpStream::connect(&http_addr).expect("connect");
     let value = common::card(7);
-    let body = serde_json::json!({"subjectId": SUBJECT, "items": [{"value": value, "format": "card"}]})
-        .to_string();
-    let (status, tokenized) =
-        https(&server, &certs, Some("client-billing"), "/v1/tokenize", &body).expect("an answer");
+    let body =
+        serde_json::json!({"subjectId": SUBJECT, "items": [{"value": value, "format": "card"}]})
+            .to_string();
+    let (status, tokenized) = https(
+        &server,
+        &certs,
+        Some("client-billing"),
+        "/v1/tokenize",
+        &body,
+    )
+    .expect("an answer");
     assert_eq!(status, 200, "{tokenized}");
-    let token = tokenized["tokens"][0].as_str().expect("a token").to_string();
+    let token = tokenized["tokens"][0]
+        .as_str()
+        .expect("a token")
+        .to_string();
     let body = serde_json::json!({"tokens": [token], "purpose": "support"}).to_string();
-    let (status, revealed) =
-        https(&server, &certs, Some("client-billing"), "/v1/detokenize", &body).expect("an answer");
+    let (status, revealed) = https(
+        &server,
+        &certs,
+        Some("client-billing"),
+        "/v1/detokenize",
+        &body,
+    )
+    .expect("an answer");
     assert_eq!(status, 200, "{revealed}");
     assert_eq!(revealed["results"][0]["value"], value.as_str());
 
@@ -393,7 +428,14 @@ async fn the_http_port_under_tls_maps_client_certificates_to_principals_as_grpc_
 
     // No certificate, or one from another CA: no HTTP answer at all.
     assert!(https(&server, &certs, None, "/v1/detokenize", &body).is_none());
-    assert!(https(&server, &certs, Some("client-untrusted"), "/v1/detokenize", &body).is_none());
+    assert!(https(
+        &server,
+        &certs,
+        Some("client-untrusted"),
+        "/v1/detokenize",
+        &body
+    )
+    .is_none());
     // Plaintext to the TLS port gets no answer either.
     let plain = std::process::Command::new("curl")
         .args(["-sS", "-X", "POST", "--data-binary", &body])

@@ -71,11 +71,7 @@ impl HttpListener {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (sender, ready) = mpsc::channel(READY_QUEUE);
-        tokio::spawn(accept_forever(
-            listener,
-            tls.map(TlsAcceptor::from),
-            sender,
-        ));
+        tokio::spawn(accept_forever(listener, tls.map(TlsAcceptor::from), sender));
         HttpListener { local, ready }
     }
 }
@@ -195,10 +191,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsSe
             for certificate in read_certificates("client_ca", ca)? {
                 roots.add(certificate)?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -28,8 +28,8 @@ use tonic::transport::server::TcpConnectInfo;
 use tonic::{Code, Request, Status};
 
 use super::json;
-use super::HttpApi;
 use super::listener::HttpPeer;
+use super::HttpApi;
 use crate::api::gate::CalledRpc;
 use crate::api::service::TokenVaultService;
 use crate::api::status::http_status;
