@@ -61,6 +61,12 @@ pub async fn open_vault(config: &Config, dev: bool) -> Result<Vault, VaultError>
         full_at_return: config.erasure.full_purge_at_return,
     });
     vault.set_text_rules(templates, scanner);
+    if config.anomaly.enabled {
+        vault.set_anomaly(Arc::new(crate::anomaly::Monitor::new(
+            config.anomaly.clone(),
+            Arc::new(crate::anomaly::WallClock),
+        )));
+    }
     // Replayed before anything is served.
     vault.open_ledger(config).await?;
     Ok(vault)

@@ -10,6 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod anomaly;
+pub mod sinks;
+pub use anomaly::{AnomalyConfig, AnomalyOverride, AnomalyResponse, AnomalyThresholds};
+pub use sinks::AlertSinkConfig;
+
 use crate::rpc::Rpc;
 
 /// The default gRPC address: loopback only.
@@ -87,6 +92,12 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub new_value_limits: NewValueLimits,
+    /// `[anomaly]`: behavioural anomaly detection; off unless enabled.
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
+    /// `[[alert_sinks]]`: webhooks every alert is sent to.
+    #[serde(default)]
+    pub alert_sinks: Vec<AlertSinkConfig>,
 }
 
 /// `[metrics]`: where `GET /metrics` is served (plain HTTP, apart from the
@@ -881,6 +892,10 @@ impl Config {
         }
         self.scanner_with(&templates)?;
         self.new_value_limits.check(&self.principals)?;
+        self.anomaly.check(Some(&self.principals))?;
+        for (index, sink) in self.alert_sinks.iter().enumerate() {
+            sink.check(index)?;
+        }
         self.ledger_location()?;
         Ok(())
     }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 /// Bottom up; a module may use its own layer and those below it.
 const LAYERS: &[&[&str]] = &[
     &["clock", "rpc", "crypto", "token", "scan", "config", "pb"],
-    &["kek", "store", "erasure", "metrics"],
-    &["audit", "policy"],
+    &["kek", "store", "erasure", "metrics", "notify"],
+    &["audit", "policy", "anomaly"],
     &["vault"],
     &["app", "exposure"],
     &["api"],

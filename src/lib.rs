@@ -8,8 +8,10 @@
 //! 1. leaves: `clock`, `rpc` (the RPCs' names), `crypto`, `token` (formats), `scan` (detection in
 //!    text), `config` (the file's schema), `pb` (generated);
 //! 2. backends: `kek` (key-encryption-key providers), `store`
-//!    (persistence), `erasure` (receipts and the ledger), `metrics`;
-//! 3. `audit` (the tamper-evident log) and `policy` (access control);
+//!    (persistence), `erasure` (receipts and the ledger), `metrics`,
+//!    `notify` (alert sinks);
+//! 3. `audit` (the tamper-evident log), `policy` (access control) and
+//!    `anomaly` (behavioural baselines and detectors);
 //! 4. `vault`: the service logic;
 //! 5. `app`: the composition root (builds a vault from a configuration,
 //!    choosing its store and key provider); `exposure`: what a
@@ -17,6 +19,7 @@
 //! 6. `api`: gRPC and HTTP/JSON, authentication, status codes;
 //! 7. `cli`: the command line, `serve` among it.
 
+pub mod anomaly;
 pub mod api;
 pub mod app;
 pub mod audit;
@@ -30,6 +33,7 @@ pub mod kek;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod rpc;
 pub mod scan;

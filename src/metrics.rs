@@ -262,6 +262,33 @@ fn scraped_families(vault: &Vault) -> Vec<MetricFamily> {
             PURGE_GAUGES.full_purges.load(Relaxed),
         ),
     ];
+    let (anomalies, step_downs) = vault.anomaly_counts();
+    families.push(family(
+        "tokenvault_anomaly_alerts_total",
+        "Anomaly alerts raised, by detector",
+        MetricType::COUNTER,
+        anomalies
+            .into_iter()
+            .map(|(detector, count)| labelled_counter("detector", detector, count))
+            .collect(),
+    ));
+    families.push(gauge(
+        "tokenvault_anomaly_step_downs",
+        "Actors whose reveals are masked or refused after an anomaly alert, until cleared",
+        step_downs,
+    ));
+    let notify = &crate::notify::NOTIFY;
+    families.push(family(
+        "tokenvault_alert_notifications_total",
+        "Alert notifications to the alert sinks, by outcome (delivered, failed_attempt, given_up, dropped: queue full)",
+        MetricType::COUNTER,
+        vec![
+            labelled_counter("outcome", "delivered", notify.delivered.load(Relaxed)),
+            labelled_counter("outcome", "failed_attempt", notify.failed_attempts.load(Relaxed)),
+            labelled_counter("outcome", "given_up", notify.given_up.load(Relaxed)),
+            labelled_counter("outcome", "dropped", notify.dropped.load(Relaxed)),
+        ],
+    ));
     if let Some(calls) = vault.kek().remote_calls() {
         families.push(counter(
             "tokenvault_kek_remote_calls_total",

@@ -1,5 +1,6 @@
 //! The operator API (`tokenvault.admin.v1.Admin`): KEK rotation and key
-//! status, purges and their status, backups and receipt checks, served only on the Unix socket `<data_dir>/admin.sock`, created
+//! status, purges and their status, backups and receipt checks, anomaly
+//! alerts and step-downs (list, ack, clear), served only on the Unix socket `<data_dir>/admin.sock`, created
 //! owner-only (umask 077, in the 0700 data directory). Whoever may open that socket may already read the data
 //! directory, so the socket's file mode is its authentication; nothing
 //! here reveals a value or a key, and it is never on the network port.
@@ -79,8 +80,85 @@ pub fn status_message(status: &KeyStatus) -> admin::KeyStatusResponse {
     }
 }
 
+/// An anomaly alert as its message (names and counts only).
+pub fn alert_message(alert: &crate::anomaly::AnomalyAlert) -> admin::AnomalyAlert {
+    let f = &alert.finding;
+    admin::AnomalyAlert {
+        id: alert.id,
+        detector: f.detector.name().to_string(),
+        principal: f.principal.to_string(),
+        actor: f.actor.as_deref().unwrap_or("-").to_string(),
+        score: f.score,
+        reason: f.reason.clone(),
+        at_unix: f.at,
+        window_start_unix: f.window_start,
+        window_seconds: f.window_seconds,
+        values: f.values,
+        subjects: f.subjects,
+        response: f.response.name().to_string(),
+        acked: alert.acked,
+    }
+}
+
 #[tonic::async_trait]
 impl admin::admin_server::Admin for AdminService {
+    async fn list_alerts(
+        &self,
+        _request: Request<admin::ListAlertsRequest>,
+    ) -> Result<Response<admin::ListAlertsResponse>, Status> {
+        let Some(monitor) = self.vault.anomaly() else {
+            return Ok(Response::new(admin::ListAlertsResponse::default()));
+        };
+        let (alerts, step_downs) = monitor.list();
+        Ok(Response::new(admin::ListAlertsResponse {
+            enabled: true,
+            alerts: alerts.iter().map(alert_message).collect(),
+            step_downs: step_downs
+                .into_iter()
+                .map(|((principal, actor), s)| admin::StepDown {
+                    principal: principal.to_string(),
+                    actor: actor.as_deref().unwrap_or("-").to_string(),
+                    response: s.response.name().to_string(),
+                    alert_id: s.alert_id,
+                    detector: s.detector.name().to_string(),
+                    reason: s.reason,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn ack_alert(
+        &self,
+        request: Request<admin::AckAlertRequest>,
+    ) -> Result<Response<admin::AckAlertResponse>, Status> {
+        let id = request.into_inner().id;
+        match self.vault.anomaly() {
+            Some(monitor) if monitor.ack(id) => Ok(Response::new(admin::AckAlertResponse {})),
+            Some(_) => Err(Status::not_found(format!("no anomaly alert {id}"))),
+            None => Err(Status::failed_precondition("[anomaly] is not enabled")),
+        }
+    }
+
+    async fn clear_actor(
+        &self,
+        request: Request<admin::ClearActorRequest>,
+    ) -> Result<Response<admin::ClearActorResponse>, Status> {
+        let actor = request.into_inner().actor;
+        if actor.is_empty() {
+            return Err(Status::invalid_argument(
+                "actor: required (\"-\" for calls without one)",
+            ));
+        }
+        let Some(monitor) = self.vault.anomaly() else {
+            return Err(Status::failed_precondition("[anomaly] is not enabled"));
+        };
+        let cleared = monitor.clear(&actor);
+        tracing::warn!(target: crate::policy::ALERT_TARGET, actor = %actor, cleared, "anomaly step-downs cleared by an operator");
+        Ok(Response::new(admin::ClearActorResponse {
+            cleared: cleared as u64,
+        }))
+    }
+
     type RotateKekStream = ProgressStream;
 
     async fn rotate_kek(

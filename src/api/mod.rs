@@ -7,6 +7,7 @@
 //! a request body.
 
 pub mod admin;
+mod anomaly;
 pub mod auth;
 pub mod denials;
 pub mod gate;

@@ -13,15 +13,17 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::anomaly::{self, Revealed};
 use super::status::{audit_status, policy_status, to_status};
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::crypto::SubjectHash;
 use crate::erasure::SignedReceipt;
 use crate::metrics::{CallRecord, METRICS};
+use crate::notify::Notice;
 use crate::pb;
 use crate::policy::quota::{NewValueCaller, QuotaAlert};
 use crate::policy::rate::SharedRefusal;
-use crate::policy::{Alert, PolicyError, Principal, RateLimiter, Reveal};
+use crate::policy::{Alert, AlertKind, PolicyError, Principal, RateLimiter, Reveal};
 use crate::rpc::Rpc;
 use crate::vault::{self, TokenMode, TokenStatus, Vault};
 
@@ -70,7 +72,15 @@ impl TokenVaultService {
     /// Charges `values` revealed values to the caller's rate limits, or
     /// RESOURCE_EXHAUSTED. Alerts are logged, counted and audited.
     async fn admit(&self, principal: &Principal, rpc: Rpc, values: usize) -> Result<(), Status> {
-        admit(&self.rates, &self.audit, principal, rpc, values).await
+        admit(
+            &self.vault,
+            &self.rates,
+            &self.audit,
+            principal,
+            rpc,
+            values,
+        )
+        .await
     }
 
     /// A vault error as its status; a new-value limit's refusal is audited
@@ -102,9 +112,36 @@ impl TokenVaultService {
     }
 }
 
+/// A rate alert as the sinks get it (names and counts).
+fn rate_notice(alert: &Alert) -> Notice {
+    Notice {
+        kind: "rate",
+        alert: alert.kind.name(),
+        principal: alert.principal.to_string(),
+        actor: alert.actor.as_deref().unwrap_or("-").to_string(),
+        at_unix: crate::clock::unix_now(),
+        score: 1.0,
+        reason: format!(
+            "{} limit of {} values a minute: {} asked",
+            alert.scope.name(),
+            alert.limit,
+            alert.values
+        ),
+        response: match alert.kind {
+            AlertKind::RateWarning => "served",
+            AlertKind::RateExceeded => "refused",
+        },
+        window_seconds: 60,
+        values: alert.values,
+        limit: u64::from(alert.limit),
+        ..Notice::default()
+    }
+}
+
 /// [`TokenVaultService::admit`], for work that outlives the call handler
 /// (the export stream).
 async fn admit(
+    vault: &Vault,
     rates: &RateLimiter,
     audit: &AuditLog,
     principal: &Principal,
@@ -115,6 +152,7 @@ async fn admit(
     match rates.admit(principal, rpc, values) {
         Ok(warnings) => {
             for warning in warnings {
+                vault.notify(rate_notice(&warning));
                 // A warning alert lets the call through: a failure to
                 // record it is logged, not the caller's problem.
                 if let Err(error) = audit.append(alert_event(principal, &warning)).await {
@@ -125,13 +163,17 @@ async fn admit(
             match rates.admit_shared(principal, rpc, values).await {
                 Ok(()) => Ok(()),
                 Err(SharedRefusal::Limited(alert)) => {
+                    vault.notify(rate_notice(&alert));
                     Err(refused(audit, principal, rpc, PolicyError::RateLimited(alert)).await)
                 }
                 Err(SharedRefusal::Unavailable(error)) => Err(to_status(error.into())),
             }
         }
         // Nothing was revealed; the refusal carries its alert.
-        Err(alert) => Err(refused(audit, principal, rpc, PolicyError::RateLimited(alert)).await),
+        Err(alert) => {
+            vault.notify(rate_notice(&alert));
+            Err(refused(audit, principal, rpc, PolicyError::RateLimited(alert)).await)
+        }
     }
 }
 
@@ -140,7 +182,12 @@ async fn admit(
 /// and where it is audited: a rate refusal as its alert, others as a
 /// denial. The call is refused even if the record cannot be written (it
 /// reveals nothing); that failure is logged.
-async fn refused(audit: &AuditLog, principal: &Principal, rpc: Rpc, error: PolicyError) -> Status {
+pub(super) async fn refused(
+    audit: &AuditLog,
+    principal: &Principal,
+    rpc: Rpc,
+    error: PolicyError,
+) -> Status {
     let status = policy_status(&error);
     let event = match &error {
         PolicyError::RateLimited(alert) => alert_event(principal, alert),
@@ -316,6 +363,8 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         let request = request.into_inner();
         self.check_reveal(&principal, Rpc::Detokenize, &request.purpose)
             .await?;
+        let principal =
+            anomaly::step_down(&self.vault, &self.audit, principal, Rpc::Detokenize).await?;
         // Every requested token counts, found or not, so probing for
         // tokens is limited too; charged before anything is read. A batch
         // the vault refuses as invalid costs nothing.
@@ -340,6 +389,28 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             ..caller_event(&principal, Rpc::Detokenize)
         })
         .await?;
+        let revealed: Vec<Revealed<'_>> = outcomes
+            .iter()
+            .filter(|o| o.status == TokenStatus::Found)
+            .map(|o| {
+                let format = o.format.as_deref().unwrap_or_default();
+                Revealed {
+                    format,
+                    subject: o.subject,
+                    reveal: principal.reveal_for(format),
+                }
+            })
+            .collect();
+        anomaly::observe(
+            &self.vault,
+            &self.audit,
+            &principal,
+            Rpc::Detokenize,
+            &request.purpose,
+            &revealed,
+        )
+        .await;
+        drop(revealed);
         let results = request
             .tokens
             .into_iter()
@@ -414,12 +485,20 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         let request = request.into_inner();
         self.check_reveal(&principal, Rpc::RestoreText, &request.purpose)
             .await?;
+        let principal =
+            anomaly::step_down(&self.vault, &self.audit, principal, Rpc::RestoreText).await?;
+        // The format and reveal of each restored value, for the detectors.
+        let shown = parking_lot::Mutex::new(Vec::new());
         let mut restored = self
             .vault
             .restore_text_with(
                 &request.text,
                 Some(request.subject_id.as_str()).filter(|id| !id.is_empty()),
-                |format, value| principal.reveal(self.vault.templates(), format, value).1,
+                |format, value| {
+                    let (reveal, value) = principal.reveal(self.vault.templates(), format, value);
+                    shown.lock().push((format.to_string(), reveal));
+                    value
+                },
             )
             .await
             .map_err(to_status)?;
@@ -436,6 +515,26 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
             ..caller_event(&principal, Rpc::RestoreText)
         })
         .await?;
+        let shown = shown.into_inner();
+        let subjects = &restored.subjects;
+        let revealed: Vec<Revealed<'_>> = shown
+            .iter()
+            .enumerate()
+            .map(|(i, (format, reveal))| Revealed {
+                format,
+                subject: subjects.get(i).or(subjects.first()).copied(),
+                reveal: *reveal,
+            })
+            .collect();
+        anomaly::observe(
+            &self.vault,
+            &self.audit,
+            &principal,
+            Rpc::RestoreText,
+            &request.purpose,
+            &revealed,
+        )
+        .await;
         call.values(Rpc::RestoreText, u64::from(restored_count));
         Ok(Response::new(pb::RestoreTextResponse {
             // Moved out of the zeroizing wrapper only here, into the
@@ -489,6 +588,8 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
         let request = request.into_inner();
         self.check_reveal(&principal, Rpc::ExportSubject, &request.purpose)
             .await?;
+        let principal =
+            anomaly::step_down(&self.vault, &self.audit, principal, Rpc::ExportSubject).await?;
         // The first page is read before the stream starts, so a bad subject,
         // an unavailable key provider or a spent rate limit is the call's
         // status. Each page is charged to the rate limits before it is sent.
@@ -502,6 +603,14 @@ impl pb::token_vault_server::TokenVault for TokenVaultService {
                 .await?;
             self.audit_done(export_event(&principal, &request.purpose, &first))
                 .await?;
+            observe_page(
+                &self.vault,
+                &self.audit,
+                &principal,
+                &request.purpose,
+                &first,
+            )
+            .await;
             // Later pages are counted in the metrics only: the call's log
             // line is written when its stream starts.
             call.values(Rpc::ExportSubject, first.tokens.len() as u64);
@@ -576,6 +685,34 @@ fn export_event<'a>(
     }
 }
 
+/// Counts an export page into the anomaly detectors.
+async fn observe_page(
+    vault: &Vault,
+    audit: &AuditLog,
+    principal: &Principal,
+    purpose: &str,
+    page: &vault::ExportPage,
+) {
+    let revealed: Vec<Revealed<'_>> = page
+        .tokens
+        .iter()
+        .map(|e| Revealed {
+            format: &e.format,
+            subject: Some(page.subject),
+            reveal: principal.reveal_for(&e.format),
+        })
+        .collect();
+    anomaly::observe(
+        vault,
+        audit,
+        principal,
+        Rpc::ExportSubject,
+        purpose,
+        &revealed,
+    )
+    .await;
+}
+
 impl Export {
     /// Sends the export page by page (each shown per the caller's reveal
     /// policy) until the subject's tokens end, the caller goes away, or a
@@ -624,6 +761,7 @@ impl Export {
             .map_err(to_status)?;
         if !page.tokens.is_empty() {
             admit(
+                &self.vault,
                 &self.rates,
                 &self.audit,
                 &self.principal,
@@ -635,6 +773,14 @@ impl Export {
                 .append(export_event(&self.principal, &self.purpose, &page))
                 .await
                 .map_err(audit_status)?;
+            observe_page(
+                &self.vault,
+                &self.audit,
+                &self.principal,
+                &self.purpose,
+                &page,
+            )
+            .await;
             METRICS.values(Rpc::ExportSubject.name(), page.tokens.len() as u64);
         }
         Ok(page)

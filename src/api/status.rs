@@ -19,7 +19,8 @@ pub fn policy_status(error: &PolicyError) -> Status {
         PolicyError::NotAllowed { .. }
         | PolicyError::PurposeRequired { .. }
         | PolicyError::ActorRequired { .. }
-        | PolicyError::SecondFactorRequired => Status::permission_denied(error.to_string()),
+        | PolicyError::SecondFactorRequired
+        | PolicyError::SteppedDown { .. } => Status::permission_denied(error.to_string()),
     }
 }
 

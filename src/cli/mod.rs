@@ -1,8 +1,10 @@
 //! The command line: `serve` runs the server; `tokenize`, `detokenize`,
 //! `redact` and `restore` make the same binary a client; `bench` is the end-to-end load tool;
-//! `keys` and `audit` are operator commands on a vault's data directory.
+//! `keys` and `audit` are operator commands on a vault's data directory;
+//! `alerts` and `anomaly` are the anomaly detection's.
 //! Each command exits non-zero on failure with one clear line.
 
+pub mod anomaly;
 pub mod audit;
 pub mod bench;
 mod bench_forget;
@@ -74,6 +76,13 @@ pub enum Command {
     /// Config files: `config check FILE` lists every problem of one.
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
+    /// Anomaly alerts of the running server: `list`, `ack ID`, `clear
+    /// ACTOR`.
+    #[command(subcommand)]
+    Alerts(anomaly::AlertsCommand),
+    /// Behavioural anomaly detection offline: `anomaly replay FILE`.
+    #[command(subcommand)]
+    Anomaly(anomaly::AnomalyCommand),
 }
 
 /// Every file, directory and socket this process creates (the data
@@ -216,6 +225,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Erasure(command) => erasure::erasure(command).await,
             Command::Audit(command) => audit::run(command).await,
             Command::Config(command) => config_check::run(command).await,
+            Command::Alerts(command) => anomaly::alerts(command).await,
+            Command::Anomaly(command) => anomaly::anomaly(command).await,
         }
     })
 }

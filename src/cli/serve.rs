@@ -86,11 +86,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(ActorVerifier::from_config)
         .transpose()?;
-    let vault = Arc::new(
-        open_vault(&config, args.dev)
-            .await
-            .context("cannot open the vault")?,
-    );
+    // The alert sinks start before the vault opens: a missing webhook
+    // secret stops start-up first.
+    let notifier = crate::notify::Notifier::start(&config.alert_sinks)?;
+    let mut vault = open_vault(&config, args.dev)
+        .await
+        .context("cannot open the vault")?;
+    if !notifier.is_empty() {
+        vault.set_notifier(Arc::new(notifier));
+    }
+    let vault = Arc::new(vault);
     let mut auth = Authenticator::from_config(&config.principals).map_err(anyhow::Error::msg)?;
     if args.dev {
         let key_path = config.data_dir.join(DEV_ADMIN_KEY_FILE);

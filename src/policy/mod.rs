@@ -183,6 +183,14 @@ pub enum PolicyError {
     SecondFactorRequired,
     #[error("detokenize rate limit of {} values a minute reached for this {}; retry later", .0.limit, .0.scope.name())]
     RateLimited(Alert),
+    /// An anomaly alert stepped this actor down to `deny`; the message
+    /// names the alert, its detector and its reason (counts only).
+    #[error("reveals refused for this actor after anomaly alert {alert_id} ({detector}: {reason}) until an operator clears it")]
+    SteppedDown {
+        alert_id: u64,
+        detector: &'static str,
+        reason: String,
+    },
 }
 
 impl PolicyError {
@@ -195,6 +203,7 @@ impl PolicyError {
             PolicyError::ActorRequired { .. } => "actor_required",
             PolicyError::SecondFactorRequired => "second_factor_required",
             PolicyError::RateLimited(_) => "rate_limited",
+            PolicyError::SteppedDown { .. } => "anomaly_step_down",
         }
     }
 }
@@ -208,6 +217,8 @@ pub struct Principal {
     policy: Arc<Policy>,
     /// The operator named by a verified `x-tokenvault-actor` token.
     pub actor: Option<Actor>,
+    /// An anomaly step-down (`mask`) in force: every reveal is masked.
+    masked_by_anomaly: bool,
 }
 
 impl Principal {
@@ -221,7 +232,33 @@ impl Principal {
             name: Arc::clone(&policy.name),
             policy,
             actor: None,
+            masked_by_anomaly: false,
         }
+    }
+
+    /// This caller with every reveal masked (an anomaly step-down).
+    pub fn masked_by_anomaly(mut self) -> Self {
+        self.masked_by_anomaly = true;
+        self
+    }
+
+    /// Refused with [`PolicyError::SteppedDown`] (logged; the caller
+    /// audits it).
+    pub fn stepped_down(
+        &self,
+        rpc: Rpc,
+        alert_id: u64,
+        detector: &'static str,
+        reason: String,
+    ) -> PolicyError {
+        self.denied(
+            rpc,
+            PolicyError::SteppedDown {
+                alert_id,
+                detector,
+                reason,
+            },
+        )
     }
 
     pub fn with_actor(mut self, actor: Actor) -> Self {
@@ -295,8 +332,11 @@ impl Principal {
 
     /// How a value of `format` is shown to this caller: the policy's
     /// reveal, lowered to masked when a full reveal needs a second factor
-    /// the actor did not show.
+    /// the actor did not show, or when an anomaly step-down is in force.
     pub fn reveal_for(&self, format: &str) -> Reveal {
+        if self.masked_by_anomaly {
+            return Reveal::Masked;
+        }
         match (
             self.policy.configured_reveal(format),
             &self.policy.second_factor,

@@ -135,9 +135,48 @@ pub struct Vault {
     physical_purge: erasure::PhysicalPurge,
     /// The DEKs forgets destroyed, by fingerprint (see `destroyed`).
     destroyed_keys: destroyed::DestroyedKeys,
+    /// Behavioural anomaly detection (`[anomaly]`); None when off.
+    anomaly: Option<Arc<crate::anomaly::Monitor>>,
+    /// Where alerts are sent besides the log (`[[alert_sinks]]`).
+    notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 impl Vault {
+    /// Feeds the reveals to `monitor` (from `[anomaly]`).
+    pub fn set_anomaly(&mut self, monitor: Arc<crate::anomaly::Monitor>) {
+        self.anomaly = Some(monitor);
+    }
+
+    /// Sends alerts to `notifier`'s sinks.
+    pub fn set_notifier(&mut self, notifier: Arc<crate::notify::Notifier>) {
+        self.notifier = Some(notifier);
+    }
+
+    /// Queues `notice` on every alert sink; never waits.
+    pub fn notify(&self, notice: crate::notify::Notice) {
+        if let Some(notifier) = &self.notifier {
+            notifier.send(notice);
+        }
+    }
+
+    /// Anomaly alerts raised since start, by detector, and the step-downs
+    /// in force (for `/metrics`).
+    pub fn anomaly_counts(&self) -> (Vec<(&'static str, u64)>, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let alerts = crate::anomaly::Detector::ALL
+            .iter()
+            .zip(&crate::anomaly::monitor::ANOMALY_ALERTS)
+            .map(|(detector, count)| (detector.name(), count.load(Relaxed)))
+            .collect();
+        let step_downs = self.anomaly.as_ref().map_or(0, |m| m.step_downs() as u64);
+        (alerts, step_downs)
+    }
+
+    /// The anomaly monitor, when `[anomaly]` is enabled.
+    pub fn anomaly(&self) -> Option<&Arc<crate::anomaly::Monitor>> {
+        self.anomaly.as_ref()
+    }
+
     /// The text rules: token templates and the scanner RedactText runs.
     pub fn set_text_rules(&mut self, templates: Arc<Templates>, scanner: Scanner) {
         self.templates = templates;
@@ -185,6 +224,8 @@ impl Vault {
             quotas: quota::Quotas::new(Arc::new(MemoryCounters::new()), &system_key),
             physical_purge: erasure::PhysicalPurge::default(),
             destroyed_keys: destroyed::DestroyedKeys::default(),
+            anomaly: None,
+            notifier: None,
         })
     }
 
