@@ -19,7 +19,10 @@
 #    (gRPC, Vault, PostgreSQL); probes use the metrics port's /healthz and
 #    /readyz (a kubelet grpc probe cannot speak TLS);
 #    the pods run non-root with a read-only root fs and no capabilities;
-# 4. `bash -n` on every shell script, and shellcheck when it is installed.
+# 4. `bash -n` on every shell script, and shellcheck when it is installed;
+# 5. deploy/monitoring: the Prometheus rules (promtool check rules, from
+#    Debian's prometheus package, when on PATH) and the Grafana dashboard
+#    JSON, both also checked to name only metrics tokenvault exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -175,6 +178,11 @@ for s in "${scripts[@]}"; do
     else bad "$s" "shellcheck: $(grep -m1 -E '^In |SC[0-9]+' "$tmp/sc.out" | head -1) ($(grep -c 'SC[0-9]' "$tmp/sc.out") findings)"; fi
   else ok "$s (bash -n; shellcheck not installed)"; fi
 done
+
+# --- 5. monitoring: alerting rules and the Grafana dashboard ----------------------------------
+if python3 deploy/monitoring/check.py >"$tmp/mon.out" 2>&1; then
+  while IFS= read -r line; do echo "$line"; done <"$tmp/mon.out"
+else while IFS= read -r line; do case "$line" in FAIL*) bad "deploy/monitoring" "${line#FAIL  }";; *) echo "$line";; esac; done <"$tmp/mon.out"; fi
 
 if [ "$fails" -gt 0 ]; then echo "validate: $fails failed"; exit 1; fi
 echo "validate: all passed"
