@@ -942,6 +942,7 @@ impl Config {
                         ca_file: pg.ca_file.clone(),
                         replica: String::new(),
                         sync_writes: true,
+                        group: crate::store::postgres::GroupBounds::default(),
                     },
                 ))
             }

@@ -1023,6 +1023,9 @@ pub(crate) mod test_support {
 }
 
 #[cfg(test)]
+mod group_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::kek::local::LocalKek;

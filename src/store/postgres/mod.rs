@@ -23,6 +23,9 @@
 //! [`StoreError::SubjectErased`], so no token is ever stored under a
 //! destroyed key, whichever replicas the two calls reach.
 //!
+//! Group commit: concurrent token batches share one transaction per
+//! replica, each still all-or-nothing on its own (see [`group`]).
+//!
 //! Audit chains: each replica writes its own, under a lease on its name,
 //! and a record stored twice must be the same bytes (see [`audit`]).
 //!
@@ -58,12 +61,14 @@ use crate::kek::WrappedKey;
 
 mod audit;
 mod forget;
+mod group;
 mod listen;
 mod options;
 mod schema;
 mod store_impl;
 mod tokens;
 
+pub use group::GroupBounds;
 use listen::{run_listener, CHANNEL, RECONNECT_DELAY};
 pub(crate) use options::connect_pool;
 use options::pool_and_parts;
@@ -92,6 +97,9 @@ pub struct PostgresStore {
     purging: tokio::sync::Mutex<()>,
     /// The lease on `replica`, taken when the audit log opens.
     lease: audit::ReplicaLease,
+    /// Groups concurrent token batches into shared transactions (None:
+    /// grouping is off, each batch is its own transaction).
+    group_writer: Option<group::GroupWriter>,
 }
 
 impl Drop for PostgresStore {
@@ -149,8 +157,13 @@ impl PostgresStore {
         first_listen
             .await
             .map_err(|_| StoreError::Engine("the postgres listener stopped".into()))??;
+        let group_writer = options
+            .group
+            .grouping()
+            .then(|| group::GroupWriter::start(pool.clone(), options.group));
         Ok(PostgresStore {
             pool,
+            group_writer,
             replica: options.replica.clone(),
             sink,
             listening,
@@ -231,5 +244,8 @@ fn wrapped(bytes: &[u8], what: &'static str) -> Result<WrappedKey, StoreError> {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod group_tests;
 
 mod counters;

@@ -17,6 +17,8 @@ pub struct PostgresOptions {
     pub replica: String,
     /// `synchronous_commit` on: a commit returns once its WAL is flushed.
     pub sync_writes: bool,
+    /// How concurrent token batches share transactions (see `group`).
+    pub group: GroupBounds,
 }
 
 /// `[storage.postgres]` in the config file. `Debug` leaves the URL out.
@@ -40,7 +42,37 @@ pub struct PostgresConfig {
     /// This replica's name for its audit chain; defaults to the host name
     /// (a pod's name in Kubernetes). Each replica needs its own.
     pub replica: Option<String>,
+    /// Group commit (see `group`): most Tokenize calls sharing one
+    /// transaction; 1 turns grouping off.
+    #[serde(default = "default_group_max_calls")]
+    pub group_max_calls: usize,
+    /// Most token rows in one group transaction (a larger call goes alone).
+    #[serde(default = "default_group_max_items")]
+    pub group_max_items: usize,
+    /// Microseconds the group writer waits for more calls once one is
+    /// queued (0: a group is what queued while the one before it ran).
+    #[serde(default)]
+    pub group_wait_us: u64,
+    /// Most group transactions in flight at once per replica.
+    #[serde(default = "default_group_in_flight")]
+    pub group_in_flight: usize,
 }
+
+fn default_group_max_calls() -> usize {
+    GroupBounds::default().max_calls
+}
+
+fn default_group_max_items() -> usize {
+    GroupBounds::default().max_items
+}
+
+fn default_group_in_flight() -> usize {
+    GroupBounds::default().in_flight
+}
+
+/// Above this the group writer would hold a group's row locks, and its
+/// callers, for longer than a transaction should.
+const MAX_GROUP_WAIT_US: u64 = 100_000;
 
 pub(super) fn default_pool_size() -> usize {
     16
@@ -59,6 +91,17 @@ impl PostgresConfig {
         if self.pool_size == 0 {
             return Err("storage.postgres.pool_size must be above 0".into());
         }
+        if self.group_max_calls == 0 || self.group_max_items == 0 || self.group_in_flight == 0 {
+            return Err(
+                "storage.postgres: group_max_calls, group_max_items and group_in_flight must be above 0"
+                    .into(),
+            );
+        }
+        if self.group_wait_us > MAX_GROUP_WAIT_US {
+            return Err(format!(
+                "storage.postgres.group_wait_us must be at most {MAX_GROUP_WAIT_US}"
+            ));
+        }
         let replica = match &self.replica {
             Some(name) if !name.is_empty() => name.clone(),
             Some(_) => return Err("storage.postgres.replica must not be empty".into()),
@@ -71,6 +114,12 @@ impl PostgresConfig {
             ca_file: self.ca_file.clone(),
             replica,
             sync_writes,
+            group: GroupBounds {
+                max_calls: self.group_max_calls,
+                max_items: self.group_max_items,
+                wait: std::time::Duration::from_micros(self.group_wait_us),
+                in_flight: self.group_in_flight,
+            },
         })
     }
 }
@@ -93,6 +142,10 @@ impl std::fmt::Debug for PostgresConfig {
             .field("tls", &self.tls)
             .field("ca_file", &self.ca_file)
             .field("replica", &self.replica)
+            .field("group_max_calls", &self.group_max_calls)
+            .field("group_max_items", &self.group_max_items)
+            .field("group_wait_us", &self.group_wait_us)
+            .field("group_in_flight", &self.group_in_flight)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +157,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("pool_size", &self.pool_size)
             .field("tls", &self.tls)
             .field("replica", &self.replica)
+            .field("group", &self.group)
             .finish_non_exhaustive()
     }
 }

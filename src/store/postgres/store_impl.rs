@@ -4,6 +4,19 @@ use super::*;
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        match &self.group_writer {
+            Some(writer) => vec![
+                (
+                    "group_transactions",
+                    writer.stats.transactions.load(Ordering::Relaxed),
+                ),
+                ("group_calls", writer.stats.calls.load(Ordering::Relaxed)),
+            ],
+            None => Vec::new(),
+        }
+    }
+
     async fn system_key(&self) -> Result<Option<WrappedKey>, StoreError> {
         self.meta("system_key")
             .await?
@@ -292,8 +305,13 @@ impl Store for PostgresStore {
             return Ok(InsertOutcome::Committed);
         }
         let keys = SealingKeys::of_batch(&batch, sealed_under)?;
-        self.retrying(|| self.try_insert_tokens(&batch, &keys, now))
-            .await
+        match &self.group_writer {
+            Some(writer) => writer.insert(batch, keys, now).await,
+            None => {
+                self.retrying(|| self.try_insert_tokens(&batch, &keys, now))
+                    .await
+            }
+        }
     }
 
     async fn subject_tokens(

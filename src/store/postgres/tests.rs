@@ -46,6 +46,7 @@ pub(crate) fn options(url: &str, replica: &str) -> PostgresOptions {
         ca_file: None,
         replica: replica.into(),
         sync_writes: true,
+        group: GroupBounds::default(),
     }
 }
 
@@ -55,7 +56,7 @@ async fn open(url: &str, replica: &str) -> PostgresStore {
         .expect("open the postgres store")
 }
 
-fn wrapped(tag: u8) -> WrappedKey {
+pub(super) fn wrapped(tag: u8) -> WrappedKey {
     WrappedKey {
         kind: KekKind::Local,
         kek_version: 1,
@@ -63,7 +64,7 @@ fn wrapped(tag: u8) -> WrappedKey {
     }
 }
 
-fn new_token(token: &str, subject: u8, index: Option<u8>) -> NewToken {
+pub(super) fn new_token(token: &str, subject: u8, index: Option<u8>) -> NewToken {
     NewToken {
         token: token.into(),
         record: TokenRecord {

@@ -163,6 +163,16 @@ impl SealingKeys {
     }
 }
 
+impl SealingKeys {
+    /// The (subject, encoded wrapped key) pairs.
+    pub(super) fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.subjects
+            .iter()
+            .zip(&self.wrapped)
+            .map(|(subject, wrapped)| (subject.as_slice(), wrapped.as_slice()))
+    }
+}
+
 pub(super) fn index_bytes(item: &NewToken) -> &[u8] {
     item.index_key
         .as_ref()
@@ -183,12 +193,13 @@ pub(super) async fn read_index(
     client: &impl deadpool_postgres::GenericClient,
     keys: &[&[u8]],
 ) -> Result<HashMap<Vec<u8>, IndexEntry>, tokio_postgres::Error> {
-    let rows = client
-        .query(
+    // Prepared once per connection: a lookup is then one round trip.
+    let stmt = client
+        .prepare_cached(
             "SELECT index_key, token, expires_at FROM tv_index WHERE index_key = ANY($1)",
-            &[&keys],
         )
         .await?;
+    let rows = client.query(&stmt, &[&keys]).await?;
     Ok(rows
         .iter()
         .map(|row| {
