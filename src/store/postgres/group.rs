@@ -54,8 +54,11 @@ pub struct GroupBounds {
     pub max_items: usize,
     /// How long the writer waits for more calls once one is queued.
     pub wait: Duration,
-    /// Most group transactions in flight at once, per replica.
+    /// Most group transactions in flight at once, per replica (and as
+    /// many lookup groups, see `reads`).
     pub in_flight: usize,
+    /// Whether concurrent lookups share queries too (`reads`).
+    pub reads: bool,
 }
 
 impl Default for GroupBounds {
@@ -65,6 +68,7 @@ impl Default for GroupBounds {
             max_items: 4096,
             wait: Duration::ZERO,
             in_flight: 2,
+            reads: true,
         }
     }
 }

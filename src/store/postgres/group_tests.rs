@@ -440,3 +440,49 @@ async fn deterministic_races_across_three_replicas_give_one_token_per_value() {
         "one token row per value"
     );
 }
+
+/// Concurrent lookups share queries (`reads`) and each still gets its own
+/// keys' rows, in its order, a repeated key answered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_each_get_their_own_rows() {
+    let url = fresh_database().await;
+    let store = open_with(&url, "a", GroupBounds::default()).await;
+    let (subject, key) = (SubjectHash([3; 32]), wrapped(3));
+    store
+        .insert_subject_key(subject, key.clone())
+        .await
+        .expect("key");
+    let batch: Vec<NewToken> = (0..20u8)
+        .map(|i| new_token(&format!("t{i}"), 3, Some(i)))
+        .collect();
+    store
+        .insert_tokens(batch, &[(subject, &key)], 100)
+        .await
+        .expect("insert");
+    let tasks: Vec<_> = (0..32u8)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let (a, b) = (n % 20, (n * 7) % 25);
+                let tokens = vec![format!("t{a}"), format!("t{b}"), format!("t{a}")];
+                let records = store.token_records(&tokens).await.expect("records");
+                let found: Vec<bool> = records.iter().map(Option::is_some).collect();
+                assert_eq!(found, [true, b < 20, true], "lookup {n}");
+                let entries = store
+                    .index_entries(&[IndexKey([b; 64]), IndexKey([a; 64])])
+                    .await
+                    .expect("entries");
+                let tokens: Vec<Option<String>> =
+                    entries.into_iter().map(|e| e.map(|e| e.token)).collect();
+                assert_eq!(
+                    tokens,
+                    [(b < 20).then(|| format!("t{b}")), Some(format!("t{a}"))],
+                    "lookup {n}"
+                );
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("lookup");
+    }
+}

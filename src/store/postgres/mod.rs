@@ -24,7 +24,8 @@
 //! destroyed key, whichever replicas the two calls reach.
 //!
 //! Group commit: concurrent token batches share one transaction per
-//! replica, each still all-or-nothing on its own (see [`group`]).
+//! replica, each still all-or-nothing on its own (see [`group`]), and
+//! concurrent lookups share one query (see [`reads`]).
 //!
 //! Audit chains: each replica writes its own, under a lease on its name,
 //! and a record stored twice must be the same bytes (see [`audit`]).
@@ -64,6 +65,7 @@ mod forget;
 mod group;
 mod listen;
 mod options;
+mod reads;
 mod schema;
 mod store_impl;
 mod tokens;
@@ -100,6 +102,8 @@ pub struct PostgresStore {
     /// Groups concurrent token batches into shared transactions (None:
     /// grouping is off, each batch is its own transaction).
     group_writer: Option<group::GroupWriter>,
+    /// Serves concurrent lookups with shared queries (None: off).
+    read_groups: Option<reads::ReadGroups>,
 }
 
 impl Drop for PostgresStore {
@@ -161,9 +165,12 @@ impl PostgresStore {
             .group
             .grouping()
             .then(|| group::GroupWriter::start(pool.clone(), options.group));
+        let read_groups = (options.group.grouping() && options.group.reads)
+            .then(|| reads::ReadGroups::start(pool.clone(), options.group));
         Ok(PostgresStore {
             pool,
             group_writer,
+            read_groups,
             replica: options.replica.clone(),
             sink,
             listening,

@@ -56,6 +56,14 @@ pub struct PostgresConfig {
     /// Most group transactions in flight at once per replica.
     #[serde(default = "default_group_in_flight")]
     pub group_in_flight: usize,
+    /// Concurrent token and index lookups share one query (with grouping
+    /// on).
+    #[serde(default = "default_true")]
+    pub group_reads: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_group_max_calls() -> usize {
@@ -119,6 +127,7 @@ impl PostgresConfig {
                 max_items: self.group_max_items,
                 wait: std::time::Duration::from_micros(self.group_wait_us),
                 in_flight: self.group_in_flight,
+                reads: self.group_reads,
             },
         })
     }
@@ -146,6 +155,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("group_max_items", &self.group_max_items)
             .field("group_wait_us", &self.group_wait_us)
             .field("group_in_flight", &self.group_in_flight)
+            .field("group_reads", &self.group_reads)
             .finish_non_exhaustive()
     }
 }

@@ -107,6 +107,11 @@ impl Store for PostgresStore {
         &self,
         keys: &[IndexKey],
     ) -> Result<Vec<Option<IndexEntry>>, StoreError> {
+        if let Some(reads) = &self.read_groups {
+            return reads
+                .index_entries(keys.iter().map(|k| k.0.to_vec()).collect())
+                .await;
+        }
         let client = self.client().await?;
         let raw: Vec<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
         let mut found = read_index(&client, &raw).await.map_err(engine)?;
@@ -120,6 +125,14 @@ impl Store for PostgresStore {
         &self,
         tokens: &[String],
     ) -> Result<Vec<Option<TokenRecord>>, StoreError> {
+        if let Some(reads) = &self.read_groups {
+            return reads
+                .token_records(tokens)
+                .await?
+                .iter()
+                .map(|bytes| bytes.as_deref().map(TokenRecord::decode).transpose())
+                .collect();
+        }
         let found: HashMap<String, Vec<u8>> = self
             .rows_by_key(
                 "SELECT token, record FROM tv_tokens WHERE token = ANY($1)",
