@@ -187,6 +187,14 @@ impl PostgresStore {
         *self.sink.lock() = None;
     }
 
+    /// The lookup groups, for a lookup of `keys` keys small enough to
+    /// share a query (see `reads`).
+    fn read_groups_for(&self, keys: usize) -> Option<&reads::ReadGroups> {
+        self.read_groups
+            .as_ref()
+            .filter(|_| keys <= reads::MAX_GROUPED_KEYS)
+    }
+
     /// Whether the LISTEN connection is up (for health and tests).
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::SeqCst)

@@ -107,7 +107,7 @@ impl Store for PostgresStore {
         &self,
         keys: &[IndexKey],
     ) -> Result<Vec<Option<IndexEntry>>, StoreError> {
-        if let Some(reads) = &self.read_groups {
+        if let Some(reads) = self.read_groups_for(keys.len()) {
             return reads
                 .index_entries(keys.iter().map(|k| k.0.to_vec()).collect())
                 .await;
@@ -125,7 +125,7 @@ impl Store for PostgresStore {
         &self,
         tokens: &[String],
     ) -> Result<Vec<Option<TokenRecord>>, StoreError> {
-        if let Some(reads) = &self.read_groups {
+        if let Some(reads) = self.read_groups_for(tokens.len()) {
             return reads
                 .token_records(tokens)
                 .await?
