@@ -59,6 +59,13 @@ name = "bench"
 api_key_sha256 = "$key_sha"
 allow = ["tokenize", "detokenize"]
 reveal = { default = "full" }
+# The load tool makes millions of new values for 64 subjects: a bulk
+# importer's limits (docs/security.md, "Tokenize limits").
+[new_value_limits.principals.bench]
+per_subject_per_principal = 1000000000
+per_subject = 1000000000
+per_principal = 1000000000
+per_shape_per_principal_permille = 1000
 CONF
 }
 
@@ -100,6 +107,7 @@ postgres() {
   shift 3
   if [ "$grouping" = on ]; then group="${GROUP_OPTIONS:-}"; else group="group_max_calls = 1"; fi
   psql -q "$pg_admin" -c "CREATE DATABASE $db"
+  psql -q "$pg_admin" -c "CREATE DATABASE ${db}_ledger"
   addrs=()
   for i in $(seq 1 "$n"); do
     config "pg$n$grouping-$i" "[storage]
@@ -108,20 +116,25 @@ backend = \"postgres\"
 url = \"$pg_base/$db\"
 replica = \"bench-$i\"
 pool_size = 16
-$group"
+$group
+[erasure.postgres]
+url = \"$pg_base/${db}_ledger\""
     start "pg$n$grouping-$i"
   done
   run "$label" "$@"
   stop_all
   psql -q "$pg_admin" -c "DROP DATABASE $db"
+  psql -q "$pg_admin" -c "DROP DATABASE ${db}_ledger"
 }
 
 for section in ${SECTIONS:-rocks pg1 pg3 pg1-off pg3-off}; do
   case $section in
     rocks)
       addrs=()
-      config rocks '[storage]
-backend = "rocksdb"'
+      config rocks "[storage]
+backend = \"rocksdb\"
+[erasure]
+ledger = \"$work/rocks-ledger/erasure-ledger.jsonl\""
       start rocks
       run "1 replica, RocksDB" "$@"
       stop_all ;;
