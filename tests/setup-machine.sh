@@ -2,7 +2,8 @@
 # Installs what a fresh machine (Rust, Python/pip and apt only) lacks to
 # build and test tokenvault: libclang for RocksDB's bindings, the OpenBao
 # CLI (`bao`) that the Vault tests and the benchmark baseline run, Python
-# requests and curl for the HTTP/JSON tests, and a running PostgreSQL for
+# requests and curl for the HTTP/JSON tests, promtool for the alerting
+# rules, and a running PostgreSQL for
 # the shared-store tests. With --build-only, only
 # what building and running `serve --dev` needs (libclang).
 # Safe to run again: it skips what is already there.
@@ -42,6 +43,14 @@ if ! command -v curl >/dev/null 2>&1; then
   echo "setup: installing curl (HTTP/JSON API tests)"
   $(need_root) apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $(need_root) apt-get install -y -qq curl >/dev/null
+fi
+
+# promtool checks the Prometheus alerting rules in deploy/monitoring
+# (deploy/validate.sh): Debian's prometheus package has it.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "setup: installing prometheus (promtool, for deploy/monitoring's rules)"
+  $(need_root) apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $(need_root) apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 # PostgreSQL for the shared-store tests and benches (src/store/postgres/):
