@@ -11,14 +11,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{admin_principal_toml, card, item, tokenize, Server};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
 use tokenvault::pb;
 use tokenvault::pb::token_vault_client::TokenVaultClient;
@@ -121,42 +118,13 @@ const SUPPORT_KEY: &str = "tvk_support_console_key_0024";
 const AUDIENCE: &str = "tokenvault-test";
 const ISSUER: &str = "test-idp";
 
-/// An ES256 key pair made by openssl: (PKCS#8 private PEM, public PEM path).
-fn es256_key(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
-    let private = dir.join("idp.key");
-    let public = dir.join("idp.pub.pem");
-    let made = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(&private)
-        .status()
-        .expect("openssl")
-        .success()
-        && Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&private)
-            .arg("-out")
-            .arg(&public)
-            .status()
-            .expect("openssl")
-            .success();
-    assert!(made, "openssl made the key");
-    (std::fs::read(&private).expect("key"), public)
-}
-
-fn jwt(private_pem: &[u8], sub: &str) -> String {
+/// An actor token for `sub`, valid for ten minutes.
+fn actor_jwt(private_pem: &[u8], sub: &str) -> String {
     let now = tokenvault::clock::unix_now();
-    let claims = serde_json::json!({"sub": sub, "aud": AUDIENCE, "iss": ISSUER, "iat": now, "exp": now + 600});
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("k1".into());
-    let key = EncodingKey::from_ec_pem(private_pem).expect("pkcs8 ec key");
-    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    common::actor::jwt(
+        private_pem,
+        serde_json::json!({"sub": sub, "aud": AUDIENCE, "iss": ISSUER, "iat": now, "exp": now + 600}),
+    )
 }
 
 #[derive(Clone)]
@@ -219,7 +187,7 @@ fn alerts_cli(server: &Server, args: &[&str]) -> String {
 async fn a_breadth_jump_masks_that_actor_only_until_cleared_and_every_alert_reaches_the_webhook() {
     let (url, received) = receiver(Duration::from_secs(4)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (signing, public) = es256_key(dir.path());
+    let (signing, public) = common::actor::es256_key(dir.path(), "idp");
     let kek = dir.path().join("kek.key");
     std::fs::write(&kek, [7u8; 32]).expect("kek");
     let config = format!(
@@ -274,8 +242,8 @@ response = "mask"
         let subject = format!("customer-anomaly-{n}");
         tokens.extend(tokenize(&mut admin, &subject, vec![item(&card(n), "card")]).await);
     }
-    let alice_jwt = jwt(&signing, "alice@example.com");
-    let bob_jwt = jwt(&signing, "bob@example.com");
+    let alice_jwt = actor_jwt(&signing, "alice@example.com");
+    let bob_jwt = actor_jwt(&signing, "bob@example.com");
     let mut alice = actor_client(&server, &alice_jwt).await;
     let mut bob = actor_client(&server, &bob_jwt).await;
 

@@ -7,11 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::actor::{es256_key, jwt};
 use common::{admin_principal_toml, card, item, tokenize, Server};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
 use tokenvault::pb;
 use tokenvault::pb::token_vault_client::TokenVaultClient;
@@ -672,42 +671,6 @@ async fn a_restart_within_the_window_does_not_refill_the_limits() {
 
 const AUDIENCE: &str = "tokenvault-test";
 const ISSUER: &str = "test-idp";
-
-/// An ES256 key pair made by openssl: (PKCS#8 private PEM, public PEM path).
-fn es256_key(dir: &Path, name: &str) -> (Vec<u8>, std::path::PathBuf) {
-    let private = dir.join(format!("{name}.key"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(&private)
-        .status()
-        .expect("openssl")
-        .success()
-        && Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&private)
-            .arg("-out")
-            .arg(&public)
-            .status()
-            .expect("openssl")
-            .success();
-    assert!(ok, "openssl made the key");
-    (std::fs::read(&private).expect("key"), public)
-}
-
-fn jwt(private_pem: &[u8], claims: serde_json::Value) -> String {
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("k1".into());
-    let key = EncodingKey::from_ec_pem(private_pem).expect("pkcs8 ec key");
-    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
-}
 
 fn unix_now() -> i64 {
     tokenvault::clock::unix_now()

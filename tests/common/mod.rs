@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod actor;
 pub mod bao;
 pub mod postgres;
 pub mod rawh2;
