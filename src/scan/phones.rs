@@ -28,7 +28,7 @@
 
 use super::context::Cue;
 use super::detectors::{char_after, char_before, Candidate, Run, PRIORITY_PHONE};
-use crate::token::format::{validate, Format};
+use crate::token::format::{lowest_leading_digit, validate, Format};
 
 /// National significant number lengths of calling codes often met in RU/EN
 /// chats. Codes not listed get only E.164's 8 to 15 digits in all.
@@ -146,14 +146,17 @@ pub(super) fn phone(run: &Run<'_>, start: usize, end: usize, out: &mut Vec<Candi
                 return;
             }
             let first = digits[code.len() + trunk];
-            if (*code == "7" && first < 3) || (*code == "1" && first < 2) {
+            if first < lowest_leading_digit(&digits[..code.len()]) {
                 return;
             }
             if *code == "7" && !russian_layout_ok(run.lens) {
                 return;
             }
         }
-    } else if digits.len() != 11 || digits[0] != 8 || digits[1] < 3 || !russian_layout_ok(run.lens)
+    } else if digits.len() != 11
+        || digits[0] != 8
+        || digits[1] < lowest_leading_digit(&digits[..1])
+        || !russian_layout_ok(run.lens)
     {
         return;
     }

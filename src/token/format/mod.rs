@@ -52,6 +52,7 @@ use card::{card_token, parse_card};
 use classes::replace_by_class;
 use email::{email_token, parse_email};
 use iban::{iban_token, parse_iban};
+pub(crate) use phone::lowest_leading_digit;
 use phone::{parse_phone, phone_token};
 use ru::{
     bank_account_token, inn_token, ogrn_token, parse_bank_account, parse_inn, parse_ogrn,

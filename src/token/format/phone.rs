@@ -166,17 +166,34 @@ fn is_two_digit_country_code(code: u8) -> bool {
     )
 }
 
+/// The lowest digit a national number may start with after `prefix` (its
+/// country code or trunk prefix, as a token keeps it) in the plans the
+/// scanner checks: Russian numbers (`+7`, trunk `8`) start with 3 to 9,
+/// North American area codes with 2 to 9; 0 for other plans (a stray
+/// trunk 0 after `+44` is still a phone in text). The scanner takes only
+/// such numbers for phones, and tokens are drawn among them, so that a
+/// token is a number someone could have and is found again in text.
+pub(crate) fn lowest_leading_digit(prefix: &[u8]) -> u8 {
+    match prefix {
+        [7] | [8] => 3,
+        [1] => 2,
+        _ => 0,
+    }
+}
+
 pub(super) fn phone_token<R: Rng + ?Sized>(value: &str, phone: &Phone, rng: &mut R) -> String {
     let mut token = phone.digits.clone();
     let len = token.len();
     let kept = phone.kept;
+    // No national number starts with 0 after its country code or trunk
+    // prefix, whatever its plan.
+    let lowest = lowest_leading_digit(&phone.digits[..kept.min(len)]).max(1);
     let draw = |t: &mut Vec<u8>| {
         if let Some(rest) = t.get_mut(kept..) {
             fill_random_digits(rest, rng);
-            // A national number never starts with 0 after the country code
-            // or trunk prefix; keep the token looking like a dialable number.
+            // Keep the token a dialable number of its plan.
             if let Some(first) = rest.first_mut() {
-                *first = rng.random_range(1..10);
+                *first = rng.random_range(lowest..10);
             }
         }
     };
