@@ -104,6 +104,9 @@ pub struct PostgresStore {
     group_writer: Option<group::GroupWriter>,
     /// Serves concurrent lookups with shared queries (None: off).
     read_groups: Option<reads::ReadGroups>,
+    /// Runs concurrent counter charges in shared transactions (None:
+    /// grouping is off, each charge is its own transaction).
+    charge_groups: Option<counters::ChargeGroups>,
 }
 
 impl Drop for PostgresStore {
@@ -167,8 +170,13 @@ impl PostgresStore {
             .then(|| group::GroupWriter::start(pool.clone(), options.group));
         let read_groups = (options.group.grouping() && options.group.reads)
             .then(|| reads::ReadGroups::start(pool.clone(), options.group));
+        let charge_groups = options
+            .group
+            .grouping()
+            .then(|| counters::ChargeGroups::new(options.group.max_calls));
         Ok(PostgresStore {
             pool,
+            charge_groups,
             group_writer,
             read_groups,
             replica: options.replica.clone(),

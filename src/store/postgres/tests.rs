@@ -107,6 +107,60 @@ async fn window_counters_charge_all_or_none() {
     crate::store::counters::a_charge_over_any_limit_charges_none_in(&store).await;
 }
 
+/// Many callers on two replicas charging at once are admitted exactly up
+/// to the limit, grouped into shared transactions or one by one, and a
+/// call refused on one of its counters adds nothing to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_charges_on_two_replicas_admit_exactly_the_limit() {
+    use crate::store::counters::{Charge, Charged, WindowCounters};
+    let charge = |key: String, amount: u64, limit: u64| Charge {
+        key,
+        window_start: 0,
+        window_seconds: 3600,
+        amount,
+        limit,
+    };
+    for max_calls in [64, 1] {
+        let url = fresh_database().await;
+        let mut replica = options(&url, "a");
+        replica.group.max_calls = max_calls;
+        let a = Arc::new(PostgresStore::open(&replica).await.expect("open a"));
+        replica.replica = "b".into();
+        let b = Arc::new(PostgresStore::open(&replica).await.expect("open b"));
+        let calls: Vec<_> = (0..64u64)
+            .map(|i| {
+                let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+                // Every 8th caller's own counter has no room at all.
+                let own_limit = if i % 8 == 0 { 0 } else { 10 };
+                let charges = vec![
+                    charge(format!("own/{i}"), 1, own_limit),
+                    charge("shared".into(), 1, 40),
+                ];
+                tokio::spawn(async move { store.charge(&charges, 1).await.expect("charge") })
+            })
+            .collect();
+        let (mut admitted, mut refused_on_own, mut refused_on_shared) = (0, 0, 0);
+        for call in calls {
+            match call.await.expect("task") {
+                Charged::Admitted(_) => admitted += 1,
+                Charged::Refused { index: 0, .. } => refused_on_own += 1,
+                Charged::Refused { .. } => refused_on_shared += 1,
+            }
+        }
+        let counts = (admitted, refused_on_own, refused_on_shared);
+        assert_eq!(counts, (40, 8, 16), "max_calls = {max_calls}");
+        let shared = a
+            .charge(&[charge("shared".into(), 0, u64::MAX)], 1)
+            .await
+            .expect("read the shared counter");
+        assert_eq!(
+            shared,
+            Charged::Admitted(vec![40]),
+            "max_calls = {max_calls}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_once_when_replicas_start_together() {
     let url = fresh_database().await;
