@@ -14,16 +14,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::actor::{actor_client, detokenize_as};
 use common::{admin_principal_toml, card, item, tokenize, Server};
 
 use sha2::{Digest, Sha256};
 use tokenvault::pb;
-use tokenvault::pb::token_vault_client::TokenVaultClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Request, Status};
 
 const WEBHOOK_SECRET: &str = "webhook-test-secret-24";
 
@@ -127,47 +123,6 @@ fn actor_jwt(private_pem: &[u8], sub: &str) -> String {
     )
 }
 
-#[derive(Clone)]
-struct ActorAuth {
-    bearer: MetadataValue<Ascii>,
-    actor: MetadataValue<Ascii>,
-}
-
-impl tonic::service::Interceptor for ActorAuth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.bearer.clone());
-        request
-            .metadata_mut()
-            .insert("x-tokenvault-actor", self.actor.clone());
-        Ok(request)
-    }
-}
-
-type ActorClient = TokenVaultClient<InterceptedService<Channel, ActorAuth>>;
-
-async fn actor_client(server: &Server, token: &str) -> ActorClient {
-    let auth = ActorAuth {
-        bearer: format!("Bearer {SUPPORT_KEY}").parse().expect("ascii"),
-        actor: token.parse().expect("ascii"),
-    };
-    TokenVaultClient::with_interceptor(server.channel().await, auth)
-}
-
-async fn read(
-    client: &mut ActorClient,
-    tokens: &[String],
-) -> Result<Vec<pb::DetokenizeResult>, Status> {
-    client
-        .detokenize(pb::DetokenizeRequest {
-            tokens: tokens.to_vec(),
-            purpose: "ticket".into(),
-        })
-        .await
-        .map(|r| r.into_inner().results)
-}
-
 fn alerts_cli(server: &Server, args: &[&str]) -> String {
     let config = server.config_path().display().to_string();
     let data_dir = server.data_dir().display().to_string();
@@ -244,30 +199,38 @@ response = "mask"
     }
     let alice_jwt = actor_jwt(&signing, "alice@example.com");
     let bob_jwt = actor_jwt(&signing, "bob@example.com");
-    let mut alice = actor_client(&server, &alice_jwt).await;
-    let mut bob = actor_client(&server, &bob_jwt).await;
+    let mut alice = actor_client(&server, SUPPORT_KEY, Some(&alice_jwt)).await;
+    let mut bob = actor_client(&server, SUPPORT_KEY, Some(&bob_jwt)).await;
 
     // Warm-up: one customer a window, for both; a window is learned 12
     // windows after it ends, and 3 are needed.
     for _ in 0..16 {
         for client in [&mut alice, &mut bob] {
-            let results = read(client, &tokens[..1]).await.expect("usual read");
+            let results = detokenize_as(client, &tokens[..1], "ticket")
+                .await
+                .expect("usual read");
             assert_eq!(results[0].reveal, pb::Reveal::Full as i32);
         }
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     // Tenfold breadth: served (the step-down applies from the next call).
-    let wide = read(&mut alice, &tokens[1..11]).await.expect("wide read");
+    let wide = detokenize_as(&mut alice, &tokens[1..11], "ticket")
+        .await
+        .expect("wide read");
     assert!(wide.iter().all(|r| r.reveal == pb::Reveal::Full as i32));
 
-    let masked = read(&mut alice, &tokens[..1]).await.expect("alice reads");
+    let masked = detokenize_as(&mut alice, &tokens[..1], "ticket")
+        .await
+        .expect("alice reads");
     assert_eq!(
         masked[0].reveal,
         pb::Reveal::Masked as i32,
         "alice is stepped down"
     );
     assert_ne!(masked[0].value, card(0));
-    let full = read(&mut bob, &tokens[..1]).await.expect("bob reads");
+    let full = detokenize_as(&mut bob, &tokens[..1], "ticket")
+        .await
+        .expect("bob reads");
     assert_eq!(full[0].reveal, pb::Reveal::Full as i32, "bob is not");
     assert_eq!(full[0].value, card(0));
 
@@ -285,7 +248,9 @@ response = "mask"
     assert!(alerts_cli(&server, &["ack", &id]).contains("acked"));
     assert!(alerts_cli(&server, &["clear", "alice@example.com"]).starts_with("1 step-downs"));
 
-    let restored = read(&mut alice, &tokens[..1]).await.expect("alice reads");
+    let restored = detokenize_as(&mut alice, &tokens[..1], "ticket")
+        .await
+        .expect("alice reads");
     assert_eq!(restored[0].reveal, pb::Reveal::Full as i32, "cleared");
     assert_eq!(restored[0].value, card(0));
 

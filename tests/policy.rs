@@ -8,17 +8,13 @@ mod common;
 
 use std::path::Path;
 
-use common::actor::{es256_key, jwt};
+use common::actor::{actor_client, detokenize_as, es256_key, jwt};
 use common::{admin_principal_toml, card, item, tokenize, Server};
 
 use sha2::{Digest, Sha256};
 use tokenvault::pb;
-use tokenvault::pb::token_vault_client::TokenVaultClient;
 use tokenvault::token::template::Templates;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 /// A built-in format's mask (no operator-defined formats in these tests).
 fn mask(format: &str, value: &str) -> String {
@@ -680,47 +676,6 @@ fn claims(sub: &str, amr: &[&str]) -> serde_json::Value {
     serde_json::json!({"sub": sub, "aud": AUDIENCE, "iss": ISSUER, "iat": unix_now(), "exp": unix_now() + 600, "amr": amr})
 }
 
-/// Sends an API key and, optionally, an actor token.
-#[derive(Clone)]
-struct ActorAuth {
-    bearer: MetadataValue<Ascii>,
-    actor: Option<MetadataValue<Ascii>>,
-}
-
-impl tonic::service::Interceptor for ActorAuth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let metadata = request.metadata_mut();
-        metadata.insert("authorization", self.bearer.clone());
-        if let Some(actor) = &self.actor {
-            metadata.insert("x-tokenvault-actor", actor.clone());
-        }
-        Ok(request)
-    }
-}
-
-type ActorClient = TokenVaultClient<InterceptedService<Channel, ActorAuth>>;
-
-async fn actor_client(server: &Server, key: &str, token: Option<&str>) -> ActorClient {
-    let auth = ActorAuth {
-        bearer: format!("Bearer {key}").parse().expect("ascii"),
-        actor: token.map(|t| t.parse().expect("ascii")),
-    };
-    TokenVaultClient::with_interceptor(server.channel().await, auth)
-}
-
-async fn detokenize_as(
-    client: &mut ActorClient,
-    tokens: &[String],
-) -> Result<Vec<pb::DetokenizeResult>, Status> {
-    client
-        .detokenize(pb::DetokenizeRequest {
-            tokens: tokens.to_vec(),
-            purpose: "support-case".into(),
-        })
-        .await
-        .map(|r| r.into_inner().results)
-}
-
 #[tokio::test]
 async fn actors_behind_one_service_have_their_own_limits_and_second_factor() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -762,12 +717,12 @@ without_second_factor = "deny"
     // alice signed in with a one-time password: full reveal, 5 a minute.
     let alice_jwt = jwt(&signing, claims("alice@example.com", &["pwd", "otp"]));
     let mut alice = actor_client(&server, BILLING_KEY, Some(&alice_jwt)).await;
-    let results = detokenize_as(&mut alice, &tokens[..5])
+    let results = detokenize_as(&mut alice, &tokens[..5], "support-case")
         .await
         .expect("alice reads 5");
     assert_eq!(results[0].value, card(0));
     assert_eq!(results[0].reveal, pb::Reveal::Full as i32);
-    let status = detokenize_as(&mut alice, &tokens[5..6])
+    let status = detokenize_as(&mut alice, &tokens[5..6], "support-case")
         .await
         .expect_err("alice's 6th");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -775,7 +730,7 @@ without_second_factor = "deny"
     // bob, same service, still reads; with a password only, masked.
     let bob_jwt = jwt(&signing, claims("bob@example.com", &["pwd"]));
     let mut bob = actor_client(&server, BILLING_KEY, Some(&bob_jwt)).await;
-    let results = detokenize_as(&mut bob, &tokens[5..6])
+    let results = detokenize_as(&mut bob, &tokens[5..6], "support-case")
         .await
         .expect("bob reads");
     assert_eq!(results[0].reveal, pb::Reveal::Masked as i32);
@@ -783,12 +738,16 @@ without_second_factor = "deny"
 
     // A policy that refuses instead of masking.
     let mut strict_bob = actor_client(&server, KYC_KEY, Some(&bob_jwt)).await;
-    let status = detokenize_as(&mut strict_bob, &tokens[..1])
+    let status = detokenize_as(&mut strict_bob, &tokens[..1], "support-case")
         .await
         .expect_err("no 2nd factor");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let mut strict_alice = actor_client(&server, KYC_KEY, Some(&alice_jwt)).await;
-    assert!(detokenize_as(&mut strict_alice, &tokens[..1]).await.is_ok());
+    assert!(
+        detokenize_as(&mut strict_alice, &tokens[..1], "support-case")
+            .await
+            .is_ok()
+    );
 
     // Bad signature, expired, wrong audience: UNAUTHENTICATED.
     let bad = [
@@ -805,7 +764,7 @@ without_second_factor = "deny"
     ];
     for token in &bad {
         let mut client = actor_client(&server, BILLING_KEY, Some(token)).await;
-        let status = detokenize_as(&mut client, &tokens[7..8])
+        let status = detokenize_as(&mut client, &tokens[7..8], "support-case")
             .await
             .expect_err("bad actor token");
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -860,7 +819,7 @@ keys = [{{ kid = "k1", alg = "ES256", public_key_pem = "{public}" }}]
     );
     let mut alice = actor_client(&server, BILLING_KEY, Some(&good)).await;
     assert_eq!(
-        detokenize_as(&mut alice, &tokens)
+        detokenize_as(&mut alice, &tokens, "support-case")
             .await
             .expect("bound token")[0]
             .value,
@@ -882,7 +841,7 @@ keys = [{{ kid = "k1", alg = "ES256", public_key_pem = "{public}" }}]
     ];
     for bad in &refused {
         let mut client = actor_client(&server, BILLING_KEY, Some(bad)).await;
-        let status = detokenize_as(&mut client, &tokens)
+        let status = detokenize_as(&mut client, &tokens, "support-case")
             .await
             .expect_err("refused actor token");
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
