@@ -6,9 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::test_support::text_item;
+use super::test_support::{postgres_replica, text_item};
 use super::*;
-use crate::kek::local::LocalKek;
 use crate::store::postgres::tests::{fresh_database, options};
 use crate::store::postgres::{GroupBounds, PostgresOptions, PostgresStore};
 
@@ -22,16 +21,7 @@ async fn replica(url: &str, name: &str) -> (Arc<Vault>, Arc<PostgresStore>) {
         },
         ..options(url, name)
     };
-    let store = Arc::new(PostgresStore::open(&options).await.expect("postgres store"));
-    let kek = LocalKek::from_key(&SecretKey::from_slice(&[9; 32]).expect("key"));
-    let vault = Vault::with_parts(
-        Arc::clone(&store) as Arc<dyn Store>,
-        Arc::new(kek),
-        16,
-        Limits::default(),
-    )
-    .await
-    .expect("vault");
+    let (vault, store) = postgres_replica(&options).await;
     (Arc::new(vault), store)
 }
 

@@ -1020,6 +1020,28 @@ pub(crate) mod test_support {
             .expect("detokenize")[0]
             .status
     }
+
+    /// One replica of a vault on a shared PostgreSQL database (the local
+    /// KEK every replica of a test shares).
+    pub(crate) async fn postgres_replica(
+        options: &crate::store::postgres::PostgresOptions,
+    ) -> (Vault, std::sync::Arc<crate::store::postgres::PostgresStore>) {
+        use crate::crypto::SecretKey;
+        use crate::kek::local::LocalKek;
+        use crate::store::postgres::PostgresStore;
+        let store =
+            std::sync::Arc::new(PostgresStore::open(options).await.expect("postgres store"));
+        let kek = LocalKek::from_key(&SecretKey::from_slice(&[9; 32]).expect("key"));
+        let vault = Vault::with_parts(
+            std::sync::Arc::clone(&store) as std::sync::Arc<dyn crate::store::Store>,
+            std::sync::Arc::new(kek),
+            16,
+            super::Limits::default(),
+        )
+        .await
+        .expect("vault");
+        (vault, store)
+    }
 }
 
 #[cfg(test)]
@@ -1121,21 +1143,7 @@ mod tests {
 
     /// One replica of a vault on a shared PostgreSQL database.
     async fn replica(url: &str, name: &str) -> (Vault, Arc<PostgresStore>) {
-        let store = Arc::new(
-            PostgresStore::open(&options(url, name))
-                .await
-                .expect("postgres store"),
-        );
-        let kek = LocalKek::from_key(&SecretKey::from_slice(&[9; 32]).expect("key"));
-        let vault = Vault::with_parts(
-            Arc::clone(&store) as Arc<dyn Store>,
-            Arc::new(kek),
-            16,
-            Limits::default(),
-        )
-        .await
-        .expect("vault");
-        (vault, store)
+        super::test_support::postgres_replica(&options(url, name)).await
     }
 
     /// C has three subjects' keys cached and has not heard of A's forgets
