@@ -22,16 +22,18 @@ use super::keys_retire;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Rotate the KEK in Vault and rewrap every stored DEK to the new
-    /// version (transit rewrap; no key is unwrapped). Resumes a rotation
-    /// that was cut short. Works while the server runs.
+    /// Rotate the KEK (a new Vault transit version, or a new version in
+    /// the local key file) and rewrap every stored DEK to it (with Vault,
+    /// transit rewrap: no key is unwrapped here). Resumes a rotation that
+    /// was cut short. Works while the server runs.
     Rotate(VaultArgs),
     /// Show the KEK versions and how many DEKs sit on each.
     Status(VaultArgs),
-    /// Retire the KEK versions below one: raise Vault's decryption floor
-    /// to it (reversible), and with --trim-irreversibly delete the older
-    /// versions from Vault. Refused while any stored key is still under an
-    /// older version. Needs a token with the tokenvault-key-retire policy.
+    /// Retire the KEK versions below one: raise the decryption floor to
+    /// it (reversible), and with --trim-irreversibly delete the older
+    /// versions from Vault or from the local key file. Refused while any
+    /// stored key is still under an older version. With Vault it needs a
+    /// token with the tokenvault-key-retire policy.
     Retire(keys_retire::RetireArgs),
 }
 

@@ -1,5 +1,5 @@
 //! `tokenvault keys retire --below N [--trim-irreversibly]`: the last steps
-//! of a KEK rotation, made safe. Raising Vault's decryption floor to vN
+//! of a KEK rotation, made safe. Raising the KEK's decryption floor to vN
 //! makes every key wrapped under an older version unopenable (reversible);
 //! trimming deletes those versions (irreversible), so every copy of such a
 //! key, in a dump, a base backup, WAL or dead rows of the PostgreSQL store,
@@ -11,7 +11,9 @@
 //! DEK) is under a version below N, or a rotation is unfinished; it checks
 //! again after raising the floor, and lowers it back if a key below it
 //! appeared meanwhile. It talks to Vault with the operator's token
-//! (`--token-env`, the tokenvault-key-retire policy), never the server's.
+//! (`--token-env`, the tokenvault-key-retire policy), never the server's;
+//! with the local KEK it changes the key file, which a running server
+//! re-reads before its next use of the KEK.
 
 use std::sync::Arc;
 
@@ -19,8 +21,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::keys::{fetch_status, VaultArgs};
+use crate::config::{Config, KekConfig};
+use crate::kek::local::LocalKek;
 use crate::kek::transit::{VaultAuth, VaultKek};
-use crate::kek::vault_settings;
+use crate::kek::{local_key_path, vault_settings, KekProvider};
 use crate::pb::admin::KeyStatusResponse;
 
 #[derive(Debug, Clone, Args)]
@@ -45,25 +49,22 @@ pub async fn retire(args: &RetireArgs) -> anyhow::Result<()> {
     let floor = args.below;
     refuse_if_blocked(&fetch_status(&config).await?, floor)?;
 
-    let kek = retiring_kek(&config.kek, args.token_env.as_deref()).await?;
-    let before = kek.versions().await?;
-    if before.min_decryption_version < floor {
-        kek.set_floor(floor, floor).await?;
+    let kek = RetiringKek::open(&config, args.token_env.as_deref()).await?;
+    let before = kek.floor().await?;
+    if before < floor {
+        kek.raise_floor(floor).await?;
         eprintln!("keys: decryption floor raised to v{floor}; checking the store again");
         // A key wrapped under an older version by a call that was in flight
         // during the rotation may have been stored after the first check.
         if let Err(blocked) = refuse_if_blocked(&fetch_status(&config).await?, floor) {
-            kek.set_floor(before.min_decryption_version, 0)
+            kek.lower_floor_back(before)
                 .await
-                .context("a key below the new floor appeared, and lowering the floor back failed: lower min_decryption_version by hand")?;
+                .context("a key below the new floor appeared, and lowering the floor back failed: lower it by hand")?;
             return Err(blocked.context("the floor was lowered back"));
         }
     }
     if args.trim_irreversibly {
-        // OpenBao trims only with both minimums set at or above the trim.
-        let keep = before.min_decryption_version.max(floor);
-        kek.set_floor(keep, keep).await?;
-        kek.trim_below(floor).await?;
+        kek.trim_below(floor, before).await?;
         println!(
             "KEK versions below v{floor} trimmed: no key wrapped under them, live or in any copy, can be opened again"
         );
@@ -73,6 +74,73 @@ pub async fn retire(args: &RetireArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The KEK being retired: Vault transit with the operator's token, or the
+/// local key file (which the running server re-reads at its next call).
+enum RetiringKek {
+    Vault(Arc<VaultKek>),
+    Local(LocalKek),
+}
+
+impl RetiringKek {
+    async fn open(config: &Config, token_env: Option<&str>) -> anyhow::Result<Self> {
+        match &config.kek {
+            KekConfig::Local { path } => {
+                if token_env.is_some() {
+                    bail!("--token-env is for the Vault KEK; the local KEK is its key file");
+                }
+                let path = local_key_path(path.as_deref(), &config.data_dir);
+                Ok(RetiringKek::Local(LocalKek::open(&path, false)?))
+            }
+            KekConfig::Vault { .. } => Ok(RetiringKek::Vault(
+                retiring_vault_kek(&config.kek, token_env).await?,
+            )),
+        }
+    }
+
+    /// The oldest version that still opens keys.
+    async fn floor(&self) -> anyhow::Result<u32> {
+        Ok(match self {
+            RetiringKek::Vault(kek) => kek.versions().await?.min_decryption_version,
+            RetiringKek::Local(kek) => kek.status().await?.min_decryption_version,
+        })
+    }
+
+    async fn raise_floor(&self, floor: u32) -> anyhow::Result<()> {
+        match self {
+            RetiringKek::Vault(kek) => kek.set_floor(floor, floor).await?,
+            RetiringKek::Local(kek) => kek.set_floor(floor)?,
+        }
+        Ok(())
+    }
+
+    async fn lower_floor_back(&self, floor: u32) -> anyhow::Result<()> {
+        match self {
+            // 0: new wraps use the latest version again.
+            RetiringKek::Vault(kek) => kek.set_floor(floor, 0).await?,
+            RetiringKek::Local(kek) => kek.set_floor(floor)?,
+        }
+        Ok(())
+    }
+
+    /// Deletes the versions below `floor`; `before` is the floor the key
+    /// had when the command started.
+    async fn trim_below(&self, floor: u32, before: u32) -> anyhow::Result<()> {
+        match self {
+            RetiringKek::Vault(kek) => {
+                // OpenBao trims only with both minimums set at or above the trim.
+                let keep = before.max(floor);
+                kek.set_floor(keep, keep).await?;
+                kek.trim_below(floor).await?;
+            }
+            RetiringKek::Local(kek) => {
+                kek.set_floor(before.max(floor))?;
+                kek.trim_below_floor()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Fails with one line naming every reason retiring below `floor` would
@@ -92,13 +160,6 @@ fn refuse_if_blocked(status: &KeyStatusResponse, floor: u32) -> anyhow::Result<(
 /// Why retiring below `floor` is not safe now; empty when it is.
 fn retire_blockers(status: &KeyStatusResponse, floor: u32) -> Vec<String> {
     let mut blockers = Vec::new();
-    if status.provider != "vault" {
-        blockers.push(format!(
-            "the {} KEK has no versions to retire",
-            status.provider
-        ));
-        return blockers;
-    }
     if floor < 2 || floor > status.latest_version {
         blockers.push(format!(
             "the floor must be between v2 and the latest version, v{}",
@@ -133,8 +194,8 @@ fn retire_blockers(status: &KeyStatusResponse, floor: u32) -> Vec<String> {
 }
 
 /// The Vault provider with the operator's token, not the server's login.
-async fn retiring_kek(
-    config: &crate::config::KekConfig,
+async fn retiring_vault_kek(
+    config: &KekConfig,
     token_env: Option<&str>,
 ) -> anyhow::Result<Arc<VaultKek>> {
     let mut settings = vault_settings(config)?;
@@ -180,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unfinished_rotation_a_floor_out_of_range_and_the_local_kek_block() {
+    fn an_unfinished_rotation_a_floor_out_of_range_and_keys_below_it_block_on_either_kek() {
         let mut rotating = status(3, &[]);
         rotating.rotation_in_progress = 4;
         assert_eq!(
@@ -190,11 +251,14 @@ mod tests {
         let out_of_range = "the floor must be between v2 and the latest version, v3";
         assert_eq!(retire_blockers(&status(3, &[]), 1), [out_of_range]);
         assert_eq!(retire_blockers(&status(3, &[]), 4)[0], out_of_range);
-        let mut local = status(1, &[]);
+        let mut local = status(1, &[(1, 2)]);
         local.provider = "local".into();
         assert_eq!(
             retire_blockers(&local, 2),
-            ["the local KEK has no versions to retire"]
+            [
+                "the system key is under v1",
+                "subject keys under older versions (v1=2)"
+            ]
         );
     }
 }

@@ -105,7 +105,7 @@ pub enum KekError {
     #[error("key provider unavailable: {0}")]
     Unavailable(String),
     /// A wrapped key did not open under this KEK (wrong key file, a
-    /// deleted or trimmed Vault key version, or tampering).
+    /// version below the floor or trimmed, or tampering).
     #[error("a stored key could not be unwrapped by the {0} key provider")]
     UnwrapFailed(&'static str),
     /// A key was wrapped by another provider than the configured one.
@@ -122,7 +122,7 @@ pub enum KekError {
     /// The provider's own configuration or key file is unusable.
     #[error("key provider setup: {0}")]
     Setup(String),
-    /// The operation needs another provider (rotation needs Vault).
+    /// The operation needs another provider or a key file.
     #[error("{0}")]
     Unsupported(&'static str),
 }
@@ -162,7 +162,7 @@ pub trait KekProvider: Send + Sync + 'static {
     /// Makes a new KEK version the one new wraps use; returns it.
     async fn rotate(&self) -> Result<u32, KekError> {
         Err(KekError::Unsupported(
-            "KEK rotation needs kek.provider = \"vault\" (the local key file has no versions)",
+            "this key provider has no versions to rotate",
         ))
     }
 
@@ -170,7 +170,7 @@ pub trait KekProvider: Send + Sync + 'static {
     /// this process the keys.
     async fn rewrap(&self, _keys: &[&WrappedKey]) -> Result<Vec<WrappedKey>, KekError> {
         Err(KekError::Unsupported(
-            "KEK rotation needs kek.provider = \"vault\" (the local key file has no versions)",
+            "this key provider has no versions to rotate",
         ))
     }
 }
@@ -187,16 +187,22 @@ pub async fn open_provider(
     Ok(Arc::new(metered::Metered(provider)))
 }
 
+/// Where the local KEK's key file is: the configured path, or
+/// `<data_dir>/kek.key`.
+pub fn local_key_path(configured: Option<&Path>, data_dir: &Path) -> std::path::PathBuf {
+    configured.map_or_else(|| data_dir.join("kek.key"), Path::to_path_buf)
+}
+
 async fn open_configured(
     config: &KekConfig,
     data_dir: &Path,
     dev: bool,
 ) -> Result<Arc<dyn KekProvider>, KekError> {
     match config {
-        KekConfig::Local { path } => {
-            let path = path.clone().unwrap_or_else(|| data_dir.join("kek.key"));
-            Ok(Arc::new(local::LocalKek::open(&path, dev)?))
-        }
+        KekConfig::Local { path } => Ok(Arc::new(local::LocalKek::open(
+            &local_key_path(path.as_deref(), data_dir),
+            dev,
+        )?)),
         KekConfig::Vault { .. } => Ok(transit::VaultKek::open(vault_settings(config)?).await?),
     }
 }
@@ -215,7 +221,7 @@ pub fn vault_settings(config: &KekConfig) -> Result<transit::VaultSettings, KekE
     } = config
     else {
         return Err(KekError::Setup(
-            "kek.provider is \"local\": the local KEK has no versions to rotate or retire".into(),
+            "kek.provider is \"local\": there are no Vault settings".into(),
         ));
     };
     let auth = match (token_env, approle) {
