@@ -64,18 +64,18 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "tokenvault_requests_total",
-                "gRPC calls by RPC and status code",
+                "Calls by protocol (grpc, http), RPC and gRPC status code",
             ),
-            &["rpc", "code"],
+            &["protocol", "rpc", "code"],
         )
         .expect("constant metric definition");
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "tokenvault_request_duration_seconds",
-                "Time from a call's arrival to its response headers, by RPC",
+                "Time from a call's arrival to its response headers, by protocol and RPC",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["rpc"],
+            &["protocol", "rpc"],
         )
         .expect("constant metric definition");
         let values = IntCounterVec::new(
@@ -139,9 +139,14 @@ impl Metrics {
     }
 
     /// One finished call.
-    fn request(&self, rpc: &'static str, code: &'static str, seconds: f64) {
-        self.requests.with_label_values(&[rpc, code]).inc();
-        self.duration.with_label_values(&[rpc]).observe(seconds);
+    fn request(&self, protocol: Protocol, rpc: &'static str, code: &'static str, seconds: f64) {
+        let protocol = protocol.label();
+        self.requests
+            .with_label_values(&[protocol, rpc, code])
+            .inc();
+        self.duration
+            .with_label_values(&[protocol, rpc])
+            .observe(seconds);
     }
 
     /// `n` values handled by `rpc` (a [`crate::rpc::Rpc`] name).
@@ -424,16 +429,41 @@ where
                 Ok(response) => code_label(response.headers()),
                 Err(_) => "transport_error",
             };
-            finished(rpc, code, started, &record);
+            finished(Protocol::Grpc, rpc, code, started, &record);
             response
         })
     }
 }
 
 /// Counts, times and logs one call.
-fn finished(rpc: &'static str, code: &'static str, started: Instant, record: &CallRecord) {
+/// Which door a call came through: the gRPC port (gRPC and gRPC-Web) or
+/// the HTTP/JSON API. The same RPCs, counted apart so that either can be
+/// watched and compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+fn finished(
+    protocol: Protocol,
+    rpc: &'static str,
+    code: &'static str,
+    started: Instant,
+    record: &CallRecord,
+) {
     let seconds = started.elapsed().as_secs_f64();
-    METRICS.request(rpc, code, seconds);
+    METRICS.request(protocol, rpc, code, seconds);
+    let protocol = protocol.label();
     let facts = record.0.lock();
     let principal = facts.principal.as_deref().unwrap_or("-");
     let duration_ms = (seconds * 1_000_000.0).round() / 1_000.0;
@@ -441,9 +471,9 @@ fn finished(rpc: &'static str, code: &'static str, started: Instant, record: &Ca
     // So are calls refused for their credentials: a flood of them is
     // logged a line per window of refusals (`api::denials`).
     if rpc == "health" || code == "unauthenticated" {
-        tracing::debug!(target: REQUEST_LOG_TARGET, principal, rpc, status = code, duration_ms, values = facts.values, "request");
+        tracing::debug!(target: REQUEST_LOG_TARGET, principal, protocol, rpc, status = code, duration_ms, values = facts.values, "request");
     } else {
-        tracing::info!(target: REQUEST_LOG_TARGET, principal, rpc, status = code, duration_ms, values = facts.values, "request");
+        tracing::info!(target: REQUEST_LOG_TARGET, principal, protocol, rpc, status = code, duration_ms, values = facts.values, "request");
     }
 }
 
@@ -476,9 +506,9 @@ fn code_label(headers: &http::HeaderMap) -> &'static str {
     code_name(code.as_bytes())
 }
 
-/// Counts, times and logs one call that came over HTTP/JSON: the same
-/// series and request log line as a gRPC call's, by its RPC and the gRPC
-/// code its answer carries.
+/// Counts, times and logs one call that came over HTTP/JSON: the series
+/// and request log line of a gRPC call, with `protocol="http"`, by its RPC
+/// and the gRPC code its answer carries.
 pub fn http_call_finished(
     rpc: &'static str,
     code: tonic::Code,
@@ -486,7 +516,13 @@ pub fn http_call_finished(
     record: &CallRecord,
 ) {
     let numeric = (code as i32).to_string();
-    finished(rpc, code_name(numeric.as_bytes()), started, record);
+    finished(
+        Protocol::Http,
+        rpc,
+        code_name(numeric.as_bytes()),
+        started,
+        record,
+    );
 }
 
 /// A gRPC status code (its decimal digits) by name.

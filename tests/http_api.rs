@@ -2,7 +2,7 @@
 //! ours: Python `requests` (`tests/http/scenario.py`: the round trip, bad
 //! input, refusals, audit records) and `curl` (`tests/http/scenario.sh`);
 //! and, from here, that gRPC and HTTP are one service: the same tokens,
-//! one rate limit, the same refusals.
+//! one rate limit, the same refusals, counted apart by protocol.
 
 mod common;
 
@@ -39,6 +39,9 @@ max_detokenize_per_minute = 5
 max_message_bytes = 65536
 
 [http]
+listen = "127.0.0.1:0"
+
+[metrics]
 listen = "127.0.0.1:0"
 
 [kek]
@@ -184,7 +187,49 @@ async fn grpc_and_http_are_one_service() {
     assert_eq!(status, 403);
     assert_eq!(refused["code"], denied.code() as i32);
     assert_eq!(refused["message"], denied.message());
+
+    // Counted apart: the same series, by protocol.
+    let (_, scraped) = get(&format!("{}/metrics", metrics_url(dir.path())));
+    for (series, count) in [
+        (r#"{code="ok",protocol="grpc",rpc="tokenize"}"#, 1),
+        (r#"{code="ok",protocol="http",rpc="tokenize"}"#, 1),
+        (r#"{code="ok",protocol="grpc",rpc="detokenize"}"#, 1),
+        (
+            r#"{code="resource_exhausted",protocol="http",rpc="detokenize"}"#,
+            1,
+        ),
+        (
+            r#"{code="permission_denied",protocol="grpc",rpc="detokenize"}"#,
+            1,
+        ),
+        (
+            r#"{code="permission_denied",protocol="http",rpc="detokenize"}"#,
+            1,
+        ),
+    ] {
+        let line = format!("tokenvault_requests_total{series} {count}");
+        assert!(
+            scraped.lines().any(|l| l == line),
+            "no `{line}` in\n{scraped}"
+        );
+    }
+    assert!(
+        scraped.contains(
+            r#"tokenvault_request_duration_seconds_count{protocol="http",rpc="tokenize"} 1"#
+        ),
+        "{scraped}"
+    );
     server.stop().await;
+}
+
+/// The metrics endpoint's address, as the server printed it.
+fn metrics_url(root: &Path) -> String {
+    let stdout = std::fs::read_to_string(root.join("stdout.log")).expect("stdout");
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("tokenvault metrics on "))
+        .map(|addr| format!("http://{}", addr.trim()))
+        .expect("metrics address")
 }
 
 #[tokio::test]
@@ -247,12 +292,7 @@ async fn readyz_is_ready_only_while_the_key_provider_is_reachable() {
     let mut server =
         Server::start_with_config_env(&root, &config, &[(TOKEN_ENV, bao.root_token.as_str())]);
     let http = server.http_url().expect("http address");
-    let stdout = std::fs::read_to_string(root.join("stdout.log")).expect("stdout");
-    let metrics = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("tokenvault metrics on "))
-        .map(|addr| format!("http://{}", addr.trim()))
-        .expect("metrics address");
+    let metrics = metrics_url(&root);
 
     for base in [&http, &metrics] {
         assert_eq!(wait_for(&format!("{base}/readyz"), 200).await, "ok\n");

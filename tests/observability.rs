@@ -123,25 +123,28 @@ async fn metrics_count_the_calls_and_the_json_log_has_a_line_per_call_without_va
     let got = samples(&text);
     let value = |series: &str| got.get(series).copied().unwrap_or(-1.0);
     for (series, expected) in [
-        (r#"tokenvault_requests_total{code="ok",rpc="tokenize"}"#, N),
         (
-            r#"tokenvault_requests_total{code="invalid_argument",rpc="tokenize"}"#,
+            r#"tokenvault_requests_total{code="ok",protocol="grpc",rpc="tokenize"}"#,
+            N,
+        ),
+        (
+            r#"tokenvault_requests_total{code="invalid_argument",protocol="grpc",rpc="tokenize"}"#,
             1,
         ),
         (
-            r#"tokenvault_requests_total{code="ok",rpc="detokenize"}"#,
+            r#"tokenvault_requests_total{code="ok",protocol="grpc",rpc="detokenize"}"#,
             M,
         ),
         (
-            r#"tokenvault_requests_total{code="permission_denied",rpc="detokenize"}"#,
+            r#"tokenvault_requests_total{code="permission_denied",protocol="grpc",rpc="detokenize"}"#,
             1,
         ),
         (
-            r#"tokenvault_request_duration_seconds_count{rpc="tokenize"}"#,
+            r#"tokenvault_request_duration_seconds_count{protocol="grpc",rpc="tokenize"}"#,
             N + 1,
         ),
         (
-            r#"tokenvault_request_duration_seconds_count{rpc="detokenize"}"#,
+            r#"tokenvault_request_duration_seconds_count{protocol="grpc",rpc="detokenize"}"#,
             M + 1,
         ),
         (r#"tokenvault_values_total{rpc="tokenize"}"#, N),
