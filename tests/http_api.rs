@@ -1,6 +1,7 @@
 //! The HTTP/JSON API of the real binary, driven by clients that are not
 //! ours: Python `requests` (`tests/http/scenario.py`: the round trip, bad
-//! input, refusals, audit records) and `curl` (`tests/http/scenario.sh`);
+//! input, refusals, audit records), Node.js `fetch`
+//! (`tests/http/scenario.mjs`) and `curl` (`tests/http/scenario.sh`);
 //! and, from here, that gRPC and HTTP are one service: the same tokens,
 //! one rate limit, the same refusals, counted apart by protocol.
 
@@ -92,6 +93,19 @@ async fn python_requests_drives_the_whole_api() {
             .args([&url, TEST_API_KEY, CHAT_KEY])
             .arg(&audit),
         "tests/http/scenario.py (needs python3 -m pip install requests: tests/setup-machine.sh)",
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn node_fetch_drives_the_round_trip_bad_input_and_refusals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, url) = start(dir.path());
+    run(
+        Command::new("node")
+            .arg(script("scenario.mjs"))
+            .args([&url, TEST_API_KEY, CHAT_KEY]),
+        "tests/http/scenario.mjs (needs Node.js 18 or later: tests/setup-machine.sh)",
     );
     server.stop().await;
 }

@@ -34,7 +34,7 @@ fi
 bao version >/dev/null
 
 # The HTTP/JSON API's tests (tests/http_api.rs) drive it with a client that
-# is not ours: Python requests, and curl.
+# is not ours: Python requests, Node.js fetch, and curl.
 if ! python3 -c 'import requests' >/dev/null 2>&1; then
   echo "setup: installing requests (HTTP/JSON API tests) with pip"
   python3 -m pip install -q requests
@@ -43,6 +43,12 @@ if ! command -v curl >/dev/null 2>&1; then
   echo "setup: installing curl (HTTP/JSON API tests)"
   $(need_root) apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $(need_root) apt-get install -y -qq curl >/dev/null
+fi
+# Node.js 18+ (built-in fetch) for tests/http/scenario.mjs.
+if ! command -v node >/dev/null 2>&1; then
+  echo "setup: installing nodejs (HTTP/JSON API tests)"
+  $(need_root) apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $(need_root) apt-get install -y -qq nodejs >/dev/null
 fi
 
 # promtool checks the Prometheus alerting rules in deploy/monitoring
