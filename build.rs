@@ -1,9 +1,12 @@
 //! Generates the gRPC code from `proto/` with the vendored `protoc`, so a fresh
 //! machine needs no system protobuf compiler, and from the same descriptors
 //! the proto3 canonical JSON mapping (serde impls, by `pbjson-build`) that
-//! the HTTP/JSON API speaks.
+//! the HTTP/JSON API speaks, and its OpenAPI 3 document.
 
 use std::{env, path::PathBuf};
+
+#[path = "src/api/http/openapi_build.rs"]
+mod openapi_build;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -26,10 +29,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&std::fs::read(&descriptor_path)?)?
         .build(&[".tokenvault.v1"])?;
+    // The OpenAPI document from the same descriptors and their
+    // google.api.http rules (served at /v1/openapi.json).
+    let pool = prost_reflect::DescriptorPool::decode(std::fs::read(&descriptor_path)?.as_slice())?;
+    let document = openapi_build::document(
+        &pool,
+        "tokenvault.v1.TokenVault",
+        &env::var("CARGO_PKG_VERSION")?,
+    )?;
+    std::fs::write(
+        out_dir.join("openapi.json"),
+        serde_json::to_string_pretty(&document)? + "\n",
+    )?;
     // The operator API is served on a Unix socket only; its descriptors stay
     // out of the set that reflection serves on the network port.
     tonic_prost_build::configure()
         .compile_protos(&["proto/tokenvault/admin/v1/admin.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=src/api/http/openapi_build.rs");
     Ok(())
 }

@@ -110,6 +110,37 @@ async fn node_fetch_drives_the_round_trip_bad_input_and_refusals() {
     server.stop().await;
 }
 
+/// The OpenAPI document: served without credentials, equal to the copy in
+/// docs/ (so the copy is what the proto makes), valid for a validator that
+/// is not ours, and good enough for a generator that is not ours to make a
+/// client that tokenizes and detokenizes.
+#[tokio::test]
+async fn the_openapi_document_is_served_validates_and_a_client_generated_from_it_tokenizes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, url) = start(&dir.path().join("tv"));
+    let (status, served) = get(&format!("{url}/v1/openapi.json"));
+    assert_eq!(status, 200, "{served}");
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let checked_in = std::fs::read_to_string(&docs).expect("docs/openapi.json");
+    assert!(
+        served == checked_in,
+        "docs/openapi.json is not the document the proto makes: run `curl -s {url}/v1/openapi.json > docs/openapi.json` against a server built from this tree"
+    );
+    run(
+        Command::new("openapi-spec-validator").arg(&docs),
+        "openapi-spec-validator (python3 -m pip install openapi-spec-validator: tests/setup-machine.sh)",
+    );
+    run(
+        Command::new("python3")
+            .arg(script("generated_client.py"))
+            .arg(&docs)
+            .arg(dir.path())
+            .args([&url, TEST_API_KEY]),
+        "tests/http/generated_client.py (needs openapi-python-client: tests/setup-machine.sh)",
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn curl_drives_the_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");

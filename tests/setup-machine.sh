@@ -44,6 +44,11 @@ if ! command -v curl >/dev/null 2>&1; then
   $(need_root) apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $(need_root) apt-get install -y -qq curl >/dev/null
 fi
+# The OpenAPI document's validator and a client generator that are not ours.
+if ! command -v openapi-spec-validator >/dev/null 2>&1 || ! command -v openapi-python-client >/dev/null 2>&1; then
+  echo "setup: installing openapi-spec-validator and openapi-python-client with pip"
+  python3 -m pip install -q openapi-spec-validator openapi-python-client
+fi
 # Node.js 18+ (built-in fetch) for tests/http/scenario.mjs.
 if ! command -v node >/dev/null 2>&1; then
   echo "setup: installing nodejs (HTTP/JSON API tests)"

@@ -1,6 +1,8 @@
 //! The HTTP/JSON API on `[http] listen`: the `google.api.http` rules of
 //! `proto/tokenvault/v1/tokenvault.proto`, in proto3 canonical JSON
-//! (`json`), with `GET /healthz` and `GET /readyz` (`api::ready`).
+//! (`json`), with `GET /healthz` and `GET /readyz` (`api::ready`), and
+//! the OpenAPI 3 document generated from the same proto at build time
+//! (`openapi_build.rs`, run by build.rs) at `GET /v1/openapi.json`.
 //!
 //! One code path with gRPC: a handler reads the body, passes the caller's
 //! headers (`authorization`, `x-tokenvault-actor`) through the same gate
@@ -16,6 +18,9 @@
 pub mod json;
 pub mod listener;
 mod routes;
+
+/// The OpenAPI 3 document of this API, as build.rs wrote it from the proto.
+pub const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
 
 use std::sync::Arc;
 

@@ -56,6 +56,7 @@ pub fn router(api: Arc<HttpApi>) -> Router {
         .route("/v1/subjects/{subject_id}/export", get(export))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(|| async { error(&Status::not_found("no such endpoint")) })
         .method_not_allowed_fallback(|| async {
             let mut response = error(&Status::unimplemented("method not allowed here"));
@@ -190,6 +191,16 @@ async fn export(
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+/// No credentials: the document describes the API, it holds nothing.
+async fn openapi() -> Response {
+    let mut response = Response::new(Body::from(super::OPENAPI_JSON));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     response
 }
