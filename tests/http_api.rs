@@ -355,3 +355,332 @@ async fn readyz_is_ready_only_while_the_key_provider_is_reachable() {
     }
     server.stop().await;
 }
+
+/// The parity table: one call of each RPC by one caller, over either
+/// protocol. `subject` is the subject of the call (forget gets one per
+/// protocol, so that each has the same tokens to erase).
+#[derive(Clone, Copy, Debug)]
+enum ParityCall {
+    Tokenize,
+    Detokenize,
+    Redact,
+    Restore,
+    Export,
+    Forget,
+}
+
+const PARITY_SUBJECT: &str = "cust-parity-table";
+const PARITY_TEXT: &str = "card 5500 0000 0000 0004, mail to olga.k@example.ru";
+
+fn parity_values() -> Vec<(String, &'static str)> {
+    vec![(card(3), "card"), ("olga.k@example.ru".into(), "email")]
+}
+
+/// What a call answered, in canonical JSON: the message (the export's
+/// messages as an array), or the gRPC code and message of its refusal.
+/// Forget receipts differ by their time, sequence and MAC: only the
+/// count and the receipt's fields are kept.
+type Answer = Result<serde_json::Value, (i32, String)>;
+
+fn comparable(call: ParityCall, mut answer: serde_json::Value) -> serde_json::Value {
+    if let ParityCall::Forget = call {
+        let fields: Vec<String> = answer["receipt"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        answer = serde_json::json!({"tokensErased": answer["tokensErased"], "receipt": fields});
+    }
+    answer
+}
+
+async fn parity_grpc(
+    client: &mut tokenvault::cli::client::Client,
+    call: ParityCall,
+    forget_subject: &str,
+    tokens: &[String],
+    redacted: &str,
+) -> Answer {
+    use tokenvault::pb;
+    let json = |m: &dyn erased::Json| m.to_json();
+    let refused = |s: tonic::Status| (s.code() as i32, s.message().to_string());
+    match call {
+        ParityCall::Tokenize => client
+            .tokenize(pb::TokenizeRequest {
+                subject_id: PARITY_SUBJECT.into(),
+                items: parity_values().iter().map(|(v, f)| item(v, f)).collect(),
+            })
+            .await
+            .map(|r| json(&r.into_inner()))
+            .map_err(refused),
+        ParityCall::Detokenize => client
+            .detokenize(pb::DetokenizeRequest {
+                tokens: tokens.to_vec(),
+                purpose: "parity".into(),
+            })
+            .await
+            .map(|r| json(&r.into_inner()))
+            .map_err(refused),
+        ParityCall::Redact => client
+            .redact_text(pb::RedactTextRequest {
+                subject_id: PARITY_SUBJECT.into(),
+                text: PARITY_TEXT.into(),
+                kinds: vec![],
+            })
+            .await
+            .map(|r| json(&r.into_inner()))
+            .map_err(refused),
+        ParityCall::Restore => client
+            .restore_text(pb::RestoreTextRequest {
+                text: redacted.into(),
+                purpose: "parity".into(),
+                subject_id: String::new(),
+            })
+            .await
+            .map(|r| json(&r.into_inner()))
+            .map_err(refused),
+        ParityCall::Export => {
+            let mut stream = client
+                .export_subject(pb::ExportSubjectRequest {
+                    subject_id: PARITY_SUBJECT.into(),
+                    purpose: "parity".into(),
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            let mut lines = Vec::new();
+            while let Some(message) = stream.message().await.map_err(refused)? {
+                lines.push(json(&message));
+            }
+            Ok(serde_json::Value::Array(lines))
+        }
+        ParityCall::Forget => client
+            .forget_subject(pb::ForgetSubjectRequest {
+                subject_id: forget_subject.into(),
+                reason: "parity".into(),
+            })
+            .await
+            .map(|r| comparable(call, json(&r.into_inner())))
+            .map_err(refused),
+    }
+}
+
+fn parity_http(
+    url: &str,
+    key: &str,
+    call: ParityCall,
+    forget_subject: &str,
+    tokens: &[String],
+    redacted: &str,
+) -> Answer {
+    use serde_json::json;
+    let answer = |(status, body): (u16, serde_json::Value)| {
+        if status == 200 {
+            Ok(comparable(call, body))
+        } else {
+            let message = body["message"].as_str().unwrap_or_default().to_string();
+            Err((body["code"].as_i64().unwrap_or(-1) as i32, message))
+        }
+    };
+    let items: Vec<_> = parity_values()
+        .iter()
+        .map(|(v, f)| json!({"value": v, "format": f}))
+        .collect();
+    match call {
+        ParityCall::Tokenize => answer(curl(
+            url,
+            key,
+            "/v1/tokenize",
+            &json!({"subjectId": PARITY_SUBJECT, "items": items}).to_string(),
+        )),
+        ParityCall::Detokenize => answer(curl(
+            url,
+            key,
+            "/v1/detokenize",
+            &json!({"tokens": tokens, "purpose": "parity"}).to_string(),
+        )),
+        ParityCall::Redact => answer(curl(
+            url,
+            key,
+            "/v1/redact",
+            &json!({"subjectId": PARITY_SUBJECT, "text": PARITY_TEXT}).to_string(),
+        )),
+        ParityCall::Restore => answer(curl(
+            url,
+            key,
+            "/v1/restore",
+            &json!({"text": redacted, "purpose": "parity"}).to_string(),
+        )),
+        ParityCall::Export => {
+            let output = Command::new("curl")
+                .args(["-sS", "-w", "\n%{http_code}"])
+                .args(["-H", &format!("authorization: Bearer {key}")])
+                .arg(format!(
+                    "{url}/v1/subjects/{PARITY_SUBJECT}/export?purpose=parity"
+                ))
+                .output()
+                .expect("run curl");
+            let text = String::from_utf8(output.stdout).expect("utf-8");
+            let (body, status) = text.rsplit_once('\n').expect("status line");
+            let lines: Vec<serde_json::Value> = body
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("a JSON line"))
+                .collect();
+            if status == "200" {
+                Ok(serde_json::Value::Array(
+                    lines.iter().map(|line| line["result"].clone()).collect(),
+                ))
+            } else {
+                answer((status.parse().expect("status"), lines[0].clone()))
+            }
+        }
+        ParityCall::Forget => answer(curl(
+            url,
+            key,
+            &format!("/v1/subjects/{forget_subject}:forget"),
+            &json!({"reason": "parity"}).to_string(),
+        )),
+    }
+}
+
+mod erased {
+    /// A generated message in its canonical JSON (its pbjson serde impl).
+    pub trait Json {
+        fn to_json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("canonical JSON")
+        }
+    }
+}
+
+/// The audit records written since `from`, without what differs between
+/// two calls of the same thing (sequence, time, chain, request id).
+fn audit_since(path: &Path, from: usize) -> (Vec<String>, usize) {
+    let text = std::fs::read_to_string(path).expect("audit log");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).expect("an audit record"))
+        .collect();
+    let mut kept: Vec<String> = records[from..]
+        .iter()
+        .map(|record| {
+            let mut record = record.clone();
+            if let Some(fields) = record.as_object_mut() {
+                fields.retain(|name, _| {
+                    [
+                        "principal",
+                        "rpc",
+                        "outcome",
+                        "count",
+                        "purpose",
+                        "actor",
+                        "formats",
+                    ]
+                    .contains(&name.as_str())
+                });
+            }
+            record.to_string()
+        })
+        .collect();
+    kept.sort();
+    (kept, records.len())
+}
+
+/// Issue 23 must-show 2: every RPC, by a caller it allows and one it
+/// denies, over gRPC and then over HTTP: the same answers (values, tokens,
+/// texts, counts; refusals by the same code and message) and the same
+/// audit records.
+#[tokio::test]
+async fn every_rpc_allowed_and_denied_answers_alike_over_grpc_and_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, url) = start(dir.path());
+    let audit = server.data_dir().join("audit.jsonl");
+    let mut admin = server.client().await;
+    for subject in ["cust-parity-forget-grpc", "cust-parity-forget-http"] {
+        common::tokenize(&mut admin, subject, vec![item(&card(4), "card")]).await;
+    }
+    let tokens = common::tokenize(
+        &mut admin,
+        PARITY_SUBJECT,
+        parity_values().iter().map(|(v, f)| item(v, f)).collect(),
+    )
+    .await;
+    let redacted = admin
+        .redact_text(tokenvault::pb::RedactTextRequest {
+            subject_id: PARITY_SUBJECT.into(),
+            text: PARITY_TEXT.into(),
+            kinds: vec![],
+        })
+        .await
+        .expect("redact")
+        .into_inner()
+        .text;
+    let (_, mut seen) = audit_since(&audit, 0);
+    let calls = [
+        ParityCall::Tokenize,
+        ParityCall::Detokenize,
+        ParityCall::Redact,
+        ParityCall::Restore,
+        ParityCall::Export,
+        ParityCall::Forget,
+    ];
+    let mut chat = server.client_with_key(CHAT_KEY).await;
+    let mut grpc_answers = Vec::new();
+    for call in calls {
+        for (who, client) in [("admin", &mut admin), ("chat", &mut chat)] {
+            let answer =
+                parity_grpc(client, call, "cust-parity-forget-grpc", &tokens, &redacted).await;
+            grpc_answers.push((call, who, answer));
+        }
+    }
+    let (grpc_audit, after_grpc) = audit_since(&audit, seen);
+    seen = after_grpc;
+    let mut refusals = 0;
+    for (call, who, grpc) in &grpc_answers {
+        let key = if *who == "admin" {
+            TEST_API_KEY
+        } else {
+            CHAT_KEY
+        };
+        let http = parity_http(
+            &url,
+            key,
+            *call,
+            "cust-parity-forget-http",
+            &tokens,
+            &redacted,
+        );
+        assert_eq!(&http, grpc, "{call:?} by {who}: HTTP and gRPC differ");
+        refusals += usize::from(grpc.is_err());
+    }
+    // The chat backend may tokenize and redact only; what the admin got
+    // back is the real thing, not two empty answers.
+    assert_eq!(refusals, 4, "{grpc_answers:?}");
+    let admin_got = |wanted: &str| {
+        grpc_answers
+            .iter()
+            .find(|(call, who, _)| format!("{call:?}") == wanted && *who == "admin")
+            .and_then(|(_, _, answer)| answer.clone().ok())
+            .expect("an admin answer")
+    };
+    assert_eq!(admin_got("Detokenize")["results"][0]["value"], card(3));
+    // Its two values and the card RedactText found in the text.
+    assert_eq!(admin_got("Export").as_array().map(Vec::len), Some(3));
+    assert_eq!(admin_got("Restore")["text"], PARITY_TEXT);
+    assert_eq!(admin_got("Forget")["tokensErased"], "1");
+    assert!(
+        grpc_audit
+            .iter()
+            .any(|r| r.contains(r#""principal":"chat""#) && r.contains("denied")),
+        "{grpc_audit:?}"
+    );
+    let (http_audit, _) = audit_since(&audit, seen);
+    assert!(!grpc_audit.is_empty());
+    assert_eq!(
+        http_audit, grpc_audit,
+        "the same audit records for either protocol"
+    );
+    server.stop().await;
+}
