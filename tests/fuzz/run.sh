@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 seconds="${FUZZ_SECONDS:-30}"
-targets="${FUZZ_TARGETS:-formats scan redact}"
+targets="${FUZZ_TARGETS:-formats scan redact json}"
 if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked
 fi
@@ -19,7 +19,14 @@ trap 'rm -f "$log"' EXIT
 for target in $targets; do
     echo "fuzz: $target for ${seconds}s"
     status=0
-    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz "$target" -- \
+    # Seeds checked in beside the (ignored) working corpus, when a target
+    # has them: new inputs go to the first directory.
+    corpora=()
+    if [ -d "tests/fuzz/seeds/$target" ]; then
+        mkdir -p "tests/fuzz/corpus/$target"
+        corpora=("tests/fuzz/corpus/$target" "tests/fuzz/seeds/$target")
+    fi
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz "$target" "${corpora[@]}" -- \
         -max_total_time="$seconds" -rss_limit_mb=4096 >"$log" 2>&1 || status=$?
     grep -E "^Done [0-9]+ runs" "$log" || true
     if [ "$status" -ne 0 ]; then

@@ -15,6 +15,7 @@
 //! It translates only: it must never check a policy, touch the vault or
 //! write an audit record itself, and never logs a body.
 
+pub mod decode;
 pub mod json;
 pub mod listener;
 mod routes;
