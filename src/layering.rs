@@ -27,6 +27,7 @@ const KNOWN_BACK_EDGES: &[(&str, &str)] = &[
     // options by the composition root, not by the config.
     ("config/mod.rs", "store"),
     ("config/mod.rs", "erasure"),
+    ("config/storage.rs", "store"),
     // The registry must be a leaf; the scrape (alerts, the vault's
     // gauges, the denial flood counter) belongs to the composition root.
     ("metrics.rs", "api"),

@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub mod anomaly;
+mod kek;
 pub mod sinks;
+mod storage;
 pub use anomaly::{AnomalyConfig, AnomalyOverride, AnomalyResponse, AnomalyThresholds};
+pub use kek::{AppRoleConfig, KekConfig};
 pub use sinks::AlertSinkConfig;
+pub use storage::{CacheConfig, StorageConfig};
 
 use crate::rpc::Rpc;
 
@@ -395,119 +399,6 @@ fn default_validator() -> String {
     "none".to_string()
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageConfig {
-    /// "rocksdb" (embedded, the default) or "postgres" (shared by replicas).
-    #[serde(default = "default_backend")]
-    pub backend: String,
-    /// Sync the write-ahead log before a Tokenize is acknowledged. Turning
-    /// it off trades the last acknowledged writes on a machine crash for
-    /// speed; a process crash alone loses nothing either way.
-    #[serde(default = "default_true")]
-    pub sync_writes: bool,
-    /// RocksDB block cache size in MiB.
-    #[serde(default = "default_block_cache_mb")]
-    pub block_cache_mb: usize,
-    /// Bytes held in `<data_dir>/disk-reserve`: when free space falls
-    /// below this, the file is deleted (room for audit records and
-    /// erasures) and Tokenize is refused until free space is twice this
-    /// again (see `store::disk`). 0 turns the guard off.
-    #[serde(default = "default_disk_reserve_bytes")]
-    pub disk_reserve_bytes: u64,
-    /// The PostgreSQL store, for `backend = "postgres"`.
-    pub postgres: Option<crate::store::postgres::PostgresConfig>,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            backend: default_backend(),
-            sync_writes: true,
-            block_cache_mb: default_block_cache_mb(),
-            disk_reserve_bytes: default_disk_reserve_bytes(),
-            postgres: None,
-        }
-    }
-}
-
-impl StorageConfig {
-    /// The PostgreSQL store's settings when it is the backend.
-    pub fn postgres_options(
-        &self,
-    ) -> Result<Option<crate::store::postgres::PostgresOptions>, ConfigError> {
-        if self.backend != "postgres" {
-            return Ok(None);
-        }
-        let postgres = self.postgres.as_ref().ok_or_else(|| {
-            ConfigError::Invalid(
-                "storage.backend = \"postgres\" needs a [storage.postgres] table".into(),
-            )
-        })?;
-        postgres
-            .options(self.sync_writes)
-            .map(Some)
-            .map_err(ConfigError::Invalid)
-    }
-}
-
-/// The key-encryption key provider.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
-pub enum KekConfig {
-    /// A 32-byte key file; `path` defaults to `<data_dir>/kek.key`.
-    Local { path: Option<PathBuf> },
-    /// A Vault / OpenBao transit key. Exactly one of `token_env` and
-    /// `approle` says how to log in. Holds no secret itself: the token
-    /// stays in the environment, the secret id in its file.
-    Vault {
-        address: String,
-        #[serde(default = "default_transit_mount")]
-        mount: String,
-        key_name: String,
-        ca_cert: Option<PathBuf>,
-        /// Deadline of one provider operation, retries included.
-        #[serde(default = "default_kek_timeout_ms")]
-        timeout_ms: u64,
-        /// Name of the environment variable that holds a Vault token.
-        token_env: Option<String>,
-        approle: Option<AppRoleConfig>,
-    },
-}
-
-/// `[kek.approle]`: AppRole login; the secret id is read from a file at
-/// every login, so it can be rotated without a restart.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppRoleConfig {
-    pub role_id: String,
-    pub secret_id_file: PathBuf,
-    #[serde(default = "default_approle_mount")]
-    pub mount: String,
-}
-
-impl Default for KekConfig {
-    fn default() -> Self {
-        KekConfig::Local { path: None }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CacheConfig {
-    /// How many subjects' unwrapped data keys stay in memory.
-    #[serde(default = "default_cache_subjects")]
-    pub max_subjects: usize,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            max_subjects: default_cache_subjects(),
-        }
-    }
-}
-
 /// Input limits; going over one is `INVALID_ARGUMENT`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -679,32 +570,8 @@ fn default_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
-fn default_transit_mount() -> String {
-    "transit".to_string()
-}
-fn default_approle_mount() -> String {
-    "approle".to_string()
-}
-fn default_kek_timeout_ms() -> u64 {
-    2_000
-}
-fn default_backend() -> String {
-    "rocksdb".to_string()
-}
 fn default_shutdown_grace() -> u64 {
     10
-}
-fn default_true() -> bool {
-    true
-}
-fn default_disk_reserve_bytes() -> u64 {
-    64 << 20
-}
-fn default_block_cache_mb() -> usize {
-    128
-}
-fn default_cache_subjects() -> usize {
-    100_000
 }
 fn default_max_batch() -> usize {
     1_000
