@@ -14,6 +14,8 @@ pub mod anomaly;
 mod audit;
 mod erasure;
 mod kek;
+mod limits;
+mod principals;
 pub mod sinks;
 mod storage;
 pub use anomaly::{AnomalyConfig, AnomalyOverride, AnomalyResponse, AnomalyThresholds};
@@ -24,10 +26,15 @@ pub use erasure::{
     ErasureConfig, LedgerPostgresConfig, RetentionConfig, DEV_LEDGER_FILE, MAX_PURGE_WITHIN_SECONDS,
 };
 pub use kek::{AppRoleConfig, KekConfig};
+pub use limits::{Limits, NewValueLimits, NewValueOverride};
+pub use principals::{
+    ActorKeyConfig, ActorTokensConfig, PrincipalConfig, RevealConfig, SecondFactorFallback,
+    MAX_ACTOR_LEEWAY_SECONDS, MAX_ACTOR_MAX_AGE_SECONDS,
+};
 pub use sinks::AlertSinkConfig;
 pub use storage::{CacheConfig, StorageConfig};
 
-use crate::rpc::Rpc;
+use principals::{check_principal, check_reveal_formats};
 
 /// The default gRPC address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -233,110 +240,6 @@ fn default_validator() -> String {
     "none".to_string()
 }
 
-/// Input limits; going over one is `INVALID_ARGUMENT`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Items in one Tokenize or tokens in one Detokenize.
-    #[serde(default = "default_max_batch")]
-    pub max_batch_items: usize,
-    /// Bytes of one value to tokenize.
-    #[serde(default = "default_max_value_bytes")]
-    pub max_value_bytes: usize,
-    /// Bytes of a subject id.
-    #[serde(default = "default_max_subject_bytes")]
-    pub max_subject_bytes: usize,
-    /// Bytes of one gRPC request message.
-    #[serde(default = "default_max_message_bytes")]
-    pub max_message_bytes: usize,
-    /// Bytes of the text of one RedactText or RestoreText call.
-    #[serde(default = "default_max_text_bytes")]
-    pub max_text_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_batch_items: default_max_batch(),
-            max_value_bytes: default_max_value_bytes(),
-            max_subject_bytes: default_max_subject_bytes(),
-            max_message_bytes: default_max_message_bytes(),
-            max_text_bytes: default_max_text_bytes(),
-        }
-    }
-}
-
-/// A caller and its policy. Only the SHA-256 of its API key is kept.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrincipalConfig {
-    pub name: String,
-    /// Hex SHA-256 of the API key the principal sends as
-    /// `authorization: Bearer <key>`.
-    #[serde(default)]
-    pub api_key_sha256: Option<String>,
-    /// The name in its client certificate: a URI or DNS SAN, or `CN=...`
-    /// for the subject's common name, matched only in a certificate with
-    /// no URI or DNS SAN (needs `[tls] client_ca`).
-    #[serde(default)]
-    pub mtls_subject: Option<String>,
-    /// RPCs it may call, in snake_case (`tokenize`, `detokenize`, ...).
-    pub allow: Vec<String>,
-    /// Format name (or `default`) → how Detokenize / RestoreText /
-    /// ExportSubject show its values. The default's default is masked.
-    #[serde(default)]
-    pub reveal: std::collections::BTreeMap<String, RevealConfig>,
-    /// Reveal calls must give a non-empty purpose.
-    #[serde(default)]
-    pub require_purpose: bool,
-    /// Revealed values a minute (token bucket), over all its actors.
-    #[serde(default)]
-    pub max_detokenize_per_minute: Option<u32>,
-    /// Revealed values a minute for each actor (`x-tokenvault-actor`).
-    #[serde(default)]
-    pub max_detokenize_per_minute_per_actor: Option<u32>,
-    /// Share of a limit (1-100) at which a warning alert is raised.
-    #[serde(default = "default_alert_at_percent")]
-    pub alert_at_percent: u8,
-    /// Reveal calls must carry an actor token.
-    #[serde(default)]
-    pub require_actor: bool,
-    /// A full reveal needs an actor token whose `amr` shows a second
-    /// factor.
-    #[serde(default)]
-    pub full_reveal_needs_second_factor: bool,
-    /// The `amr` values that count as a second factor.
-    #[serde(default)]
-    pub second_factor_amr: Option<Vec<String>>,
-    /// What happens to a full reveal without one.
-    #[serde(default)]
-    pub without_second_factor: SecondFactorFallback,
-    /// The identity provider's client id of this principal: an actor token
-    /// it presents must carry it as `azp` (or `client_id`), so a token
-    /// issued to another service is refused.
-    #[serde(default)]
-    pub actor_client_id: Option<String>,
-}
-
-/// `reveal` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RevealConfig {
-    Full,
-    Masked,
-}
-
-/// `without_second_factor` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SecondFactorFallback {
-    /// Values the policy reveals in full are masked instead.
-    #[default]
-    Masked,
-    /// The call is refused (PERMISSION_DENIED).
-    Deny,
-}
-
 /// `[tls]`: PEM files. Read at start-up only.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -350,54 +253,6 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-/// `[actor_tokens]`: how actor JWTs are verified.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActorTokensConfig {
-    /// The `aud` a token must carry.
-    pub audience: String,
-    /// The `iss` a token must carry, if set.
-    #[serde(default)]
-    pub issuer: Option<String>,
-    /// Clock skew allowed on `exp` / `nbf` / `iat`, in seconds; at most
-    /// [`MAX_ACTOR_LEEWAY_SECONDS`].
-    #[serde(default = "default_leeway")]
-    pub leeway_seconds: u64,
-    /// Oldest token accepted, by its `iat` (required), in seconds: a token
-    /// with a far `exp` is still refused this long after it was issued.
-    #[serde(default = "default_actor_max_age")]
-    pub max_age_seconds: u64,
-    pub keys: Vec<ActorKeyConfig>,
-}
-
-/// The most clock skew `[actor_tokens] leeway_seconds` may allow: more
-/// would keep an expired token usable.
-pub const MAX_ACTOR_LEEWAY_SECONDS: u64 = 300;
-/// The longest `[actor_tokens] max_age_seconds` (a day).
-pub const MAX_ACTOR_MAX_AGE_SECONDS: u64 = 24 * 3600;
-
-/// One verifying key of `[actor_tokens]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActorKeyConfig {
-    /// The JWT header's `kid` that selects this key.
-    pub kid: String,
-    /// `ES256`, `ES384`, `EdDSA` or `RS256`.
-    pub alg: String,
-    /// Path of the PEM public key (SPKI `PUBLIC KEY`; `RSA PUBLIC KEY` too
-    /// for RS256).
-    pub public_key_pem: PathBuf,
-}
-
-fn default_alert_at_percent() -> u8 {
-    80
-}
-fn default_leeway() -> u64 {
-    30
-}
-fn default_actor_max_age() -> u64 {
-    3600
-}
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("constant address parses")
 }
@@ -406,15 +261,6 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_shutdown_grace() -> u64 {
     10
-}
-fn default_max_batch() -> usize {
-    1_000
-}
-fn default_max_value_bytes() -> usize {
-    4_096
-}
-fn default_max_subject_bytes() -> usize {
-    256
 }
 /// `scheme://host[:port]` (http or https), as a browser sends it in
 /// `Origin`.
@@ -429,13 +275,6 @@ fn is_origin(origin: &str) -> bool {
         && rest
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-}
-
-fn default_max_message_bytes() -> usize {
-    4 * 1024 * 1024
-}
-fn default_max_text_bytes() -> usize {
-    64 * 1024
 }
 
 impl Config {
@@ -646,219 +485,6 @@ pub fn redact_secrets(text: &str) -> String {
             }
         })
         .into_owned()
-}
-
-/// A principal's `reveal` keys name formats (built-in or `[[formats]]`) or
-/// `default`.
-fn check_reveal_formats(
-    i: usize,
-    principal: &PrincipalConfig,
-    templates: &crate::token::template::Templates,
-) -> Result<(), ConfigError> {
-    match principal
-        .reveal
-        .keys()
-        .find(|format| *format != "default" && templates.format(format).is_none())
-    {
-        Some(unknown) => Err(ConfigError::Invalid(format!(
-            "principals[{i}] ({}): reveal: unknown format {unknown:?} (a format name or \"default\")",
-            principal.name
-        ))),
-        None => Ok(()),
-    }
-}
-
-fn check_principal(i: usize, principal: &PrincipalConfig, mtls: bool) -> Result<(), ConfigError> {
-    let invalid = |what: String| {
-        ConfigError::Invalid(format!("principals[{i}] ({}): {what}", principal.name))
-    };
-    match (&principal.api_key_sha256, &principal.mtls_subject) {
-        (Some(_), Some(_)) | (None, None) => {
-            return Err(invalid(
-                "give exactly one of api_key_sha256 or mtls_subject".into(),
-            ))
-        }
-        (Some(digest), None) => {
-            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid("api_key_sha256 must be 64 hex digits".into()));
-            }
-        }
-        (None, Some(subject)) => {
-            if subject.is_empty() {
-                return Err(invalid("mtls_subject must not be empty".into()));
-            }
-            if !mtls {
-                return Err(invalid(
-                    "mtls_subject needs [tls] client_ca (mTLS is off)".into(),
-                ));
-            }
-        }
-    }
-    if let Some(unknown) = principal
-        .allow
-        .iter()
-        .find(|rpc| Rpc::from_name(rpc).is_none())
-    {
-        return Err(invalid(format!(
-            "unknown rpc {unknown:?} in allow (known: {})",
-            Rpc::ALL.map(Rpc::name).join(", ")
-        )));
-    }
-    if !(1..=100).contains(&principal.alert_at_percent) {
-        return Err(invalid("alert_at_percent must be 1 to 100".into()));
-    }
-    if principal.max_detokenize_per_minute == Some(0)
-        || principal.max_detokenize_per_minute_per_actor == Some(0)
-    {
-        return Err(invalid(
-            "a max_detokenize_per_minute limit must be above 0 (leave it out for none)".into(),
-        ));
-    }
-    if principal
-        .second_factor_amr
-        .as_ref()
-        .is_some_and(|amr| amr.is_empty())
-    {
-        return Err(invalid("second_factor_amr must not be empty".into()));
-    }
-    Ok(())
-}
-
-/// `[new_value_limits]`: how many values that get a NEW token a caller may
-/// create per window (see `policy::quota`). Defaults no real customer
-/// reaches; a bulk import of history raises them for its principal under
-/// `[new_value_limits.principals.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewValueLimits {
-    /// Length of a window, in seconds (fixed windows from the epoch).
-    #[serde(default = "default_new_value_window")]
-    pub window_seconds: u64,
-    /// New values of one subject by one principal per window.
-    #[serde(default = "default_new_per_subject_per_principal")]
-    pub per_subject_per_principal: u64,
-    /// New values of one subject by all principals per window.
-    #[serde(default = "default_new_per_subject")]
-    pub per_subject: u64,
-    /// New values by one principal over all subjects per window.
-    #[serde(default = "default_new_per_principal")]
-    pub per_principal: u64,
-    /// New tokens of one shape by one principal per window, in thousandths
-    /// of the shape's token space.
-    #[serde(default = "default_new_per_shape_permille")]
-    pub per_shape_per_principal_permille: f64,
-    /// The shape quota's floor, for small spaces.
-    #[serde(default = "default_new_per_shape_min")]
-    pub per_shape_per_principal_min: u64,
-    /// A warning alert when a call takes a counter past this share.
-    #[serde(default = "default_new_alert_at")]
-    pub alert_at_percent: u8,
-    /// Per-principal overrides, by principal name.
-    #[serde(default)]
-    pub principals: std::collections::HashMap<String, NewValueOverride>,
-}
-
-/// `[new_value_limits.principals.NAME]`: a principal's own limits (a bulk
-/// importer's); unset keys keep the section's.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewValueOverride {
-    pub per_subject_per_principal: Option<u64>,
-    pub per_subject: Option<u64>,
-    pub per_principal: Option<u64>,
-    pub per_shape_per_principal_permille: Option<f64>,
-    pub per_shape_per_principal_min: Option<u64>,
-}
-
-impl NewValueOverride {
-    /// Limits no import reaches (the dev admin key's).
-    pub fn bulk() -> Self {
-        NewValueOverride {
-            per_subject_per_principal: Some(u64::MAX),
-            per_subject: Some(u64::MAX),
-            per_principal: Some(u64::MAX),
-            per_shape_per_principal_permille: Some(1000.0),
-            per_shape_per_principal_min: Some(u64::MAX),
-        }
-    }
-}
-
-impl Default for NewValueLimits {
-    fn default() -> Self {
-        toml::from_str("").expect("an empty [new_value_limits] takes every default")
-    }
-}
-
-fn default_new_value_window() -> u64 {
-    86_400
-}
-fn default_new_per_subject_per_principal() -> u64 {
-    100
-}
-fn default_new_per_subject() -> u64 {
-    300
-}
-fn default_new_per_principal() -> u64 {
-    1_000_000
-}
-fn default_new_per_shape_permille() -> f64 {
-    2.0
-}
-fn default_new_per_shape_min() -> u64 {
-    20
-}
-fn default_new_alert_at() -> u8 {
-    80
-}
-
-impl NewValueLimits {
-    /// Values in range, and overrides naming configured principals.
-    pub fn check(&self, principals: &[PrincipalConfig]) -> Result<(), ConfigError> {
-        let invalid = |what: String| Err(ConfigError::Invalid(format!("new_value_limits: {what}")));
-        if self.window_seconds == 0 || self.window_seconds > 366 * 86_400 {
-            return invalid("window_seconds must be 1 to 31622400".into());
-        }
-        if self.alert_at_percent > 100 {
-            return invalid("alert_at_percent must be 0 to 100".into());
-        }
-        let limits = |name: &str, over: &NewValueOverride| {
-            let counts = [
-                self.per_subject_per_principal,
-                self.per_subject,
-                self.per_principal,
-                self.per_shape_per_principal_min,
-            ]
-            .into_iter()
-            .chain(over.per_subject_per_principal)
-            .chain(over.per_subject)
-            .chain(over.per_principal)
-            .chain(over.per_shape_per_principal_min);
-            let permille = over
-                .per_shape_per_principal_permille
-                .unwrap_or(self.per_shape_per_principal_permille);
-            if counts.into_iter().any(|n| n == 0) {
-                return Err(format!("{name}: a limit must be above 0"));
-            }
-            if !(permille > 0.0 && permille <= 1000.0) {
-                return Err(format!(
-                    "{name}: per_shape_per_principal_permille must be above 0 and at most 1000"
-                ));
-            }
-            Ok(())
-        };
-        if let Err(what) = limits("defaults", &NewValueOverride::default()) {
-            return invalid(what);
-        }
-        for (name, over) in &self.principals {
-            if !principals.iter().any(|p| &p.name == name) {
-                return invalid(format!("principals.{name}: no such principal"));
-            }
-            if let Err(what) = limits(&format!("principals.{name}"), over) {
-                return invalid(what);
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
