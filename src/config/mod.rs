@@ -12,16 +12,19 @@ use serde::Deserialize;
 
 pub mod anomaly;
 mod audit;
+mod detectors;
 mod erasure;
 mod kek;
 mod limits;
 mod principals;
+mod server;
 pub mod sinks;
 mod storage;
 pub use anomaly::{AnomalyConfig, AnomalyOverride, AnomalyResponse, AnomalyThresholds};
 pub use audit::{
     default_checkpoint_path, AuditConfig, AuditDurability, PurposeMode, DEFAULT_AUDIT_FILE,
 };
+pub use detectors::{DetectorConfig, FormatConfig};
 pub use erasure::{
     ErasureConfig, LedgerPostgresConfig, RetentionConfig, DEV_LEDGER_FILE, MAX_PURGE_WITHIN_SECONDS,
 };
@@ -31,10 +34,12 @@ pub use principals::{
     ActorKeyConfig, ActorTokensConfig, PrincipalConfig, RevealConfig, SecondFactorFallback,
     MAX_ACTOR_LEEWAY_SECONDS, MAX_ACTOR_MAX_AGE_SECONDS,
 };
+pub use server::{GrpcWebConfig, HttpConfig, LogConfig, LogFormat, MetricsConfig, TlsConfig};
 pub use sinks::AlertSinkConfig;
 pub use storage::{CacheConfig, StorageConfig};
 
 use principals::{check_principal, check_reveal_formats};
+use server::is_origin;
 
 /// The default gRPC address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -119,140 +124,6 @@ pub struct Config {
     pub alert_sinks: Vec<AlertSinkConfig>,
 }
 
-/// `[metrics]`: where `GET /metrics` is served (plain HTTP, apart from the
-/// gRPC port; it shows counts only, never a value or a subject).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// e.g. `"127.0.0.1:9464"`; port 0 picks a free port.
-    pub listen: SocketAddr,
-}
-
-/// `[http]`: where the HTTP/JSON API (the same service as gRPC, by the
-/// proto's `google.api.http` rules) is served, on a port of its own.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// e.g. `"127.0.0.1:8080"`; port 0 picks a free port. Plain HTTP: off
-    /// loopback it is refused like a plaintext gRPC port (see
-    /// `crate::exposure`).
-    pub listen: SocketAddr,
-}
-
-/// `[grpc_web]`: gRPC-Web (tonic-web) on the gRPC port, which then also
-/// takes HTTP/1.1, so a browser-side console can call `TokenVault` through
-/// the same port, gate and policies.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrpcWebConfig {
-    /// Origins (`https://console.example.com`) whose pages may call it
-    /// across origins (CORS). Empty: no CORS headers, so a browser lets
-    /// only pages of the server's own origin call.
-    #[serde(default)]
-    pub cors_allowed_origins: Vec<String>,
-}
-
-/// `[log]`: how the server log on stderr is written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    #[serde(default)]
-    pub format: LogFormat,
-}
-
-/// `[log] format` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One readable line per event.
-    #[default]
-    Human,
-    /// One JSON object per line, the event's fields at the top level.
-    Json,
-}
-
-/// `[[detectors]]`: a regex, an optional check, context words and the
-/// format its matches are tokenized with.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetectorConfig {
-    pub name: String,
-    pub pattern: String,
-    /// `"luhn"`, `"mod97"` or `"none"`.
-    #[serde(default = "default_validator")]
-    pub validator: String,
-    /// Words of which one must stand shortly before a match (none: no
-    /// context needed).
-    #[serde(default)]
-    pub context: Vec<String>,
-    /// A format name (`card`, `text`, ...); each match must be valid in it.
-    pub format: String,
-}
-
-/// `[[formats]]`: an operator-defined token format, a regex whose capture
-/// groups are replaced character by character from their alphabets
-/// (`token::template`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FormatConfig {
-    pub name: String,
-    pub pattern: String,
-    /// One alphabet name for every group, or one per group.
-    pub alphabets: Vec<String>,
-    /// 1-based numbers of the groups the token copies unchanged.
-    #[serde(default)]
-    pub keep: Vec<usize>,
-}
-
-impl DetectorConfig {
-    /// The detector for the scanner, or the reason it is not one. Its
-    /// format is a built-in one or one of `templates`.
-    pub fn to_custom(
-        &self,
-        templates: &crate::token::template::Templates,
-    ) -> Result<crate::scan::CustomDetector, String> {
-        use crate::scan::Validator;
-        let validator = match self.validator.as_str() {
-            "luhn" => Validator::Luhn,
-            "mod97" => Validator::Mod97,
-            "none" => Validator::None,
-            other => {
-                return Err(format!(
-                    "detector {:?}: validator {other:?} is not luhn, mod97 or none",
-                    self.name
-                ))
-            }
-        };
-        let format = templates
-            .format(&self.format)
-            .ok_or_else(|| format!("detector {:?}: unknown format {:?}", self.name, self.format))?;
-        Ok(crate::scan::CustomDetector {
-            name: self.name.clone(),
-            pattern: self.pattern.clone(),
-            validator,
-            context: self.context.clone(),
-            format,
-        })
-    }
-}
-
-fn default_validator() -> String {
-    "none".to_string()
-}
-
-/// `[tls]`: PEM files. Read at start-up only.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Server certificate chain.
-    pub cert: PathBuf,
-    /// Its private key.
-    pub key: PathBuf,
-    /// CA bundle client certificates must chain to; turns on mTLS (a
-    /// client certificate is then required).
-    pub client_ca: Option<PathBuf>,
-}
-
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("constant address parses")
 }
@@ -261,20 +132,6 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_shutdown_grace() -> u64 {
     10
-}
-/// `scheme://host[:port]` (http or https), as a browser sends it in
-/// `Origin`.
-fn is_origin(origin: &str) -> bool {
-    let Some(rest) = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    !rest.is_empty()
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 impl Config {
@@ -428,43 +285,6 @@ impl Config {
     /// holds.
     pub fn rocksdb_dir(&self) -> PathBuf {
         self.data_dir.join("rocksdb")
-    }
-
-    /// The operator-defined formats of `[[formats]]` and `[alphabets]`.
-    pub fn templates(&self) -> Result<crate::token::template::Templates, ConfigError> {
-        let specs: Vec<crate::token::template::TemplateSpec> = self
-            .formats
-            .iter()
-            .map(|f| crate::token::template::TemplateSpec {
-                name: f.name.clone(),
-                pattern: f.pattern.clone(),
-                alphabets: f.alphabets.clone(),
-                keep: f.keep.clone(),
-            })
-            .collect();
-        crate::token::template::Templates::new(&specs, &self.alphabets)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))
-    }
-
-    /// The RedactText scanner: every built-in detector plus `[[detectors]]`,
-    /// whose formats may be `templates`.
-    pub fn scanner_with(
-        &self,
-        templates: &crate::token::template::Templates,
-    ) -> Result<crate::scan::Scanner, ConfigError> {
-        let custom = self
-            .detectors
-            .iter()
-            .map(|d| d.to_custom(templates))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::Invalid)?;
-        crate::scan::Scanner::with_custom(&crate::token::format::Format::ALL, &custom)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))
-    }
-
-    /// The RedactText scanner, with this config's `[[formats]]`.
-    pub fn scanner(&self) -> Result<crate::scan::Scanner, ConfigError> {
-        self.scanner_with(&self.templates()?)
     }
 }
 
