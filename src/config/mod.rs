@@ -4,6 +4,11 @@
 //!
 //! This module only parses and checks shapes; it opens no file but the
 //! config itself and holds no secret (API keys are kept as SHA-256 only).
+//!
+//! This file keeps `Config`, `ConfigError`, loading and parsing; each
+//! section lives in the submodule named for it (`storage`, `kek`,
+//! `principals`, ...) and is re-exported here, the cross-section checks in
+//! `check`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +17,7 @@ use serde::Deserialize;
 
 pub mod anomaly;
 mod audit;
+mod check;
 mod detectors;
 mod erasure;
 mod kek;
@@ -37,9 +43,6 @@ pub use principals::{
 pub use server::{GrpcWebConfig, HttpConfig, LogConfig, LogFormat, MetricsConfig, TlsConfig};
 pub use sinks::AlertSinkConfig;
 pub use storage::{CacheConfig, StorageConfig};
-
-use principals::{check_principal, check_reveal_formats};
-use server::is_origin;
 
 /// The default gRPC address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -171,116 +174,6 @@ impl Config {
         })
     }
 
-    /// Checks what serde cannot: values in range, names known.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        if !["rocksdb", "postgres"].contains(&self.storage.backend.as_str()) {
-            return Err(ConfigError::Invalid(format!(
-                "storage.backend {:?} is not supported (\"rocksdb\" or \"postgres\")",
-                self.storage.backend
-            )));
-        }
-        self.storage.postgres_options()?;
-        if self.limits.max_batch_items == 0 || self.limits.max_value_bytes == 0 {
-            return Err(ConfigError::Invalid("limits must be above 0".into()));
-        }
-        if let Some(web) = &self.grpc_web {
-            for origin in &web.cors_allowed_origins {
-                if !is_origin(origin) {
-                    return Err(ConfigError::Invalid(format!(
-                        "grpc_web.cors_allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path)"
-                    )));
-                }
-            }
-        }
-        if let Some(http) = &self.http {
-            if http.listen == self.listen && http.listen.port() != 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "http.listen {}: the HTTP/JSON API needs a port of its own, not the gRPC listen",
-                    http.listen
-                )));
-            }
-        }
-        if let KekConfig::Vault {
-            token_env,
-            approle,
-            timeout_ms,
-            ..
-        } = &self.kek
-        {
-            if token_env.is_some() == approle.is_some() {
-                return Err(ConfigError::Invalid(
-                    "kek: give exactly one of token_env or [kek.approle] for provider \"vault\""
-                        .into(),
-                ));
-            }
-            if !(50..=60_000).contains(timeout_ms) {
-                return Err(ConfigError::Invalid(
-                    "kek.timeout_ms must be 50 to 60000".into(),
-                ));
-            }
-        }
-        if !(1..=MAX_PURGE_WITHIN_SECONDS).contains(&self.erasure.purge_within_seconds) {
-            return Err(ConfigError::Invalid(format!(
-                "erasure.purge_within_seconds must be 1 to {MAX_PURGE_WITHIN_SECONDS} (30 days)"
-            )));
-        }
-        if self.cache.max_subjects == 0 {
-            return Err(ConfigError::Invalid(
-                "cache.max_subjects must be above 0".into(),
-            ));
-        }
-        if !(1..=60_000).contains(&self.audit.sync_interval_ms) {
-            return Err(ConfigError::Invalid(
-                "audit.sync_interval_ms must be 1 to 60000".into(),
-            ));
-        }
-        if !(1..=3_600_000).contains(&self.audit.checkpoint_interval_ms) {
-            return Err(ConfigError::Invalid(
-                "audit.checkpoint_interval_ms must be 1 to 3600000".into(),
-            ));
-        }
-        let mtls = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        let templates = self.templates()?;
-        let mut names = std::collections::HashSet::new();
-        for (i, principal) in self.principals.iter().enumerate() {
-            check_principal(i, principal, mtls)?;
-            check_reveal_formats(i, principal, &templates)?;
-            if !names.insert(principal.name.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "principals[{i}] ({}): the name is used twice",
-                    principal.name
-                )));
-            }
-        }
-        if let Some(actor_tokens) = &self.actor_tokens {
-            if actor_tokens.audience.is_empty() || actor_tokens.keys.is_empty() {
-                return Err(ConfigError::Invalid(
-                    "actor_tokens: give an audience and at least one key".into(),
-                ));
-            }
-            if actor_tokens.leeway_seconds > MAX_ACTOR_LEEWAY_SECONDS {
-                return Err(ConfigError::Invalid(format!(
-                    "actor_tokens: leeway_seconds is at most {MAX_ACTOR_LEEWAY_SECONDS} (more keeps expired tokens usable)"
-                )));
-            }
-            if !(1..=MAX_ACTOR_MAX_AGE_SECONDS).contains(&actor_tokens.max_age_seconds) {
-                return Err(ConfigError::Invalid(format!(
-                    "actor_tokens: max_age_seconds is 1 to {MAX_ACTOR_MAX_AGE_SECONDS}"
-                )));
-            }
-        }
-        self.scanner_with(&templates)?;
-        self.new_value_limits.check(&self.principals)?;
-        self.anomaly.check(Some(&self.principals))?;
-        for (index, sink) in self.alert_sinks.iter().enumerate() {
-            sink.check(index)?;
-        }
-        self.ledger_location()?;
-        Ok(())
-    }
-}
-
-impl Config {
     /// The RocksDB directory inside the data directory: what a backup
     /// holds.
     pub fn rocksdb_dir(&self) -> PathBuf {
