@@ -25,8 +25,9 @@ const LAYERS: &[&[&str]] = &[
 const KNOWN_BACK_EDGES: &[(&str, &str)] = &[
     // `PostgresConfig` and the ledger location are schema, built into
     // options by the composition root, not by the config.
-    ("config.rs", "store"),
-    ("config.rs", "erasure"),
+    ("config/erasure.rs", "store"),
+    ("config/erasure.rs", "erasure"),
+    ("config/storage.rs", "store"),
     // The registry must be a leaf; the scrape (alerts, the vault's
     // gauges, the denial flood counter) belongs to the composition root.
     ("metrics.rs", "api"),
