@@ -11,7 +11,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
 pub enum KekConfig {
-    /// A 32-byte key file; `path` defaults to `<data_dir>/kek.key`.
+    /// A key file (32 bytes, or the versioned file `keys rotate` writes);
+    /// `path` defaults to `<data_dir>/kek.key`.
     Local { path: Option<PathBuf> },
     /// A Vault / OpenBao transit key. Exactly one of `token_env` and
     /// `approle` says how to log in. Holds no secret itself: the token
