@@ -1092,22 +1092,6 @@ async fn outside_dev_a_ledger_in_the_data_directory_is_refused() {
     assert!(log.contains("erasure.ledger is not set"), "{log}");
 }
 
-/// The raw key rows of the PostgreSQL store, as a dump or a dead tuple
-/// holds them.
-async fn key_row_copies(url: &str) -> Vec<WrappedKey> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    let rows = client
-        .query("SELECT wrapped FROM tv_subjects", &[])
-        .await
-        .expect("key rows");
-    rows.iter()
-        .map(|row| WrappedKey::decode(row.get::<_, &[u8]>(0)).expect("a wrapped key"))
-        .collect()
-}
-
 /// Whether anyone holding the key file (the vault, or whoever copies the
 /// file) can open a copied key row.
 async fn opens_with_key_file(kek_file: &Path, copy: &WrappedKey) -> bool {
@@ -1150,7 +1134,7 @@ async fn retiring_the_local_kek_version_kills_every_copy_of_a_forgotten_subjects
         let token = tokenize(&mut client, &subject(n), vec![item(&value, "card")]).await;
         subjects.push((value, token[0].clone()));
     }
-    let copies = key_row_copies(&url).await;
+    let copies = common::postgres::key_rows(&url).await;
     assert_eq!(copies.len(), 5);
     forget(&mut client, &subject(0)).await;
 

@@ -534,20 +534,10 @@ async fn approle_with_the_least_privilege_policy_serves_renews_and_cannot_rotate
 /// The key rows of a PostgreSQL vault, as a dump or the raw row bytes hold
 /// them: each wrapped key's transit ciphertext (`vault:vN:...`).
 async fn stored_ciphertexts(url: &str) -> Vec<String> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    common::postgres::key_rows(url)
         .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    let rows = client
-        .query("SELECT wrapped FROM tv_subjects", &[])
-        .await
-        .expect("key rows");
-    rows.iter()
-        .map(|row| {
-            let wrapped =
-                tokenvault::kek::WrappedKey::decode(row.get::<_, &[u8]>(0)).expect("a wrapped key");
-            String::from_utf8(wrapped.ciphertext).expect("a transit ciphertext")
-        })
+        .into_iter()
+        .map(|wrapped| String::from_utf8(wrapped.ciphertext).expect("a transit ciphertext"))
         .collect()
 }
 

@@ -111,3 +111,21 @@ pub async fn drop_and_restore(url: &str, dump: &std::path::Path) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The raw key rows of the store at `url` (`tv_subjects.wrapped`), as a
+/// dump, a base backup or a dead tuple holds them.
+pub async fn key_rows(url: &str) -> Vec<tokenvault::kek::WrappedKey> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    let rows = client
+        .query("SELECT wrapped FROM tv_subjects", &[])
+        .await
+        .expect("key rows");
+    rows.iter()
+        .map(|row| {
+            tokenvault::kek::WrappedKey::decode(row.get::<_, &[u8]>(0)).expect("a wrapped key")
+        })
+        .collect()
+}
