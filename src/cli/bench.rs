@@ -8,6 +8,9 @@
 //! record, Tokenize of known values does the same lookups and key work
 //! with no record, so their ratio per cell is what auditing costs.
 //!
+//! `--http-addr URL` adds Tokenize of known values and Detokenize over the
+//! HTTP/JSON API to each cell (`bench_http`).
+//!
 //! `--redact-corpus FILE` drives RedactText with a chat corpus instead
 //! (see `bench_redact`).
 //!
@@ -25,8 +28,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
 
+use super::bench_http::{keep_alive_client, HttpJson};
 use super::client::{connect, Client};
 use super::ClientArgs;
 use crate::pb;
@@ -101,6 +104,10 @@ pub struct BenchArgs {
     /// comma-separated: the load spreads evenly over --addr and these.
     #[arg(long, value_delimiter = ',')]
     pub also_addr: Vec<String>,
+    /// tokenvault's HTTP/JSON address (e.g. http://127.0.0.1:50052): Tokenize
+    /// of known values and Detokenize are also measured over HTTP.
+    #[arg(long)]
+    pub http_addr: Option<String>,
     /// Name of the provider in the printed rows.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -117,6 +124,8 @@ enum Scenario {
     TokenizeNew,
     TokenizeKnown,
     Detokenize,
+    HttpTokenizeKnown,
+    HttpDetokenize,
     PeerEncrypt,
 }
 
@@ -126,6 +135,8 @@ impl Scenario {
             Scenario::TokenizeNew => "tokenize (new values)",
             Scenario::TokenizeKnown => "tokenize (known values)",
             Scenario::Detokenize => "detokenize (audited)",
+            Scenario::HttpTokenizeKnown => "http: tokenize (known values)",
+            Scenario::HttpDetokenize => "http: detokenize (audited)",
             Scenario::PeerEncrypt => "peer: transit encrypt",
         }
     }
@@ -187,6 +198,8 @@ struct Fixture {
     cards: CardSource,
     /// Values tokenized before measuring, with their tokens, per subject.
     known: Vec<(String, Vec<(String, String)>)>,
+    /// The HTTP/JSON API, with --http-addr.
+    http: Option<HttpJson>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -225,6 +238,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 Scenario::TokenizeKnown,
                 Scenario::Detokenize,
             ];
+            if fixture.http.is_some() {
+                scenarios.extend([Scenario::HttpTokenizeKnown, Scenario::HttpDetokenize]);
+            }
             if peer.is_some() {
                 scenarios.push(Scenario::PeerEncrypt);
             }
@@ -311,13 +327,27 @@ async fn prepare(args: &BenchArgs) -> anyhow::Result<Fixture> {
             .context("preparing known values")?
             .into_inner()
             .tokens;
-        known.push((subject.clone(), values.into_iter().zip(tokens).collect()));
+        let pairs: Vec<(String, String)> = values.into_iter().zip(tokens).collect();
+        known.push((subject.clone(), pairs));
     }
+    let http = match &args.http_addr {
+        Some(base) => {
+            let key = super::client::api_key(&args.client)?
+                .context("--http-addr needs an API key (TOKENVAULT_API_KEY or the dev key file)")?;
+            let http = HttpJson::new(base, &key);
+            let (subject, pool) = &known[0];
+            http.check(&tokenize_request(subject, &[pool[0].0.clone()]))
+                .await?;
+            Some(http)
+        }
+        None => None,
+    };
     Ok(Fixture {
         clients,
         subjects,
         cards,
         known,
+        http,
     })
 }
 
@@ -402,6 +432,24 @@ async fn call(
     round: usize,
 ) -> bool {
     let (subject, pool) = &fixture.known[round % fixture.known.len()];
+    let known_values = || -> Vec<String> {
+        pool.iter()
+            .cycle()
+            .skip(round % pool.len())
+            .take(batch)
+            .map(|(v, _)| v.clone())
+            .collect()
+    };
+    let known_tokens = || pb::DetokenizeRequest {
+        tokens: pool
+            .iter()
+            .cycle()
+            .skip(round % pool.len())
+            .take(batch)
+            .map(|(_, t)| t.clone())
+            .collect(),
+        purpose: "bench".into(),
+    };
     match scenario {
         Scenario::TokenizeNew => {
             let subject = &fixture.subjects[round % fixture.subjects.len()];
@@ -411,33 +459,24 @@ async fn call(
                 .await
                 .is_ok()
         }
-        Scenario::TokenizeKnown => {
-            let values: Vec<String> = pool
-                .iter()
-                .cycle()
-                .skip(round % pool.len())
-                .take(batch)
-                .map(|(v, _)| v.clone())
-                .collect();
-            client
-                .tokenize(tokenize_request(subject, &values))
-                .await
-                .is_ok()
-        }
+        Scenario::TokenizeKnown => client
+            .tokenize(tokenize_request(subject, &known_values()))
+            .await
+            .is_ok(),
         Scenario::Detokenize => {
-            let tokens: Vec<String> = pool
-                .iter()
-                .cycle()
-                .skip(round % pool.len())
-                .take(batch)
-                .map(|(_, t)| t.clone())
-                .collect();
-            let request = pb::DetokenizeRequest {
-                tokens,
-                purpose: "bench".into(),
-            };
-            matches!(client.detokenize(request).await, Ok(r) if r.get_ref().results.iter().all(|r| r.status == pb::TokenStatus::Found as i32))
+            matches!(client.detokenize(known_tokens()).await, Ok(r) if r.get_ref().results.iter().all(|r| r.status == pb::TokenStatus::Found as i32))
         }
+        Scenario::HttpTokenizeKnown => match &fixture.http {
+            Some(http) => {
+                http.tokenize(&tokenize_request(subject, &known_values()))
+                    .await
+            }
+            None => false,
+        },
+        Scenario::HttpDetokenize => match &fixture.http {
+            Some(http) => http.detokenize(&known_tokens()).await,
+            None => false,
+        },
         Scenario::PeerEncrypt => false,
     }
 }
@@ -451,11 +490,7 @@ struct Peer {
 
 impl Peer {
     async fn prepare(addr: &str, args: &BenchArgs) -> anyhow::Result<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let http = HttpClient::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let http = keep_alive_client();
         let base = addr.trim_end_matches('/');
         let peer = Peer {
             http,

@@ -8,6 +8,7 @@ pub mod anomaly;
 pub mod audit;
 pub mod bench;
 mod bench_forget;
+mod bench_http;
 mod bench_kek;
 mod bench_redact;
 pub mod client;
