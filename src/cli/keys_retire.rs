@@ -136,7 +136,7 @@ impl RetiringKek {
             }
             RetiringKek::Local(kek) => {
                 kek.set_floor(before.max(floor))?;
-                kek.trim_below_floor()?;
+                kek.trim_below(floor)?;
             }
         }
         Ok(())

@@ -118,9 +118,10 @@ impl LocalKek {
         self.change(|ring| ring.with_floor(floor)).map(|_| ())
     }
 
-    /// Removes every version below the floor from the file, for good.
-    pub fn trim_below_floor(&self) -> Result<(), KekError> {
-        self.change(|ring| Ok(ring.trimmed())).map(|_| ())
+    /// Removes the versions below `below` (at or under the floor) from the
+    /// file, for good.
+    pub fn trim_below(&self, below: u32) -> Result<(), KekError> {
+        self.change(|ring| ring.trimmed_below(below)).map(|_| ())
     }
 
     fn wrap_one(&self, key: &SecretKey) -> Result<WrappedKey, KekError> {
@@ -355,7 +356,7 @@ mod tests {
         operator.set_floor(1).expect("lowered back");
         assert!(server.unwrap(&[&old]).await.is_ok());
         operator.set_floor(2).expect("raised again");
-        operator.trim_below_floor().expect("trim");
+        operator.trim_below(2).expect("trim");
         assert!(operator.set_floor(1).is_err(), "v1 is gone from the file");
         let anyone = LocalKek::open(&path, false).expect("a copy of the file");
         assert!(anyone.unwrap(&[&old]).await.is_err());

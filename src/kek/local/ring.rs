@@ -146,16 +146,26 @@ impl KeyRing {
         Ok(ring)
     }
 
-    /// This ring without the versions below its floor.
-    pub fn trimmed(&self) -> Self {
-        KeyRing {
+    /// This ring without the versions below `below`, which must be at or
+    /// under the floor: only retired versions are trimmed, and only those
+    /// the operator named.
+    pub fn trimmed_below(&self, below: u32) -> Result<Self, String> {
+        if below > self.floor {
+            return Err(format!(
+                "cannot trim below v{below}: the floor is v{}, so v{}..v{} still open keys",
+                self.floor,
+                self.floor,
+                below - 1
+            ));
+        }
+        Ok(KeyRing {
             floor: self.floor,
             versions: self
                 .versions
-                .range(self.floor..)
+                .range(below..)
                 .map(|(version, key)| (*version, key.clone()))
                 .collect(),
-        }
+        })
     }
 
     /// Replaces the file at `path` with this ring (mode 0600): written
@@ -260,12 +270,26 @@ mod tests {
         assert_eq!((back.floor(), back.latest_version()), (2, 3));
         let usable: Vec<u32> = back.usable().map(|(v, _)| v).collect();
         assert_eq!(usable, [2, 3]);
+        // Below the floor but above the trim: stays in the file.
+        let kept = back
+            .with_floor(3)
+            .expect("floor 3")
+            .trimmed_below(2)
+            .expect("trim below 2");
+        assert_eq!(kept.with_floor(2).expect("v2 still there").floor(), 2);
         assert!(back.usable().all(|(_, k)| k.expose() != key(1).expose()));
         assert!(!format!("{back:?}").contains(&hex::encode([1; KEY_LEN])));
 
         // Lowering the floor back works until the old version is trimmed.
         assert_eq!(back.with_floor(1).expect("lowered").floor(), 1);
-        back.trimmed().write(&path).expect("trim");
+        assert!(
+            back.trimmed_below(3).is_err(),
+            "v2 is the floor: not trimmed"
+        );
+        back.trimmed_below(2)
+            .expect("trim")
+            .write(&path)
+            .expect("trim");
         let trimmed = KeyRing::read(&path).expect("read trimmed");
         assert!(trimmed.with_floor(1).is_err());
         let text = fs::read_to_string(&path).expect("text");
